@@ -1,0 +1,275 @@
+"""Training arguments: the reference schema parsed into a frozen TrainingArgs, or a clear error."""
+
+import enum
+import math
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from attrs import frozen
+from returns.result import Failure, Result, Success
+
+from fedpipe.errors import ErrorCode, RoundError
+from fedpipe.request import JsonMap, freeze_mapping, thaw
+
+__all__ = ["DpArgs", "Metric", "TrainingArgs", "parse_metric", "parse_training_args_mapping"]
+
+
+class Metric(enum.StrEnum):
+    """Validation metrics; names are matched case-insensitively, with short aliases."""
+
+    ACCURACY = "ACCURACY"
+    F1_SCORE = "F1_SCORE"
+    PRECISION = "PRECISION"
+    RECALL = "RECALL"
+    MEAN_SQUARE_ERROR = "MEAN_SQUARE_ERROR"
+    MEAN_ABSOLUTE_ERROR = "MEAN_ABSOLUTE_ERROR"
+    EXPLAINED_VARIANCE = "EXPLAINED_VARIANCE"
+
+    @property
+    def is_classification(self) -> bool:
+        """True for the label metrics (accuracy, F1, precision, recall)."""
+        return self in (Metric.ACCURACY, Metric.F1_SCORE, Metric.PRECISION, Metric.RECALL)
+
+
+_METRIC_ALIASES = {
+    "F1": Metric.F1_SCORE,
+    "MSE": Metric.MEAN_SQUARE_ERROR,
+    "MAE": Metric.MEAN_ABSOLUTE_ERROR,
+    "MEAN_SQUARED_ERROR": Metric.MEAN_SQUARE_ERROR,
+}
+
+
+def parse_metric(value: object) -> Metric | None:
+    """Return the metric named by ``value`` (any case, aliases allowed), or None if unknown.
+
+    >>> parse_metric("accuracy"), parse_metric("mse"), parse_metric("rule_of_thumb")
+    (<Metric.ACCURACY: 'ACCURACY'>, <Metric.MEAN_SQUARE_ERROR: 'MEAN_SQUARE_ERROR'>, None)
+    """
+    if isinstance(value, Metric):
+        return value
+    if not isinstance(value, str):
+        return None
+    name = value.strip().upper().replace("-", "_").replace(" ", "_")
+    if name in Metric.__members__:
+        return Metric[name]
+    return _METRIC_ALIASES.get(name)
+
+
+@frozen(kw_only=True)
+class DpArgs:
+    """Differential-privacy arguments: local (DP-SGD during training) or central (noise on the update)."""
+
+    type: str  # "local" | "central"
+    sigma: float
+    clip: float
+
+
+@frozen(kw_only=True)
+class TrainingArgs:
+    """The researcher's training arguments, validated, with every default filled in."""
+
+    optimizer_args: JsonMap = MappingProxyType({})
+    loader_args: JsonMap = MappingProxyType({})
+    epochs: int | None = None
+    num_updates: int | None = None
+    dry_run: bool = False
+    batch_maxnum: int | None = None
+    test_ratio: float = 0.0
+    test_on_local_updates: bool = False
+    test_on_global_updates: bool = False
+    test_metric: Metric | None = None
+    test_metric_args: JsonMap = MappingProxyType({})
+    shuffle_testing_dataset: bool = False
+    log_interval: int = 10
+    fedprox_mu: float | None = None
+    use_gpu: bool = False
+    dp: DpArgs | None = None
+    share_persistent_buffers: bool = True
+    random_seed: int | None = None
+
+    @property
+    def batch_size(self) -> int | None:
+        """The researcher's ``loader_args['batch_size']`` when it is a positive integer."""
+        value = self.loader_args.get("batch_size")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-like dict of every argument (metric by name, dp as a dict)."""
+        return {
+            "optimizer_args": thaw(self.optimizer_args),
+            "loader_args": thaw(self.loader_args),
+            "epochs": self.epochs,
+            "num_updates": self.num_updates,
+            "dry_run": self.dry_run,
+            "batch_maxnum": self.batch_maxnum,
+            "test_ratio": self.test_ratio,
+            "test_on_local_updates": self.test_on_local_updates,
+            "test_on_global_updates": self.test_on_global_updates,
+            "test_metric": None if self.test_metric is None else self.test_metric.value,
+            "test_metric_args": thaw(self.test_metric_args),
+            "shuffle_testing_dataset": self.shuffle_testing_dataset,
+            "log_interval": self.log_interval,
+            "fedprox_mu": self.fedprox_mu,
+            "use_gpu": self.use_gpu,
+            "dp": None
+            if self.dp is None
+            else {"type": self.dp.type, "sigma": self.dp.sigma, "clip": self.dp.clip},
+            "share_persistent_buffers": self.share_persistent_buffers,
+            "random_seed": self.random_seed,
+        }
+
+
+class _ArgError(Exception):
+    """Internal signal of a schema violation; never escapes this module."""
+
+
+def _fail(key: str, rule: str) -> _ArgError:
+    return _ArgError(f"training argument `{key}` {rule}")
+
+
+def _count(key: str, value: Any) -> int | None:
+    """None, or a non-negative integer; integral floats are accepted, bools are not."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _fail(key, "must be a non-negative integer or null")
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or value < 0:
+        raise _fail(key, "must be a non-negative integer or null")
+    return value
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, "must be a boolean")
+    return value
+
+
+def _number(key: str, value: Any, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _fail(key, "must be a finite number")
+    number = float(value)
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise _fail(key, f"must lie in [{low}, {high}]".replace("None", "inf"))
+    return number
+
+
+def _dict(key: str, value: Any) -> JsonMap:
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise _fail(key, "must be an object with string keys")
+    return freeze_mapping(value)
+
+
+def _metric(key: str, value: Any) -> Metric | None:
+    if value is None:
+        return None
+    metric = parse_metric(value)
+    if metric is None:
+        raise _fail(key, f"must name a supported metric ({', '.join(m.value for m in Metric)})")
+    return metric
+
+
+def _log_interval(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail(key, "must be a non-negative integer (0 logs only the first and last batch)")
+    return value
+
+
+def _optional_mu(key: str, value: Any) -> float | None:
+    return None if value is None else _number(key, value, 0.0, None)
+
+
+def _seed(key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise _fail(key, "must be a non-negative integer or null")
+    return value
+
+
+def _dp(key: str, value: Any) -> DpArgs | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _fail(key, "must be an object {type, sigma, clip} or null")
+    unknown = set(value) - {"type", "sigma", "clip"}
+    if unknown:
+        raise _fail(f"{key}.{sorted(map(str, unknown))[0]}", "is not a DP argument")
+    kind = value.get("type", "central")
+    if kind not in ("central", "local"):
+        raise _fail(f"{key}.type", 'must be "central" or "local"')
+    for part in ("sigma", "clip"):
+        if part not in value:
+            raise _fail(f"{key}.{part}", "is required")
+    sigma = _number(f"{key}.sigma", value["sigma"], 0.0, None)
+    clip = _number(f"{key}.clip", value["clip"], 0.0, None)
+    if clip <= 0:
+        raise _fail(f"{key}.clip", "must be positive")
+    return DpArgs(type=kind, sigma=sigma, clip=clip)
+
+
+_SCHEMA: dict[str, Callable[[str, Any], Any]] = {
+    "optimizer_args": _dict,
+    "loader_args": _dict,
+    "epochs": _count,
+    "num_updates": _count,
+    "dry_run": _flag,
+    "batch_maxnum": _count,
+    "test_ratio": lambda k, v: _number(k, v, 0.0, 1.0),
+    "test_on_local_updates": _flag,
+    "test_on_global_updates": _flag,
+    "test_metric": _metric,
+    "test_metric_args": _dict,
+    "shuffle_testing_dataset": _flag,
+    "log_interval": _log_interval,
+    "fedprox_mu": _optional_mu,
+    "use_gpu": _flag,
+    "dp": _dp,
+    "share_persistent_buffers": _flag,
+    "random_seed": _seed,
+}
+_ALIASES = {"dp_args": "dp"}
+
+
+def parse_training_args_mapping(
+    raw: Mapping[str, Any], step: str = "parse_training_args"
+) -> Result[TrainingArgs, RoundError]:
+    """Validate the researcher's training_args; the error names the field and the rule.
+
+    Integers are accepted where a float is natural (``test_ratio`` 0 or 1, ``fedprox_mu`` 0);
+    ``dp_args`` is accepted as the reference's name for ``dp``.
+
+    >>> parse_training_args_mapping({"epochs": 2, "test_ratio": 1}).unwrap().test_ratio
+    1.0
+    >>> parse_training_args_mapping({"epochs": "x"}).failure().public
+    'Invalid training arguments: training argument `epochs` must be a non-negative integer or null.'
+    """
+    values: dict[str, Any] = {}
+    try:
+        for key, value in raw.items():
+            name = _ALIASES.get(key, key)
+            if name not in _SCHEMA:
+                raise _fail(str(key)[:64], "is not a known training argument")
+            if name in values:
+                raise _fail(name, "is given twice (as `dp` and `dp_args`)")
+            values[name] = _SCHEMA[name](name, value)
+        if (
+            values.get("num_updates") is None
+            and values.get("epochs") is None
+            and not values.get("dry_run", False)
+        ):
+            values.setdefault("epochs", 1)
+    except _ArgError as err:
+        return Failure(
+            RoundError(
+                code=ErrorCode.BAD_TRAINING_ARGS,
+                step=step,
+                detail=str(err),
+                public=f"Invalid training arguments: {err}.",
+            )
+        )
+    return Success(TrainingArgs(**values))

@@ -1,0 +1,154 @@
+"""The one error type of a round: a stable code, the step, a log detail and a researcher-safe text.
+
+| code                 | meaning                                                  | retryable | emitted by                          |
+|----------------------|----------------------------------------------------------|-----------|-------------------------------------|
+| bad_request          | the train request is malformed or names a bad field      | no        | parse_request                       |
+| bad_training_args    | training_args break the schema                           | no        | parse_training_args                 |
+| secagg_config        | secure-aggregation settings inconsistent or refused      | no        | check_secagg, encrypt_update        |
+| dataset_not_found    | the dataset id is unknown on this node                   | no        | find_dataset                        |
+| download_failed      | a file could not be fetched from the exchange            | yes       | fetch_* steps                       |
+| bad_payload          | a downloaded file is not a valid payload                 | no        | fetch_* steps, set_params           |
+| plan_not_approved    | the node owner has not approved this training plan       | no        | check_approval                      |
+| plan_load_failed     | the plan source could not be imported or instantiated    | no        | load_plan                           |
+| plan_init_failed     | the plan's post_init raised                              | no        | init_plan                           |
+| state_load_failed    | the previous node state could not be read                | yes       | load_state                          |
+| params_load_failed   | the global parameters do not fit the plan's model        | no        | set_params                          |
+| aux_var_failed       | auxiliary variables could not be ingested or collected   | no        | ingest_aux_vars, collect_aux_vars   |
+| data_failed          | the local data could not be loaded or split              | no        | split_data                          |
+| no_training_data     | the training subset is empty                             | no        | split_data, train_model             |
+| training_failed      | the plan's training routine raised                       | no        | train_model                         |
+| encryption_failed    | the update could not be encrypted                        | no        | encrypt_update                      |
+| state_save_failed    | the new node state could not be saved                    | yes       | save_state                          |
+| upload_failed        | the results could not be uploaded                        | yes       | upload_results                      |
+| internal             | a bug: an exception escaped a step                       | no        | run_round only                      |
+
+Wire strings are stable: append new codes, never rename one.
+"""
+
+import enum
+import re
+
+from attrs import field, frozen
+
+__all__ = ["ErrorCode", "RoundError", "is_public_safe", "public_text"]
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable machine-readable failure classes of a round."""
+
+    BAD_REQUEST = "bad_request"
+    BAD_TRAINING_ARGS = "bad_training_args"
+    SECAGG_CONFIG = "secagg_config"
+    DATASET_NOT_FOUND = "dataset_not_found"
+    DOWNLOAD_FAILED = "download_failed"
+    BAD_PAYLOAD = "bad_payload"
+    PLAN_NOT_APPROVED = "plan_not_approved"
+    PLAN_LOAD_FAILED = "plan_load_failed"
+    PLAN_INIT_FAILED = "plan_init_failed"
+    STATE_LOAD_FAILED = "state_load_failed"
+    PARAMS_LOAD_FAILED = "params_load_failed"
+    AUX_VAR_FAILED = "aux_var_failed"
+    DATA_FAILED = "data_failed"
+    NO_TRAINING_DATA = "no_training_data"
+    TRAINING_FAILED = "training_failed"
+    ENCRYPTION_FAILED = "encryption_failed"
+    STATE_SAVE_FAILED = "state_save_failed"
+    UPLOAD_FAILED = "upload_failed"
+    INTERNAL = "internal"
+
+
+_DEFAULT_PUBLIC: dict[ErrorCode, str] = {
+    ErrorCode.BAD_REQUEST: "The train request is malformed.",
+    ErrorCode.BAD_TRAINING_ARGS: "The training arguments are invalid.",
+    ErrorCode.SECAGG_CONFIG: "Secure aggregation could not be configured on the node.",
+    ErrorCode.DATASET_NOT_FOUND: "The requested dataset is not available on this node.",
+    ErrorCode.DOWNLOAD_FAILED: "A file could not be downloaded from the file exchange.",
+    ErrorCode.BAD_PAYLOAD: "A downloaded file is not a valid payload.",
+    ErrorCode.PLAN_NOT_APPROVED: "The training plan is not approved by the node.",
+    ErrorCode.PLAN_LOAD_FAILED: "The training plan could not be loaded.",
+    ErrorCode.PLAN_INIT_FAILED: "The training plan could not be initialized with the given arguments.",
+    ErrorCode.STATE_LOAD_FAILED: "The previous node state could not be read.",
+    ErrorCode.PARAMS_LOAD_FAILED: "The model parameters could not be loaded into the training plan.",
+    ErrorCode.AUX_VAR_FAILED: "The optimizer auxiliary variables could not be processed.",
+    ErrorCode.DATA_FAILED: "The local data could not be prepared for training.",
+    ErrorCode.NO_TRAINING_DATA: "No samples are left for training after the train/test split.",
+    ErrorCode.TRAINING_FAILED: "Training failed on the node.",
+    ErrorCode.ENCRYPTION_FAILED: "The model update could not be encrypted.",
+    ErrorCode.STATE_SAVE_FAILED: "The new node state could not be saved.",
+    ErrorCode.UPLOAD_FAILED: "The results could not be uploaded.",
+    ErrorCode.INTERNAL: "Internal error on the node; the node owner can find details in the node log.",
+}
+
+# What a public text may not contain: paths, tracebacks, exception reprs, code locations.
+_LEAK_PATTERNS = (
+    re.compile(r"(?:^|[\s'\"(=:])(?:/|~/|[A-Za-z]:\\)[\w.\-]+[/\\]"),  # absolute or home paths
+    re.compile(r"\\[\w.\-]+\\"),  # windows-style relative path pieces
+    re.compile(r"Traceback \(most recent call last\)"),
+    re.compile(r'File "[^"]*", line \d+'),
+    re.compile(r"\b[A-Z]\w*(?:Error|Exception|Warning)\("),  # exception repr
+    re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>"),
+    re.compile(r"\.py\b"),
+)
+
+
+def is_public_safe(text: str) -> bool:
+    """Tell whether ``text`` is free of paths, tracebacks and exception reprs.
+
+    >>> is_public_safe("Training failed on the node.")
+    True
+    >>> is_public_safe("cannot open /var/lib/node/db.sqlite")
+    False
+    >>> is_public_safe("ValueError('boom')")
+    False
+    """
+    return not any(p.search(text) for p in _LEAK_PATTERNS)
+
+
+def public_text(code: ErrorCode, public: str | None) -> str:
+    """Return ``public`` when it is safe to show the researcher, else the code's default text.
+
+    >>> public_text(ErrorCode.UPLOAD_FAILED, "see /tmp/x/y")
+    'The results could not be uploaded.'
+    """
+    if public and is_public_safe(public):
+        return public
+    return _DEFAULT_PUBLIC[code]
+
+
+@frozen(kw_only=True)
+class RoundError:
+    """A round failure: ``detail`` goes to the node log only, ``public`` to the researcher.
+
+    ``public`` is checked on construction: a text that could leak a path, a traceback or an
+    exception repr is replaced by the code's generic text, so no caller can leak by mistake.
+
+    >>> e = RoundError(code=ErrorCode.DOWNLOAD_FAILED, step="fetch_params",
+    ...                detail="GET http://x/p: 503", public="Cannot download /etc/passwd")
+    >>> e.public
+    'A file could not be downloaded from the file exchange.'
+    """
+
+    code: ErrorCode
+    step: str
+    detail: str = ""
+    public: str = field(default="")
+    retryable: bool = False
+    cause: BaseException | None = field(default=None, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "public", public_text(self.code, self.public))
+
+    def with_step(self, step: str) -> "RoundError":
+        """Return this error attributed to ``step`` (used by NamedStep when a step left it empty)."""
+        return RoundError(
+            code=self.code,
+            step=step,
+            detail=self.detail,
+            public=self.public,
+            retryable=self.retryable,
+            cause=self.cause,
+        )
+
+    def log_line(self) -> str:
+        """One line for the node log: code, step and the full detail."""
+        return f"[{self.code}] step={self.step or '?'}: {self.detail or self.public}"

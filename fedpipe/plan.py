@@ -1,0 +1,139 @@
+"""The training-plan interface the round drives: framework-neutral, so the core never imports torch.
+
+``fedpipe.training.TorchTrainingPlan`` implements it for PyTorch; ``fedpipe.testing`` has a
+scripted fake. Plan methods are user code: they may raise anything, and the step that calls
+one turns the exception into a ``RoundError``.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from attrs import field, frozen
+
+from fedpipe.args import Metric, TrainingArgs
+from fedpipe.request import JsonMap
+from fedpipe.settings import GpuPolicy
+
+__all__ = ["DataSplit", "DatasetRecord", "MetricSink", "PlanFactory", "Scalars", "TrainingPlan"]
+
+
+@frozen(kw_only=True)
+class DatasetRecord:
+    """A dataset the node owner registered: where it is and how to load it."""
+
+    dataset_id: str
+    name: str = ""
+    path: str = ""
+    data_type: str = ""
+    shape: tuple[int, ...] = ()
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    dataset_parameters: JsonMap = field(factory=lambda: MappingProxyType({}))
+    data_loading_plan: JsonMap | None = None
+
+
+@frozen(kw_only=True)
+class DataSplit:
+    """Sample indices of the training and testing subsets of the local dataset."""
+
+    train_indices: tuple[int, ...] = field(repr=lambda t: f"<{len(t)} indices>")
+    test_indices: tuple[int, ...] = field(repr=lambda t: f"<{len(t)} indices>")
+
+    @property
+    def n_samples(self) -> int:
+        """Size of the whole dataset."""
+        return len(self.train_indices) + len(self.test_indices)
+
+
+@frozen(kw_only=True)
+class Scalars:
+    """One report from a plan's training or testing routine (ids are added by the round)."""
+
+    metric: Mapping[str, float]
+    iteration: int
+    epoch: int | None = None
+    train: bool = False
+    test: bool = False
+    test_on_global_updates: bool = False
+    test_on_local_updates: bool = False
+    num_samples_trained: int | None = None
+    total_samples: int | None = None
+    batch_samples: int | None = None
+    num_batches: int | None = None
+
+
+MetricSink = Callable[[Scalars], None]
+"""Where a plan sends its scalars; bound by the round to the job, researcher and node."""
+
+
+class TrainingPlan(Protocol):
+    """What a round needs from a training plan, in the order the standard round calls it."""
+
+    def post_init(
+        self,
+        *,
+        model_args: Mapping[str, Any],
+        training_args: TrainingArgs,
+        aggregator_args: Mapping[str, Any],
+    ) -> None:
+        """Build the model and optimizer from the researcher's arguments."""
+        ...
+
+    def load_state(self, state: Mapping[str, Any]) -> Sequence[str]:
+        """Restore what ``save_state`` returned in an earlier round; return warnings (e.g. skipped parts)."""
+        ...
+
+    def set_model_params(self, params: Mapping[str, Any]) -> None:
+        """Load the global parameters (a name -> tensor mapping)."""
+        ...
+
+    def set_aux_vars(self, aux_vars: Mapping[str, Any]) -> None:
+        """Ingest optimizer auxiliary variables sent by the researcher (e.g. SCAFFOLD corrections)."""
+        ...
+
+    def load_data(self, dataset: DatasetRecord) -> int:
+        """Load the local dataset (applying its parameters and loading plan); return its size."""
+        ...
+
+    def set_split(self, split: DataSplit) -> None:
+        """Build the training and testing loaders over these indices (honouring loader args)."""
+        ...
+
+    def testing_routine(
+        self,
+        *,
+        metric: Metric | None,
+        metric_args: Mapping[str, Any],
+        report: MetricSink,
+        before_train: bool,
+    ) -> Mapping[str, float]:
+        """Validate the current model on the testing subset; return the metric values."""
+        ...
+
+    def training_routine(self, *, report: MetricSink, gpu: GpuPolicy) -> int:
+        """Train on the training subset; return the number of samples seen."""
+        ...
+
+    def collect_aux_vars(self) -> Mapping[str, Any]:
+        """Auxiliary variables to send back after training (empty when the optimizer has none)."""
+        ...
+
+    def after_training_params(self, *, flatten: bool) -> Any:
+        """The update: a name -> tensor mapping, or with ``flatten`` a flat list of floats.
+
+        Both forms carry the same post-processing (user ``postprocess``, central DP noise).
+        """
+        ...
+
+    def save_state(self) -> Mapping[str, Any]:
+        """What to keep for the next round of this job (optimizer state, buffers ...)."""
+        ...
+
+    def optimizer_args(self) -> Mapping[str, Any]:
+        """The optimizer arguments to report back to the researcher."""
+        ...
+
+
+PlanFactory = Callable[[], TrainingPlan]
+"""A zero-argument constructor of a plan (the class named by ``training_plan_class``)."""

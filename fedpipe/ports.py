@@ -1,0 +1,256 @@
+"""Ports: the Protocols through which a round touches the world, and the records that cross them.
+
+Every port has an in-memory fake in ``fedpipe.testing`` and a real adapter wired by
+``fedpipe.bootstrap``. Ports return ``Result[..., RoundError]`` for every expected failure and
+translate their library's exceptions at the edge.
+"""
+
+import enum
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from attrs import field, frozen
+from returns.result import Result
+
+from fedpipe.errors import RoundError
+from fedpipe.plan import DatasetRecord, TrainingPlan
+
+__all__ = [
+    "Approval",
+    "ApprovalRegistry",
+    "Biprime",
+    "Clock",
+    "DatasetRecord",
+    "DatasetRegistry",
+    "FileExchange",
+    "MetricEvent",
+    "Monitor",
+    "NodeState",
+    "PlanLoader",
+    "Ports",
+    "SecaggCrypter",
+    "SecaggKeys",
+    "ServerKeyShare",
+    "SplitRecord",
+    "StateStore",
+]
+
+
+class FileExchange(Protocol):
+    """Moves files between the node and the researcher's file exchange."""
+
+    def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
+        """Fetch ``url`` into the file ``dest`` (complete or absent, never partial)."""
+        ...
+
+    def upload(self, path: Path) -> Result[str, RoundError]:
+        """Send the file at ``path``; return the URL it can be downloaded from."""
+        ...
+
+
+class Approval(enum.StrEnum):
+    """A training plan's status in the node owner's approval registry."""
+
+    APPROVED = "Approved"
+    REJECTED = "Rejected"
+    PENDING = "Pending"
+    NOT_REGISTERED = "Not Registered"
+
+
+class ApprovalRegistry(Protocol):
+    """The node owner's registry of approved training plans (hash of a canonical source form)."""
+
+    def status(self, source: str) -> Result[Approval, RoundError]:
+        """The approval status of the plan whose source text is ``source``."""
+        ...
+
+
+class DatasetRegistry(Protocol):
+    """The node's registry of local datasets."""
+
+    def get(self, dataset_id: str) -> Result[DatasetRecord | None, RoundError]:
+        """The record for ``dataset_id``, or None when the node has no such dataset."""
+        ...
+
+
+@frozen(kw_only=True)
+class SplitRecord:
+    """The train/test split of one dataset for one job, kept so that it stays stable across rounds."""
+
+    dataset_id: str
+    n_samples: int
+    test_ratio: float
+    test_indices: tuple[int, ...]
+
+
+@frozen(kw_only=True)
+class NodeState:
+    """What a node keeps between the rounds of a job (one record per saved round).
+
+    ``plan_state`` is the codec encoding of the plan's ``save_state()`` mapping (optimizer state,
+    non-trainable buffers, control variates ...); it is opaque to the store.
+    """
+
+    state_id: str
+    job_id: str
+    round: int
+    previous_state_id: str | None = None
+    plan_state: bytes = field(default=b"", repr=False)
+    split: SplitRecord | None = None
+    version: str = "1"
+
+
+class StateStore(Protocol):
+    """Durable node state, chained per job; a save is atomic (all or nothing)."""
+
+    def load(self, job_id: str, state_id: str) -> Result[NodeState | None, RoundError]:
+        """The state ``state_id`` of ``job_id``, or None when there is none."""
+        ...
+
+    def save(self, state: NodeState) -> Result[None, RoundError]:
+        """Store ``state`` atomically (and prune old states of the same job)."""
+        ...
+
+
+@frozen(kw_only=True)
+class ServerKeyShare:
+    """This node's Joye-Libert user-key share for a secagg context (the reference's servkey entry)."""
+
+    secagg_id: str
+    job_id: str
+    parties: tuple[str, ...]
+    key: int = field(repr=False)
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of nodes in the context (the researcher, first party, is not a node)."""
+        return len(self.parties) - 1
+
+
+@frozen(kw_only=True)
+class Biprime:
+    """The public biprime N of a secagg context."""
+
+    secagg_id: str
+    biprime: int = field(repr=False)
+    max_keysize: int = 2048
+
+
+class SecaggKeys(Protocol):
+    """The node's store of secure-aggregation key material."""
+
+    def server_key(self, secagg_id: str, job_id: str) -> Result[ServerKeyShare | None, RoundError]:
+        """The key share ``secagg_id`` of ``job_id``; None if absent; a failure if it is another job's."""
+        ...
+
+    def biprime(self, secagg_id: str) -> Result[Biprime | None, RoundError]:
+        """The biprime ``secagg_id``, or None if absent."""
+        ...
+
+    def claim_tau(self, secagg_id: str, round_number: int) -> Result[None, RoundError]:
+        """Record that (key, round) is used; a failure if it was already used (tau reuse breaks JL)."""
+        ...
+
+
+class SecaggCrypter(Protocol):
+    """Joye-Libert encryption of a flat update (node side)."""
+
+    def encrypt(
+        self,
+        values: list[float],
+        *,
+        key: ServerKeyShare,
+        biprime: Biprime,
+        round_number: int,
+        weight: int,
+        clipping_range: float | None,
+    ) -> Result[list[int], RoundError]:
+        """Encrypt ``values`` weighted by ``weight`` (the sample size) for ``round_number``."""
+        ...
+
+
+class PlanLoader(Protocol):
+    """Imports a downloaded plan source and instantiates its class, leaving no trace behind."""
+
+    def load(self, source_path: Path, class_name: str) -> Result[TrainingPlan, RoundError]:
+        """Instantiate ``class_name`` from the source at ``source_path``."""
+        ...
+
+
+@frozen(kw_only=True)
+class MetricEvent:
+    """One training-loss or validation-metric report, as the researcher's monitor receives it."""
+
+    node_id: str
+    job_id: str
+    researcher_id: str
+    round: int
+    metric: Mapping[str, float]
+    iteration: int
+    epoch: int | None = None
+    train: bool = False
+    test: bool = False
+    test_on_global_updates: bool = False
+    test_on_local_updates: bool = False
+    num_samples_trained: int | None = None
+    total_samples: int | None = None
+    batch_samples: int | None = None
+    num_batches: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reference's AddScalarReply fields (``command`` included)."""
+        return {
+            "node_id": self.node_id,
+            "job_id": self.job_id,
+            "researcher_id": self.researcher_id,
+            "round": self.round,
+            "train": self.train,
+            "test": self.test,
+            "test_on_global_updates": self.test_on_global_updates,
+            "test_on_local_updates": self.test_on_local_updates,
+            "metric": dict(self.metric),
+            "iteration": self.iteration,
+            "epoch": self.epoch,
+            "num_samples_trained": self.num_samples_trained,
+            "total_samples": self.total_samples,
+            "batch_samples": self.batch_samples,
+            "num_batches": self.num_batches,
+            "command": "add_scalar",
+        }
+
+
+class Monitor(Protocol):
+    """Forwards training and validation scalars to the researcher; must never block for long."""
+
+    def report(self, event: MetricEvent) -> None:
+        """Send (or queue) one event; never raises."""
+        ...
+
+
+class Clock(Protocol):
+    """Time, behind a port so that steps stay deterministic under test."""
+
+    def perf_counter(self) -> float:
+        """Wall-clock seconds from an arbitrary origin (for durations)."""
+        ...
+
+    def process_time(self) -> float:
+        """CPU seconds of this process (for durations)."""
+        ...
+
+
+@frozen(kw_only=True)
+class Ports:
+    """Every port a standard round needs, bundled for ``standard_round(ports)``."""
+
+    exchange: FileExchange
+    approvals: ApprovalRegistry
+    datasets: DatasetRegistry
+    states: StateStore
+    plans: PlanLoader
+    monitor: Monitor
+    clock: Clock
+    secagg_keys: SecaggKeys
+    crypter: SecaggCrypter
+    new_id: Callable[[], str] = field(eq=False)

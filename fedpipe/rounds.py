@@ -1,0 +1,118 @@
+"""The built-in rounds: the standard training round and the validation-only round.
+
+A custom variant is a few lines of edits by step name, for example clipping the update before
+upload and skipping validation on the global parameters:
+
+>>> from fedpipe.testing import fake_ports
+>>> from fedpipe.compose import NamedStep, insert_before, names, without
+>>> def clip_update(ctx):
+...     return Success(ctx)  # a real one would evolve ctx.update with clipped weights
+>>> variant = without(
+...     insert_before(standard_round(fake_ports()), "upload_results", NamedStep("clip_update", clip_update)),
+...     "validate_global",
+... )
+>>> names(variant)[-3:]
+('save_state', 'clip_update', 'upload_results')
+"""
+
+from returns.result import Success
+
+from fedpipe.compose import NamedStep, Round, without
+from fedpipe.ports import Ports
+from fedpipe.steps import (
+    check_approval,
+    check_secagg,
+    collect_aux_vars,
+    encrypt_update,
+    fetch_aggregator_args,
+    fetch_aux_vars,
+    fetch_params,
+    fetch_plan,
+    find_dataset,
+    ingest_aux_vars,
+    init_plan,
+    load_plan,
+    load_state,
+    make_update,
+    parse_training_args,
+    save_state,
+    set_params,
+    split_data,
+    train_model,
+    upload_results,
+    validate_global,
+    validate_local,
+)
+
+__all__ = ["STANDARD_STEPS", "TRAINING_ONLY_STEPS", "standard_round", "validation_round"]
+
+_ = Success  # used by the doctest above
+
+
+def standard_round(ports: Ports) -> Round:
+    """Every step of the reference round (§1.8), in its order, bound to ``ports``."""
+    return (
+        NamedStep("check_secagg", check_secagg(ports.secagg_keys)),
+        NamedStep("parse_training_args", parse_training_args),
+        NamedStep("find_dataset", find_dataset(ports.datasets)),
+        NamedStep("fetch_plan", fetch_plan(ports.exchange)),
+        NamedStep("check_approval", check_approval(ports.approvals)),
+        NamedStep("fetch_params", fetch_params(ports.exchange)),
+        NamedStep("fetch_aggregator_args", fetch_aggregator_args(ports.exchange)),
+        NamedStep("fetch_aux_vars", fetch_aux_vars(ports.exchange)),
+        NamedStep("load_plan", load_plan(ports.plans)),
+        NamedStep("init_plan", init_plan),
+        NamedStep("load_state", load_state(ports.states)),
+        NamedStep("set_params", set_params),
+        NamedStep("ingest_aux_vars", ingest_aux_vars),
+        NamedStep("split_data", split_data),
+        NamedStep("validate_global", validate_global(ports.monitor)),
+        NamedStep("train_model", train_model(ports.monitor, ports.clock)),
+        NamedStep("collect_aux_vars", collect_aux_vars),
+        NamedStep("validate_local", validate_local(ports.monitor)),
+        NamedStep("make_update", make_update),
+        NamedStep("encrypt_update", encrypt_update(ports.crypter, ports.secagg_keys)),
+        NamedStep("save_state", save_state(ports.states)),
+        NamedStep("upload_results", upload_results(ports.exchange)),
+    )
+
+
+STANDARD_STEPS: tuple[str, ...] = (
+    "check_secagg",
+    "parse_training_args",
+    "find_dataset",
+    "fetch_plan",
+    "check_approval",
+    "fetch_params",
+    "fetch_aggregator_args",
+    "fetch_aux_vars",
+    "load_plan",
+    "init_plan",
+    "load_state",
+    "set_params",
+    "ingest_aux_vars",
+    "split_data",
+    "validate_global",
+    "train_model",
+    "collect_aux_vars",
+    "validate_local",
+    "make_update",
+    "encrypt_update",
+    "save_state",
+    "upload_results",
+)
+
+TRAINING_ONLY_STEPS: tuple[str, ...] = (
+    "train_model",
+    "collect_aux_vars",
+    "validate_local",
+    "make_update",
+    "encrypt_update",
+    "save_state",
+    "upload_results",
+)
+
+
+def validation_round(ports: Ports) -> Round:
+    """The round for ``training: false`` requests: validate the global parameters, save nothing."""
+    return without(standard_round(ports), *TRAINING_ONLY_STEPS)

@@ -1,0 +1,56 @@
+"""Node settings: who the node is, where it keeps its files, and the owner's policies."""
+
+from pathlib import Path
+
+from attrs import field, frozen
+from attrs.validators import ge, instance_of, matches_re, optional
+
+__all__ = ["GpuPolicy", "NodeSettings"]
+
+
+@frozen(kw_only=True)
+class GpuPolicy:
+    """The node owner's GPU policy (reference §4.4): allow the GPU, pin one, or force it."""
+
+    gpu: bool = False
+    gpu_num: int | None = field(default=None, validator=optional(ge(0)))
+    gpu_only: bool = False
+
+    def use_cuda(self, requested: bool, cuda_available: bool) -> bool:
+        """Whether training runs on CUDA: ``available and ((requested and gpu) or gpu_only)``.
+
+        >>> GpuPolicy(gpu=True).use_cuda(requested=True, cuda_available=True)
+        True
+        >>> GpuPolicy(gpu=False).use_cuda(requested=True, cuda_available=True)
+        False
+        >>> GpuPolicy(gpu_only=True).use_cuda(requested=False, cuda_available=True)
+        True
+        """
+        return cuda_available and ((requested and (self.gpu or self.gpu_only)) or self.gpu_only)
+
+
+@frozen(kw_only=True)
+class NodeSettings:
+    """Everything a node owner configures; steps read policy from here, never from the environment.
+
+    ``root`` holds the node's database, its temporary round workspaces and its logs.
+    """
+
+    node_id: str = field(validator=matches_re(r"^[A-Za-z0-9_.\-]{1,128}$"))
+    root: Path = field(converter=Path)
+    training_plan_approval: bool = True
+    secure_aggregation: bool = True
+    force_secure_aggregation: bool = False
+    gpu: GpuPolicy = field(factory=GpuPolicy, validator=instance_of(GpuPolicy))
+    max_download_bytes: int = field(default=4 * 1024**3, validator=ge(1))
+    keep_states_per_job: int = field(default=3, validator=ge(1))
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where round workspaces are created (and removed when the round ends)."""
+        return self.root / "tmp"
+
+    @property
+    def db_path(self) -> Path:
+        """The node's SQLite database file."""
+        return self.root / "node.sqlite"

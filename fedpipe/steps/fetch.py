@@ -1,0 +1,131 @@
+"""Downloads from the file exchange: plan source, global parameters, aggregator args, aux vars."""
+
+import hashlib
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from attrs import evolve
+from returns.result import Failure, Result, Success
+
+from fedpipe.codec import Limits, load_file
+from fedpipe.compose import Step
+from fedpipe.context import PlanSource, RoundContext
+from fedpipe.errors import ErrorCode, RoundError
+from fedpipe.ports import FileExchange
+from fedpipe.request import freeze_mapping
+
+__all__ = ["MAX_PLAN_SOURCE_BYTES", "fetch_aggregator_args", "fetch_aux_vars", "fetch_params", "fetch_plan"]
+
+MAX_PLAN_SOURCE_BYTES = 4 * 1024 * 1024
+
+
+def _bad_payload(step: str, what: str, reason: str) -> RoundError:
+    return RoundError(
+        code=ErrorCode.BAD_PAYLOAD,
+        step=step,
+        detail=f"{what}: {reason}",
+        public=f"The {what} is not a valid payload.",
+    )
+
+
+def decode_payload(path: Path, ctx: RoundContext, step: str, what: str) -> Result[Any, RoundError]:
+    """Decode a downloaded payload file within the node's limits; bad bytes become BAD_PAYLOAD."""
+    limits = Limits(max_bytes=ctx.settings.max_download_bytes)
+    return load_file(path, limits).alt(lambda err: _bad_payload(step, what, err.reason))
+
+
+def _decode_into(path: Path, *, ctx: RoundContext, what: str) -> Result[Any, RoundError]:
+    return decode_payload(path, ctx, "fetch_aggregator_args", what)
+
+
+def fetch_plan(exchange: FileExchange) -> Step:
+    """Download the training-plan source into the round workspace and keep its text and digest."""
+
+    def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
+        dest = ctx.workdir / "training_plan.py"
+
+        def read(path: Path) -> Result[RoundContext, RoundError]:
+            try:
+                raw = path.read_bytes()
+                source = raw.decode("utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                return Failure(
+                    _bad_payload("fetch_plan", "training plan source", f"{type(err).__name__}: {err}")
+                )
+            digest = hashlib.sha256(raw).hexdigest()
+            return Success(evolve(ctx, plan_source=PlanSource(path=path, source=source, sha256=digest)))
+
+        return exchange.download(ctx.request.training_plan_url, dest, max_bytes=MAX_PLAN_SOURCE_BYTES).bind(
+            read
+        )
+
+    return step
+
+
+def fetch_params(exchange: FileExchange) -> Step:
+    """Download the global model parameters file (decoded once, later, by set_params)."""
+
+    def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
+        dest = ctx.workdir / "global_params.mpk"
+        return exchange.download(ctx.request.params_url, dest, max_bytes=ctx.settings.max_download_bytes).map(
+            lambda path: evolve(ctx, downloads=evolve(ctx.downloads, params_path=path))
+        )
+
+    return step
+
+
+def fetch_aggregator_args(exchange: FileExchange) -> Step:
+    """Replace each aggregator argument that is an object with a ``url`` by the decoded file content.
+
+    Other entries are kept as sent (the reference downloaded every object-valued entry: D7).
+    """
+
+    def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
+        resolved: dict[str, Any] = {}
+        for i, (name, value) in enumerate(ctx.request.aggregator_args.items()):
+            url = value.get("url") if isinstance(value, Mapping) else None
+            if not isinstance(url, str):
+                resolved[name] = value
+                continue
+            fetched = exchange.download(
+                url, ctx.workdir / f"aggregator_arg_{i}.mpk", max_bytes=ctx.settings.max_download_bytes
+            ).bind(partial(_decode_into, ctx=ctx, what=f"aggregator argument `{name}`"))
+            if isinstance(fetched, Failure):
+                return fetched
+            resolved[name] = fetched.unwrap()
+        return Success(evolve(ctx, downloads=evolve(ctx.downloads, aggregator_args=freeze_mapping(resolved))))
+
+    return step
+
+
+def fetch_aux_vars(exchange: FileExchange) -> Step:
+    """Download every aux-var file in order and merge their top-level mappings (later files win).
+
+    On any failure the round stops and no partial merge is kept.
+    """
+
+    def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
+        merged: dict[str, Any] = {}
+        for i, url in enumerate(ctx.request.aux_var_urls):
+            fetched = exchange.download(
+                url, ctx.workdir / f"aux_var_{i}.mpk", max_bytes=ctx.settings.max_download_bytes
+            ).bind(
+                lambda path: decode_payload(path, ctx, "fetch_aux_vars", "optimizer auxiliary variables file")
+            )
+            if isinstance(fetched, Failure):
+                return fetched
+            content = fetched.unwrap()
+            if not isinstance(content, Mapping):
+                return Failure(
+                    _bad_payload(
+                        "fetch_aux_vars", "optimizer auxiliary variables file", "top level is not a map"
+                    )
+                )
+            merged.update(content)
+        if not merged:
+            return Success(ctx)
+        return Success(evolve(ctx, downloads=evolve(ctx.downloads, aux_vars=merged)))
+
+    return step

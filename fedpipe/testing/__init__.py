@@ -1,0 +1,33 @@
+"""Public test kit: in-memory fakes of every port and hypothesis strategies, for users' own rounds."""
+
+from fedpipe.testing.fakes import (
+    FakeClock,
+    FakeCrypter,
+    FakeNode,
+    InMemoryApprovalRegistry,
+    InMemoryDatasetRegistry,
+    InMemoryFileExchange,
+    InMemorySecaggKeys,
+    InMemoryStateStore,
+    PlanFault,
+    RecordingMonitor,
+    RegistryPlanLoader,
+    ScriptedPlan,
+    fake_ports,
+)
+
+__all__ = [
+    "FakeClock",
+    "FakeCrypter",
+    "FakeNode",
+    "InMemoryApprovalRegistry",
+    "InMemoryDatasetRegistry",
+    "InMemoryFileExchange",
+    "InMemorySecaggKeys",
+    "InMemoryStateStore",
+    "PlanFault",
+    "RecordingMonitor",
+    "RegistryPlanLoader",
+    "ScriptedPlan",
+    "fake_ports",
+]
