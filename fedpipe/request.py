@@ -39,7 +39,9 @@ def freeze_mapping(value: Mapping[str, Any]) -> JsonMap:
 def _copy(value: Any) -> Any:
     if isinstance(value, Mapping):
         return freeze_mapping(value)
-    if isinstance(value, list | tuple):
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    if isinstance(value, list):
         return [_copy(v) for v in value]
     return value
 
@@ -52,7 +54,9 @@ def thaw(value: Any) -> Any:
     """
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, tuple):
+        return tuple(thaw(v) for v in value)
+    if isinstance(value, list):
         return [thaw(v) for v in value]
     return value
 
@@ -242,6 +246,9 @@ def _size_ok(value: Any) -> bool:
         budget -= 1
         if budget < 0 or depth > MAX_DEPTH:
             return False
+        kind = type(item)
+        if kind is str or kind is int or kind is float or kind is bool or item is None:
+            continue
         if isinstance(item, Mapping):
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list | tuple):
@@ -262,7 +269,7 @@ def parse_request(raw: object) -> Result[TrainRequest, RoundError]:
     ...                    "training_plan_class": "Plan", "training": True})
     >>> r.unwrap().round
     0
-    >>> parse_request({"job_id": 3}).failure().public
+    >>> parse_request({"researcher_id": "r", "job_id": 3}).failure().public
     'Invalid train request: field `job_id` must be a non-empty string.'
     """
     if not isinstance(raw, Mapping):

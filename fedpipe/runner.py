@@ -63,14 +63,13 @@ def execute_round(
     state_id = f"node_state_{ports.new_id()}" if request.training else None
     header = header_of(request, settings.node_id, state_id)
     timings: list[tuple[str, float]] = []
-    current = ["(setup)"]
+    step_names: list[str] = []
     last = [ports.clock.perf_counter()]
 
     def observe(name: str, _result: Result[RoundContext, RoundError]) -> None:
         now = ports.clock.perf_counter()
         timings.append((name, now - last[0]))
         last[0] = now
-        current[0] = name
 
     workdir: Path | None = None
     result: Result[RoundContext, RoundError]
@@ -78,23 +77,16 @@ def execute_round(
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="round_", dir=settings.tmp_dir))
         steps = rounds(ports, request) if callable(rounds) else rounds
-        names_ = [s.name for s in steps]
-        ctx = new_context(request, settings, workdir, state_id)
-
-        def traced(i: int, step: NamedStep) -> NamedStep:
-            def run(c: RoundContext) -> Result[RoundContext, RoundError]:
-                current[0] = names_[i]
-                return step(c)
-
-            return NamedStep(step.name, run)
-
-        result = run_steps(ctx, [traced(i, s) for i, s in enumerate(steps)], observe)
+        step_names.extend(s.name for s in steps)
+        result = run_steps(new_context(request, settings, workdir, state_id), steps, observe)
     except Exception as exc:  # the one last-resort boundary: the node always replies
-        log.error("bug in step %s:\n%s", current[0], traceback.format_exc())
+        # the step that raised is the one after the last that completed
+        failed = step_names[len(timings)] if len(timings) < len(step_names) else "(setup)"
+        log.error("bug in step %s:\n%s", failed, traceback.format_exc())
         result = Failure(
             RoundError(
                 code=ErrorCode.INTERNAL,
-                step=current[0],
+                step=failed,
                 detail=f"{type(exc).__name__}: {exc}",
                 cause=exc,
             )

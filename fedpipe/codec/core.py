@@ -185,13 +185,19 @@ def loads(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS)
         return Failure(DecodeError(reason=str(err) or type(err).__name__))
 
 
-def dump_file(obj: Any, path: Path) -> None:
-    """Encode ``obj`` into ``path`` atomically (a temporary sibling renamed into place)."""
+def dump_file(obj: Any, path: Path, *, durable: bool = False) -> None:
+    """Encode ``obj`` into ``path`` atomically (a temporary sibling renamed into place).
+
+    ``durable`` also flushes the file to disk before the rename (for state that must survive a
+    crash); workspace files that live only for the round skip that cost.
+    """
+    data = dumps(obj)
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "wb") as fh:
-        fh.write(dumps(obj))
-        fh.flush()
-        os.fsync(fh.fileno())
+        fh.write(data)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

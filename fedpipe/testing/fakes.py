@@ -7,7 +7,6 @@ publishes a plan and parameters and returns a valid train request.
 
 import hashlib
 import itertools
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,9 +90,7 @@ class InMemoryFileExchange:
             return Failure(
                 _error(ErrorCode.DOWNLOAD_FAILED, f"GET {url}: {len(content)} bytes > limit {max_bytes}")
             )
-        tmp = dest.with_name(dest.name + ".partial")
-        tmp.write_bytes(content)
-        os.replace(tmp, dest)
+        dest.write_bytes(content)
         return Success(dest)
 
     def upload(self, path: Path) -> Result[str, RoundError]:
