@@ -74,8 +74,11 @@ def execute_round(
     workdir: Path | None = None
     result: Result[RoundContext, RoundError]
     try:
-        settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix="round_", dir=settings.tmp_dir))
+        try:
+            workdir = Path(tempfile.mkdtemp(prefix="round_", dir=settings.tmp_dir))
+        except FileNotFoundError:
+            settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix="round_", dir=settings.tmp_dir))
         steps = rounds(ports, request) if callable(rounds) else rounds
         step_names.extend(s.name for s in steps)
         result = run_steps(new_context(request, settings, workdir, state_id), steps, observe)

@@ -5,7 +5,7 @@ from typing import Any
 from attrs import evolve
 from returns.result import Failure, Result
 
-from fedpipe.codec import CodecError, dump_file
+from fedpipe.codec import CodecError, dumps
 from fedpipe.compose import Step, require
 from fedpipe.context import RoundContext, Update
 from fedpipe.errors import ErrorCode, RoundError
@@ -40,7 +40,7 @@ def upload_results(exchange: FileExchange) -> Step:
         def write(update: Update) -> Result[RoundContext, RoundError]:
             path = ctx.workdir / "node_params.mpk"
             try:
-                dump_file(results_payload(ctx, update), path)
+                path.write_bytes(dumps(results_payload(ctx, update)))  # private workspace: no rename needed
             except (CodecError, OSError) as err:
                 return Failure(
                     RoundError(
