@@ -24,12 +24,16 @@ class Task:
 class HttpTaskClient:
     """Long-polls ``GET /tasks/{node_id}/next`` and posts replies; all waits are bounded."""
 
-    def __init__(self, server_url: str, node_id: str, *, poll_wait: float = 10.0, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, server_url: str, node_id: str, *, poll_wait: float = 10.0, connect_timeout: float = 5.0
+    ) -> None:
         self.node_id = node_id
         self.poll_wait = poll_wait
         self._client = httpx.Client(
             base_url=server_url.rstrip("/"),
-            timeout=httpx.Timeout(connect=connect_timeout, read=poll_wait + 10.0, write=30.0, pool=connect_timeout),
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=poll_wait + 10.0, write=30.0, pool=connect_timeout
+            ),
         )
 
     def next_task(self) -> Task | None:
@@ -54,7 +58,10 @@ class HttpTaskClient:
             response = self._client.post(f"/tasks/{task_id}/reply", json=dict(reply))
         except httpx.HTTPError as err:
             raise TaskBoardUnavailable(f"posting the reply failed: {type(err).__name__}") from err
-        if response.status_code not in (200, 404):  # 404: the board forgot the task (restart); nothing to retry
+        if response.status_code not in (
+            200,
+            404,
+        ):  # 404: the board forgot the task (restart); nothing to retry
             raise TaskBoardUnavailable(f"posting the reply: HTTP {response.status_code}")
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ Routes (JSON bodies):
 """
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -95,10 +96,8 @@ class TaskBoard:
                 left = deadline - time.monotonic()
                 if task is not None or left <= 0:
                     return task
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cond.wait(), timeout=left)
-                except TimeoutError:
-                    pass
 
     async def answer(self, task_id: str, reply: dict[str, Any]) -> bool:
         """Store the reply of ``task_id``; False when there is no such task."""
@@ -121,10 +120,8 @@ class TaskBoard:
                 left = deadline - time.monotonic()
                 if task is None or task.reply is not None or left <= 0:
                     return None if task is None else task.reply
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(cond.wait(), timeout=left)
-                except TimeoutError:
-                    pass
 
 
 def _wait_of(request: Request) -> float:
