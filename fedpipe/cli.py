@@ -1,0 +1,132 @@
+"""The ``fedpipe`` command: demo, serve, node, and the node owner's plans and datasets commands."""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _settings(root: Path, node_id: str | None) -> "object":
+    from fedpipe.bootstrap import load_or_create_settings
+
+    return load_or_create_settings(root, node_id=node_id)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fedpipe.researcher.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        rounds=args.rounds,
+        nodes=args.nodes,
+        secagg=args.secagg,
+        scaffold=args.scaffold,
+        gpu=args.gpu,
+        output=args.output,
+        seed=args.seed,
+        epochs=args.epochs,
+    )
+    return run_demo(options)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from fedpipe.server import serve
+
+    serve(host=args.host, port=args.port, root=args.root, max_bytes=args.max_bytes)
+    return 0
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from fedpipe.bootstrap import run_node_agent
+
+    return run_node_agent(args.root, server_url=args.server, node_id=args.node_id, poll_wait=args.poll_wait)
+
+
+def _cmd_plans(args: argparse.Namespace) -> int:
+    from fedpipe.bootstrap import open_owner
+
+    with open_owner(args.root) as owner:
+        if args.action == "list":
+            for row in owner.list_plans():
+                print(json.dumps(row, default=str))
+            return 0
+        if args.file is None:
+            print("error: give the plan source file with --file", file=sys.stderr)
+            return 2
+        source = Path(args.file).read_text(encoding="utf-8")
+        result = owner.set_plan_status(source, args.action, name=args.name or Path(args.file).stem)
+        print(result)
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from fedpipe.bootstrap import open_owner
+
+    with open_owner(args.root) as owner:
+        if args.action == "list":
+            for row in owner.list_datasets():
+                print(json.dumps(row, default=str))
+            return 0
+        print(owner.add_dataset(dataset_id=args.id, path=args.path, name=args.name or args.id, description=args.description))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command (each has ``--help``)."""
+    parser = argparse.ArgumentParser(prog="fedpipe", description="The node side of a federated-learning round.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a real federated experiment on embedded defaults")
+    demo.add_argument("--rounds", type=int, default=5, help="training rounds (default 5)")
+    demo.add_argument("--nodes", type=int, default=3, help="node processes (default 3)")
+    demo.add_argument("--epochs", type=int, default=2, help="local epochs per round (default 2)")
+    demo.add_argument("--secagg", action="store_true", help="Joye-Libert secure aggregation end to end")
+    demo.add_argument("--scaffold", action="store_true", help="SCAFFOLD instead of FedAvg")
+    demo.add_argument("--gpu", action="store_true", help="let nodes train on a GPU when one is present")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data shards and model (default 0)")
+    demo.add_argument("--output", type=Path, default=Path("demo-output"), help="where the plot and logs go")
+    demo.set_defaults(run=_cmd_demo)
+
+    serve = sub.add_parser("serve", help="run the file-exchange and task server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8844)
+    serve.add_argument("--root", type=Path, required=True, help="directory for uploaded files")
+    serve.add_argument("--max-bytes", type=int, default=8 * 1024**3, help="largest accepted upload")
+    serve.set_defaults(run=_cmd_serve)
+
+    node = sub.add_parser("node", help="run a node that pulls train requests from a server")
+    node.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8844")
+    node.add_argument("--root", type=Path, required=True, help="the node's directory (settings, database, workspaces)")
+    node.add_argument("--node-id", default=None, help="node id (stored in the root's settings on first run)")
+    node.add_argument("--poll-wait", type=float, default=10.0, help="long-poll wait in seconds")
+    node.set_defaults(run=_cmd_node)
+
+    plans = sub.add_parser("plans", help="node owner: approve, reject or list training plans")
+    plans.add_argument("action", choices=["approve", "reject", "pending", "list"])
+    plans.add_argument("--root", type=Path, required=True, help="the node's directory")
+    plans.add_argument("--file", type=Path, default=None, help="plan source file")
+    plans.add_argument("--name", default=None, help="a name for the plan")
+    plans.set_defaults(run=_cmd_plans)
+
+    datasets = sub.add_parser("datasets", help="node owner: add or list datasets")
+    datasets.add_argument("action", choices=["add", "list"])
+    datasets.add_argument("--root", type=Path, required=True, help="the node's directory")
+    datasets.add_argument("--id", default=None, help="dataset id (add)")
+    datasets.add_argument("--path", default=None, help="dataset file or folder (add)")
+    datasets.add_argument("--name", default=None)
+    datasets.add_argument("--description", default="")
+    datasets.set_defaults(run=_cmd_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fedpipe`` command."""
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""A minimal researcher: sample-weighted FedAvg (or SCAFFOLD, or secure aggregation) over pulled nodes.
+
+Each round: upload the global parameters, post one train request per node on the task board,
+wait for the replies until a deadline, download and decode the results, aggregate. Nodes that
+fail or stay silent are reported; the experiment goes on with the others or stops, as configured.
+"""
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from attrs import define, field, frozen
+from returns.result import Failure
+
+from fedpipe.codec import dump_file, load_file
+from fedpipe.ports import FileExchange
+from fedpipe.researcher.board import BoardClient
+
+__all__ = [
+    "Experiment",
+    "ExperimentResult",
+    "NodeMetrics",
+    "NodeResult",
+    "RoundRecord",
+    "Strategy",
+]
+
+log = logging.getLogger("fedpipe.researcher")
+
+
+@frozen(kw_only=True)
+class NodeResult:
+    """One node's answer to one round."""
+
+    node_id: str
+    success: bool
+    msg: str = ""
+    sample_size: int = 0
+    state_id: str | None = None
+    results: Mapping[str, Any] = field(factory=dict, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class NodeMetrics:
+    """What a node reported for a round: last training loss, validation before and after training."""
+
+    train_loss: float | None = None
+    before: float | None = None
+    after: float | None = None
+    test_samples: int = 0
+
+
+@frozen(kw_only=True)
+class RoundRecord:
+    """A finished round: each node's result and metrics, and the sample-weighted global figures."""
+
+    round: int
+    results: tuple[NodeResult, ...]
+    metrics: Mapping[str, NodeMetrics]
+    seconds: float
+
+    def weighted(self, attribute: str) -> float | None:
+        """The test-sample-weighted mean of a metric attribute over the nodes that reported it."""
+        pairs = [
+            (getattr(m, attribute), m.test_samples or 1) for m in self.metrics.values() if getattr(m, attribute) is not None
+        ]
+        total = sum(w for _, w in pairs)
+        return None if not pairs or total == 0 else sum(v * w for v, w in pairs) / total
+
+
+@frozen(kw_only=True)
+class ExperimentResult:
+    """The whole run: per-round records, the final parameters and the final global validation."""
+
+    rounds: tuple[RoundRecord, ...]
+    params: Mapping[str, Any] = field(eq=False, repr=False)
+    final: RoundRecord | None = None
+
+    @property
+    def final_metric(self) -> float | None:
+        """The global model's metric after the last round (validation-only round on every node)."""
+        return None if self.final is None else self.final.weighted("before")
+
+
+class Strategy(Protocol):
+    """How the researcher turns node results into the next global parameters."""
+
+    def aggregator_args(self) -> dict[str, Any]:
+        """Arguments sent to every node with the train request."""
+        ...
+
+    def aux_vars_for(self, node_id: str) -> Mapping[str, Any] | None:
+        """Auxiliary variables to send to ``node_id`` this round (None: none)."""
+        ...
+
+    def aggregate(self, params: Mapping[str, Any], results: Sequence[NodeResult], round_number: int) -> Mapping[str, Any]:
+        """The next global parameters."""
+        ...
+
+
+class ExperimentStopped(Exception):
+    """A node failed and the experiment was configured to stop on failure."""
+
+
+def _metric_value(metric: Mapping[str, Any]) -> float | None:
+    for value in metric.values():
+        if isinstance(value, int | float) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+@define
+class Experiment:
+    """A federated experiment driven over the task board and the file exchange."""
+
+    board: BoardClient
+    exchange: FileExchange
+    node_ids: Sequence[str]
+    plan_source_url: str
+    plan_class: str
+    dataset_id: str
+    training_args: Mapping[str, Any]
+    initial_params: Mapping[str, Any]
+    strategy: Strategy
+    workdir: Path
+    model_args: Mapping[str, Any] = field(factory=dict)
+    job_id: str = field(factory=lambda: f"job-{uuid.uuid4().hex[:12]}")
+    researcher_id: str = "researcher"
+    round_deadline_s: float = 300.0
+    stop_on_failure: bool = False
+    secagg_fields: Callable[[int], Mapping[str, Any]] | None = None
+    on_round: Callable[[RoundRecord], None] | None = None
+    state_ids: dict[str, str | None] = field(factory=dict)
+
+    def _upload(self, name: str, obj: Any) -> str:
+        path = self.workdir / f"{name}.mpk"
+        dump_file(obj, path)
+        result = self.exchange.upload(path)
+        path.unlink(missing_ok=True)
+        if isinstance(result, Failure):
+            raise ExperimentStopped(f"cannot upload {name}: {result.failure().detail}")
+        return result.unwrap()
+
+    def _download(self, url: str) -> Mapping[str, Any] | None:
+        dest = self.workdir / f"results-{uuid.uuid4().hex}.mpk"
+        fetched = self.exchange.download(url, dest, max_bytes=8 * 1024**3)
+        if isinstance(fetched, Failure):
+            log.warning("cannot download results %s: %s", url, fetched.failure().detail)
+            return None
+        decoded = load_file(dest)
+        dest.unlink(missing_ok=True)
+        value = decoded.value_or(None)
+        return value if isinstance(value, Mapping) else None
+
+    def _request(self, node_id: str, round_number: int, params_url: str, training: bool) -> dict[str, Any]:
+        aux = self.strategy.aux_vars_for(node_id) if training else None
+        aux_urls = [self._upload(f"aux-{node_id}-{round_number}", dict(aux))] if aux else None
+        request: dict[str, Any] = {
+            "researcher_id": self.researcher_id,
+            "job_id": self.job_id,
+            "state_id": self.state_ids.get(node_id),
+            "params_url": params_url,
+            "training_args": dict(self.training_args),
+            "dataset_id": self.dataset_id,
+            "training": training,
+            "model_args": dict(self.model_args),
+            "training_plan_url": self.plan_source_url,
+            "training_plan_class": self.plan_class,
+            "round": round_number,
+            "aggregator_args": self.strategy.aggregator_args() if training else {},
+            "aux_var_urls": aux_urls,
+            "command": "train",
+        }
+        if training and self.secagg_fields is not None:
+            request.update(self.secagg_fields(round_number))
+        return request
+
+    def _collect(self, tasks: Mapping[str, str], deadline: float) -> list[NodeResult]:
+        pending = dict(tasks)
+        results: dict[str, NodeResult] = {}
+        while pending and time.monotonic() < deadline:
+            for node_id, task_id in list(pending.items()):
+                wait = max(0.0, min(2.0, deadline - time.monotonic()))
+                reply = self.board.reply(task_id, wait=wait)
+                if reply is None:
+                    continue
+                del pending[node_id]
+                results[node_id] = self._result_of(node_id, reply)
+        for node_id in pending:
+            results[node_id] = NodeResult(node_id=node_id, success=False, msg="no reply before the round deadline")
+        return [results[n] for n in tasks]
+
+    def _result_of(self, node_id: str, reply: Mapping[str, Any]) -> NodeResult:
+        if not reply.get("success"):
+            return NodeResult(node_id=node_id, success=False, msg=str(reply.get("msg", "")))
+        url = reply.get("params_url") or ""
+        content = self._download(url) if url else {}
+        if content is None:
+            return NodeResult(node_id=node_id, success=False, msg="results could not be downloaded")
+        sample_size = reply.get("sample_size")
+        return NodeResult(
+            node_id=node_id,
+            success=True,
+            sample_size=int(sample_size) if isinstance(sample_size, int) else 0,
+            state_id=reply.get("state_id") if isinstance(reply.get("state_id"), str) else None,
+            results=content,
+        )
+
+    def _metrics(self, round_number: int) -> dict[str, NodeMetrics]:
+        events = [e for e in self.board.events(self.job_id) if e.get("round") == round_number]
+        out: dict[str, NodeMetrics] = {}
+        for node_id in self.node_ids:
+            mine = [e for e in events if e.get("node_id") == node_id]
+            losses = [_metric_value(e.get("metric", {})) for e in mine if e.get("train")]
+            before = [e for e in mine if e.get("test") and e.get("test_on_global_updates")]
+            after = [e for e in mine if e.get("test") and e.get("test_on_local_updates")]
+            out[node_id] = NodeMetrics(
+                train_loss=losses[-1] if losses else None,
+                before=_metric_value(before[-1].get("metric", {})) if before else None,
+                after=_metric_value(after[-1].get("metric", {})) if after else None,
+                test_samples=int((before or after)[-1].get("total_samples") or 0) if (before or after) else 0,
+            )
+        return out
+
+    def run_round(self, round_number: int, params: Mapping[str, Any], *, training: bool = True) -> tuple[RoundRecord, Mapping[str, Any]]:
+        """One round on every node; returns its record and the next global parameters."""
+        started = time.monotonic()
+        params_url = self._upload(f"global-{round_number}", {"model_weights": dict(params)})
+        tasks = {n: self.board.post_task(n, self._request(n, round_number, params_url, training)) for n in self.node_ids}
+        results = self._collect(tasks, started + self.round_deadline_s)
+        failed = [r for r in results if not r.success]
+        for r in failed:
+            log.warning("round %d: node %s failed: %s", round_number, r.node_id, r.msg)
+        if failed and self.stop_on_failure:
+            raise ExperimentStopped(f"round {round_number}: {len(failed)} node(s) failed: " + "; ".join(f"{r.node_id}: {r.msg}" for r in failed))
+        ok = [r for r in results if r.success]
+        if training:
+            for r in ok:
+                self.state_ids[r.node_id] = r.state_id
+            if not ok:
+                raise ExperimentStopped(f"round {round_number}: no node succeeded")
+            params = self.strategy.aggregate(params, ok, round_number)
+        time.sleep(0.2)  # let the last monitor events land
+        record = RoundRecord(round=round_number, results=tuple(results), metrics=self._metrics(round_number), seconds=time.monotonic() - started)
+        if self.on_round is not None:
+            self.on_round(record)
+        return record, params
+
+    def run(self, rounds: int) -> ExperimentResult:
+        """``rounds`` training rounds, then one validation-only round of the final global model."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        params: Mapping[str, Any] = self.initial_params
+        records: list[RoundRecord] = []
+        for r in range(rounds):
+            record, params = self.run_round(r, params)
+            records.append(record)
+        final, _ = self.run_round(rounds, params, training=False)
+        return ExperimentResult(rounds=tuple(records), params=params, final=final)
