@@ -5,8 +5,9 @@ name, never removed the module and never restored the path when the import faile
 
 * the source is read and compiled in memory and run in a fresh module named
   ``fedpipe_plan_<uuid>``: no import machinery, no ``sys.path`` entry, and no ``__pycache__``
-  written next to the source (the source itself lives in the round workspace, which the runner
-  removes);
+  written next to the source, nor next to helper modules the plan itself imports (bytecode
+  writing is off during the load); the source itself lives in the round workspace, which the
+  runner removes;
 * ``sys.path`` is restored in place afterwards, and ``sys.modules`` too: the plan's module and
   every module loaded from the plan's directory are removed, and any entry the plan replaced is
   put back. Third-party libraries the plan imported for the first time (torch, numpy ...) stay
@@ -116,7 +117,9 @@ class ModulePlanLoader:
         module.__file__ = str(source_path)
         saved_path = list(sys.path)
         saved_modules = dict(sys.modules)
+        saved_bytecode = sys.dont_write_bytecode
         try:
+            sys.dont_write_bytecode = True  # helpers the plan imports from its directory leave no __pycache__
             sys.modules[module_name] = module  # dataclasses, typing and pickle look the module up by name
             try:
                 exec(code, module.__dict__)  # noqa: S102 the researcher's plan: approved (or approval off) before this step
@@ -130,6 +133,7 @@ class ModulePlanLoader:
                 )
             return self._instantiate(module, class_name)
         finally:
+            sys.dont_write_bytecode = saved_bytecode
             sys.path[:] = saved_path
             directory = source_path.parent.resolve()
             for name in [n for n in sys.modules if n not in saved_modules]:
