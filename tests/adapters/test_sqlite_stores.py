@@ -380,3 +380,23 @@ def test_concurrent_claims_of_one_round_let_exactly_one_through(path: Path) -> N
     for database in databases:
         database.close()
     assert sorted(results) == [False] * 7 + [True]
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"\xff",
+        b"[]",
+        b'{"dataset_id": "ds"}',
+        b'{"dataset_id": 1, "n_samples": 1, "test_ratio": 0, "test_indices": []}',
+    ],
+    ids=["not utf-8", "not an object", "missing fields", "wrong types"],
+)
+def test_malformed_split_blobs_are_load_failures(db: Database, blob: bytes) -> None:
+    store = SqliteStateStore(db)
+    store.save(_state(1))
+    with db.transaction() as conn:
+        conn.execute("UPDATE node_state_blobs SET data = ? WHERE name = 'split'", (blob,))
+    result = store.load("job", "s1")
+    assert isinstance(result, Failure)
+    assert result.failure().code is ErrorCode.STATE_LOAD_FAILED

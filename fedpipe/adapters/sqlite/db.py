@@ -26,7 +26,8 @@ __all__ = ["SCHEMA_VERSION", "Database", "NodeAdminError", "now_iso", "store_err
 SCHEMA_VERSION: Final = 1
 
 STORE_ERRORS: Final = (sqlite3.Error, OSError, ValueError)
-"""What the stores translate at the edge (``json.JSONDecodeError`` is a ``ValueError``)."""
+"""What the stores translate at the edge: SQLite and file errors, and ``ValueError`` for stored data
+that does not decode (``json.JSONDecodeError``, ``UnicodeDecodeError``, an unknown enum value)."""
 
 _MIGRATIONS: Final[dict[int, str]] = {
     1: """

@@ -67,10 +67,10 @@ def _split_blob(split: SplitRecord) -> bytes:
 
 def _split_of(blob: bytes) -> SplitRecord:
     data = json.loads(blob)
-    if not isinstance(data, Mapping):
-        raise ValueError("split record is not a JSON object")
-    indices = data["test_indices"]
-    ratio = data["test_ratio"]
+    fields = ("dataset_id", "n_samples", "test_ratio", "test_indices")
+    if not isinstance(data, Mapping) or any(f not in data for f in fields):
+        raise ValueError("split record is not a JSON object with the split fields")
+    indices, ratio = data["test_indices"], data["test_ratio"]
     if (
         not isinstance(data["dataset_id"], str)
         or type(data["n_samples"]) is not int
@@ -140,7 +140,7 @@ class SqliteStateStore:
                     version=version,
                 )
             )
-        except (*STORE_ERRORS, KeyError, TypeError) as err:
+        except STORE_ERRORS as err:
             return Failure(
                 store_error(
                     ErrorCode.STATE_LOAD_FAILED,
