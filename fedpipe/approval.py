@@ -24,7 +24,7 @@ import ast
 import enum
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from attrs import frozen
@@ -39,6 +39,7 @@ __all__ = [
     "canonical_source",
     "hash_function",
     "plan_digest",
+    "plan_digests",
 ]
 
 CANONICAL_FORM = "ast-v1"
@@ -132,44 +133,40 @@ _SKIPPED_FIELDS = frozenset({"kind", "type_comment"})  # u-prefix marker, `# typ
 
 
 def _emit(tree: ast.AST) -> str:
-    # Iterative, so that any tree ast.parse accepts is written without touching the recursion limit.
+    # Iterative, so that any tree ast.parse accepts is written without touching the recursion
+    # limit. The stack holds nodes, lists, and str pieces that are already output text.
     out: list[str] = []
-    stack: list[Any] = [tree]
+    stack: list[ast.AST | list[Any] | str] = [tree]
+    push = stack.append
     while stack:
         item = stack.pop()
-        if isinstance(item, _Lit):
-            out.append(item.text)
-        elif isinstance(item, ast.AST):
-            parts: list[Any] = [_Lit(type(item).__name__ + "(")]
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        parts: list[ast.AST | list[Any] | str]
+        if isinstance(item, ast.AST):
+            parts = [type(item).__name__ + "("]
             for name in item._fields:
                 if name in _SKIPPED_FIELDS:
                     continue
                 value = getattr(item, name, None)
                 if isinstance(item, ast.Constant) and name == "value":
-                    parts.append(_Lit("value=" + _constant(value) + ";"))
+                    parts.append("value=" + _constant(value) + ";")
+                elif value is None or (isinstance(value, list) and not value):
                     continue
-                if value is None or (isinstance(value, list) and not value):
-                    continue
-                parts.append(_Lit(name + "="))
-                parts.append(value)
-                parts.append(_Lit(";"))
-            parts.append(_Lit(")"))
-            stack.extend(reversed(parts))
-        elif isinstance(item, list):
-            parts = [_Lit("[")]
-            for element in item:
-                parts.append(element)
-                parts.append(_Lit(","))
-            parts.append(_Lit("]"))
-            stack.extend(reversed(parts))
+                elif isinstance(value, ast.AST | list):
+                    parts += (name + "=", value, ";")
+                else:
+                    parts.append(name + "=" + _constant(value) + ";")
+            parts.append(")")
         else:
-            out.append(_constant(item))
+            parts = ["["]
+            for element in item:
+                parts += (element if isinstance(element, ast.AST | list) else _constant(element), ",")
+            parts.append("]")
+        for part in reversed(parts):
+            push(part)
     return "".join(out)
-
-
-@frozen
-class _Lit:
-    text: str
 
 
 def canonical_source(source: str) -> Result[str, PlanSyntaxError]:
@@ -206,5 +203,25 @@ def plan_digest(
             hexdigest=hash_function(algorithm)(canon.encode("utf-8")),
             algorithm=algorithm,
             canonical_form=CANONICAL_FORM,
+        )
+    )
+
+
+def plan_digests(
+    source: str, algorithms: Iterable[HashAlgorithm]
+) -> Result[tuple[PlanDigest, ...], PlanSyntaxError]:
+    """Digest ``source`` with each of ``algorithms`` (parsed once; duplicates dropped, order kept).
+
+    >>> [d.algorithm.value for d in plan_digests("x = 1", ["SHA256", "SHA512", "SHA256"]).unwrap()]
+    ['SHA256', 'SHA512']
+    """
+    return canonical_source(source).map(
+        lambda canon: tuple(
+            PlanDigest(
+                hexdigest=hash_function(HashAlgorithm(a))(canon.encode("utf-8")),
+                algorithm=HashAlgorithm(a),
+                canonical_form=CANONICAL_FORM,
+            )
+            for a in dict.fromkeys(algorithms)
         )
     )

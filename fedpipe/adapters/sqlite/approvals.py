@@ -32,6 +32,7 @@ from fedpipe.approval import (
     PlanDigest,
     PlanSyntaxError,
     plan_digest,
+    plan_digests,
 )
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import Approval
@@ -98,16 +99,6 @@ def _syntax_failure(err: PlanSyntaxError) -> RoundError:
     )
 
 
-def _digests(source: str, algorithms: Iterable[HashAlgorithm]) -> Result[list[PlanDigest], PlanSyntaxError]:
-    out: list[PlanDigest] = []
-    for algorithm in dict.fromkeys(algorithms):
-        digest = plan_digest(source, algorithm)
-        if isinstance(digest, Failure):
-            return Failure(digest.failure())
-        out.append(digest.unwrap())
-    return Success(out)
-
-
 def _stored_algorithms(conn: sqlite3.Connection) -> list[HashAlgorithm]:
     rows = conn.execute(
         "SELECT DISTINCT algorithm FROM training_plans WHERE canonical_form = ? ORDER BY algorithm",
@@ -148,7 +139,7 @@ class SqliteApprovalRegistry:
         try:
             with self._db.transaction(write=False) as conn:
                 algorithms = _stored_algorithms(conn)
-                digests = _digests(source, algorithms or [self.algorithm])
+                digests = plan_digests(source, algorithms or [self.algorithm])
                 if isinstance(digests, Failure):
                     return Failure(_syntax_failure(digests.failure()))
                 row = _find(conn, digests.unwrap())
@@ -186,7 +177,7 @@ class SqliteApprovalRegistry:
         name = name or plan_id
         try:
             with self._db.transaction() as conn:
-                digests = _digests(source, [self.algorithm, *_stored_algorithms(conn)])
+                digests = plan_digests(source, [self.algorithm, *_stored_algorithms(conn)])
                 if isinstance(digests, Failure):
                     err = digests.failure()
                     raise NodeAdminError(f"cannot register: {err.public()} ({err.message})")
