@@ -309,8 +309,19 @@ def test_state_owner_operations(db: Database) -> None:
     assert summaries[0].size_bytes > 100
     assert store.remove_job("job") == 2
     assert store.list() == ()
-    with pytest.raises(ValueError, match="keep_per_job"):
+    with pytest.raises(ValueError, match="at least 1"):
         SqliteStateStore(db, keep_per_job=0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 6, 7, 50])
+def test_blobs_are_chunked_and_reassembled(db: Database, size: int) -> None:
+    store = SqliteStateStore(db, chunk_bytes=7)
+    state = NodeState(state_id="s", job_id="j", round=0, plan_state=bytes(range(size)))
+    assert store.save(state) == Success(None)
+    assert store.load("j", "s") == Success(state)
+    with db.transaction(write=False) as conn:
+        rows = conn.execute("SELECT COUNT(*) FROM node_state_blobs WHERE name = 'plan_state'").fetchone()[0]
+    assert rows == max(1, -(-size // 7))
 
 
 def test_state_survives_reopening(path: Path) -> None:

@@ -74,8 +74,9 @@ _MIGRATIONS: Final[dict[int, str]] = {
     CREATE TABLE node_state_blobs (
         state_seq INTEGER NOT NULL REFERENCES node_states(seq) ON DELETE CASCADE,
         name TEXT NOT NULL,
+        chunk INTEGER NOT NULL,
         data BLOB NOT NULL,
-        PRIMARY KEY (state_seq, name)
+        PRIMARY KEY (state_seq, name, chunk)
     );
 
     CREATE TABLE secagg_server_keys (
@@ -143,6 +144,8 @@ class Database:
             conn.execute("PRAGMA foreign_keys = ON")
             # FULL: a claimed secagg round or a saved state must survive a power cut, not only a crash.
             conn.execute("PRAGMA synchronous = FULL")
+            # Large state blobs pass through the WAL; truncate it after checkpoints.
+            conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
             self._migrate(conn)
         except BaseException as err:
             conn.close()

@@ -2,7 +2,8 @@
 
 A state is one ``node_states`` row (ids, round, the previous state's id, the format version) and
 its named blobs in ``node_state_blobs`` (``plan_state``: the codec bytes of the plan's state;
-``split``: the train/test split as JSON). A save writes the row, every blob and the pruning of
+``split``: the train/test split as JSON), each cut into ``CHUNK_BYTES`` rows because SQLite
+caps a single value at about 1 GB. A save writes the row, every blob and the pruning of
 the job's older states in one SQLite transaction: a crash at any moment leaves either the new
 state complete or the database as it was (the reference wrote files next to a TinyDB entry and
 never cleaned up: D18).
@@ -15,7 +16,7 @@ goes on from fresh state instead of failing.
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from attrs import frozen
@@ -25,11 +26,14 @@ from fedpipe.adapters.sqlite.db import STORE_ERRORS, Database, NodeAdminError, n
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import NodeState, SplitRecord
 
-__all__ = ["STATE_FORMAT_MAJOR", "SqliteStateStore", "StateSummary"]
+__all__ = ["CHUNK_BYTES", "STATE_FORMAT_MAJOR", "SqliteStateStore", "StateSummary"]
 
 log = logging.getLogger("fedpipe.node")
 
 STATE_FORMAT_MAJOR = "1"
+
+CHUNK_BYTES = 64 * 1024 * 1024
+"""Blobs are stored in chunks of this size: SQLite caps one value at about 1 GB, optimizer states do not."""
 
 _LIST = (
     "SELECT s.job_id, s.state_id, s.round, s.previous_state_id, s.version, s.saved_at, "
@@ -87,6 +91,17 @@ def _split_of(blob: bytes) -> SplitRecord:
     )
 
 
+def _chunks(data: bytes, size: int) -> Iterator[memoryview]:
+    """``data`` in slices of ``size`` bytes without copying (one empty slice for empty data).
+
+    >>> [bytes(c) for c in _chunks(b"abcde", 2)], [bytes(c) for c in _chunks(b"", 2)]
+    ([b'ab', b'cd', b'e'], [b''])
+    """
+    view = memoryview(data)
+    for offset in range(0, max(len(data), 1), size):
+        yield view[offset : offset + size]
+
+
 def _major(version: str) -> str:
     return version.split(".", 1)[0]
 
@@ -94,12 +109,13 @@ def _major(version: str) -> str:
 class SqliteStateStore:
     """Node states in the node database; keeps the ``keep_per_job`` newest states of each job."""
 
-    def __init__(self, db: Database, *, keep_per_job: int = 3) -> None:
+    def __init__(self, db: Database, *, keep_per_job: int = 3, chunk_bytes: int = CHUNK_BYTES) -> None:
         """Use the shared database ``db``; prune each job down to ``keep_per_job`` states on save."""
-        if keep_per_job < 1:
-            raise ValueError("keep_per_job must be at least 1")
+        if keep_per_job < 1 or chunk_bytes < 1:
+            raise ValueError("keep_per_job and chunk_bytes must be at least 1")
         self._db = db
         self.keep_per_job = keep_per_job
+        self.chunk_bytes = chunk_bytes
 
     def load(self, job_id: str, state_id: str) -> Result[NodeState | None, RoundError]:
         """The state ``state_id`` of ``job_id``; None when absent, pruned, or of another format version."""
@@ -113,12 +129,12 @@ class SqliteStateStore:
                 if row is None:
                     return Success(None)
                 seq, round_number, previous, version = row
-                blobs: dict[str, bytes] = {
-                    name: bytes(data)
-                    for name, data in conn.execute(
-                        "SELECT name, data FROM node_state_blobs WHERE state_seq = ?", (seq,)
-                    )
-                }
+                chunks: dict[str, list[bytes]] = {}
+                for name, data in conn.execute(
+                    "SELECT name, data FROM node_state_blobs WHERE state_seq = ? ORDER BY name, chunk", (seq,)
+                ):
+                    chunks.setdefault(name, []).append(data)
+            blobs = {name: b"".join(parts) for name, parts in chunks.items()}
             if _major(version) != STATE_FORMAT_MAJOR:
                 log.warning(
                     "node state %r of job %r has format version %s, this node reads %s.x: not used",
@@ -173,8 +189,12 @@ class SqliteStateStore:
                     ),
                 )
                 conn.executemany(
-                    "INSERT INTO node_state_blobs (state_seq, name, data) VALUES (?, ?, ?)",
-                    [(cursor.lastrowid, name, data) for name, data in blobs],
+                    "INSERT INTO node_state_blobs (state_seq, name, chunk, data) VALUES (?, ?, ?, ?)",
+                    (
+                        (cursor.lastrowid, name, i, chunk)
+                        for name, data in blobs
+                        for i, chunk in enumerate(_chunks(data, self.chunk_bytes))
+                    ),
                 )
                 conn.execute(
                     "DELETE FROM node_states WHERE job_id = ? AND seq NOT IN "
