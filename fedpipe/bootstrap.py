@@ -8,6 +8,7 @@
 ()
 """
 
+import shutil
 import time
 import uuid
 from collections.abc import Mapping
@@ -168,6 +169,19 @@ class Node:
     def run_round(self, request: Mapping[str, Any] | TrainRequest) -> TrainReply:
         """Run one round for ``request`` and return its reply (never raises for a bad request)."""
         return self.execute_round(request).reply
+
+    def clean_workspaces(self) -> int:
+        """Remove round workspaces a killed node left in ``settings.tmp_dir``; return how many.
+
+        Rounds remove their own workspace whatever happens; only a process killed mid-round
+        leaves one. Call it when no round is running on this node root (at start-up).
+        """
+        removed = 0
+        for workdir in sorted(self.settings.tmp_dir.glob("round_*")):
+            if workdir.is_dir():
+                shutil.rmtree(workdir, ignore_errors=True)
+                removed += not workdir.exists()
+        return removed
 
     def close(self) -> None:
         """Close the database (idempotent)."""

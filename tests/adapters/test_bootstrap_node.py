@@ -240,3 +240,13 @@ def test_unusable_root_is_an_admin_error(tmp_path: Path, exchange: InMemoryFileE
     blocker.write_text("not a directory")
     with pytest.raises(NodeAdminError, match="node root"):
         Node.open(NodeSettings(node_id="n", root=blocker / "node"), exchange=exchange)
+
+
+def test_workspaces_left_by_a_killed_node_are_cleaned(node: Node, settings: NodeSettings) -> None:
+    leftover = settings.tmp_dir / "round_abc"
+    (leftover / "sub").mkdir(parents=True)
+    (leftover / "training_plan.py").write_text("x = 1")
+    (settings.tmp_dir / "unrelated.txt").write_text("kept")
+    assert node.clean_workspaces() == 1
+    assert [p.name for p in settings.tmp_dir.iterdir()] == ["unrelated.txt"]
+    assert node.clean_workspaces() == 0

@@ -53,7 +53,8 @@ def test_sigkill_during_state_saves_leaves_the_last_saved_state_loadable(tmp_pat
     db_path = tmp_path / "node.sqlite"
     ack_path = tmp_path / "acks"
     rng = random.Random(20241130)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    root = Path(__file__).resolve().parents[2]  # the repository, so the child imports this fedpipe
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     next_round = 0
     kills = 0
     for _ in range(5):
