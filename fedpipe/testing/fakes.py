@@ -14,6 +14,7 @@ from typing import Any
 from attrs import define, field
 from returns.result import Failure, Result, Success
 
+from fedpipe.approval import plan_digest
 from fedpipe.args import Metric, TrainingArgs
 from fedpipe.codec import dumps
 from fedpipe.errors import ErrorCode, RoundError
@@ -103,13 +104,20 @@ class InMemoryFileExchange:
 
 
 def source_digest(source: str) -> str:
-    """The fake registry's plan identity: SHA-256 of the exact source text."""
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+    """The fake registry's plan identity: the canonical digest of ``fedpipe.approval`` (as the real one).
+
+    A source that does not parse has no canonical form; it is keyed by the SHA-256 of its text,
+    so that tests may still register it (its ``status`` fails like the real registry's).
+    """
+    digest = plan_digest(source)
+    if isinstance(digest, Failure):
+        return "raw:" + hashlib.sha256(source.encode("utf-8")).hexdigest()
+    return digest.unwrap().hexdigest
 
 
 @define
 class InMemoryApprovalRegistry:
-    """Plan approvals keyed by source digest; ``fail_next`` makes lookups fail."""
+    """Plan approvals keyed by canonical source digest; ``fail_next`` makes lookups fail."""
 
     statuses: dict[str, Approval] = field(factory=dict)
     fail_next: int = 0
@@ -123,11 +131,22 @@ class InMemoryApprovalRegistry:
         self.set_status(source, Approval.APPROVED)
 
     def status(self, source: str) -> Result[Approval, RoundError]:
-        """The status of ``source``; NOT_REGISTERED when unknown."""
+        """The status of ``source``; NOT_REGISTERED when unknown; a failure when it does not parse."""
         if self.fail_next > 0:
             self.fail_next -= 1
             return Failure(_error(ErrorCode.PLAN_NOT_APPROVED, "injected registry failure"))
-        return Success(self.statuses.get(source_digest(source), Approval.NOT_REGISTERED))
+        digest = plan_digest(source)
+        if isinstance(digest, Failure):
+            err = digest.failure()
+            return Failure(
+                RoundError(
+                    code=ErrorCode.PLAN_NOT_APPROVED,
+                    step="",
+                    detail=f"training plan source does not parse: {err.message} (line {err.line})",
+                    public=err.public(),
+                )
+            )
+        return Success(self.statuses.get(digest.unwrap().hexdigest, Approval.NOT_REGISTERED))
 
 
 @define

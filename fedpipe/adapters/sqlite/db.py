@@ -1,0 +1,213 @@
+"""The node's SQLite database: one file, WAL, foreign keys, a versioned schema and one guarded connection.
+
+All four stores of a node share one ``Database``. It holds a single connection, opened in
+autocommit mode so that every write runs in an explicit ``BEGIN IMMEDIATE`` transaction, and
+serialises access with a lock, so adapters may be called from several threads. Nodes are
+single-process, but the file is safe to open from several processes too (WAL + busy timeout).
+
+Errors: port methods translate ``sqlite3``, ``OSError`` and JSON errors into ``RoundError``;
+owner operations (adding datasets, approving plans, storing keys) raise ``NodeAdminError`` with
+a sentence meant for the node owner, because they are called by the owner's tools and CLI, not
+by a round that must always reply.
+"""
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from fedpipe.errors import ErrorCode, RoundError
+
+__all__ = ["SCHEMA_VERSION", "Database", "NodeAdminError", "now_iso", "store_error"]
+
+SCHEMA_VERSION: Final = 1
+
+STORE_ERRORS: Final = (sqlite3.Error, OSError, ValueError)
+"""What the stores translate at the edge: SQLite and file errors, and ``ValueError`` for stored data
+that does not decode (``json.JSONDecodeError``, ``UnicodeDecodeError``, an unknown enum value)."""
+
+_MIGRATIONS: Final[dict[int, str]] = {
+    1: """
+    CREATE TABLE datasets (
+        dataset_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        data_type TEXT NOT NULL,
+        shape TEXT NOT NULL,
+        description TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        dataset_parameters TEXT NOT NULL,
+        data_loading_plan TEXT,
+        date_added TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX datasets_name ON datasets(name) WHERE name <> '';
+
+    CREATE TABLE training_plans (
+        plan_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL,
+        source TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        canonical_form TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('Approved', 'Rejected', 'Pending')),
+        researcher_id TEXT,
+        notes TEXT,
+        date_registered TEXT NOT NULL,
+        date_last_action TEXT NOT NULL,
+        UNIQUE (hash, algorithm, canonical_form)
+    );
+
+    CREATE TABLE node_states (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        state_id TEXT NOT NULL,
+        round INTEGER NOT NULL,
+        previous_state_id TEXT,
+        version TEXT NOT NULL,
+        saved_at TEXT NOT NULL,
+        UNIQUE (job_id, state_id)
+    );
+    CREATE TABLE node_state_blobs (
+        state_seq INTEGER NOT NULL REFERENCES node_states(seq) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        chunk INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (state_seq, name, chunk)
+    );
+
+    CREATE TABLE secagg_server_keys (
+        secagg_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        parties TEXT NOT NULL,
+        key TEXT NOT NULL,
+        date_added TEXT NOT NULL
+    );
+    CREATE TABLE secagg_biprimes (
+        secagg_id TEXT PRIMARY KEY,
+        biprime TEXT NOT NULL,
+        max_keysize INTEGER NOT NULL,
+        parties TEXT,
+        date_added TEXT NOT NULL
+    );
+    CREATE TABLE secagg_tau_claims (
+        secagg_id TEXT NOT NULL,
+        round INTEGER NOT NULL,
+        claimed_at TEXT NOT NULL,
+        PRIMARY KEY (secagg_id, round)
+    );
+    """,
+}
+
+
+class NodeAdminError(Exception):
+    """An owner operation was refused (duplicate, unknown id, unreadable database ...); says why."""
+
+
+def now_iso() -> str:
+    """The current UTC time as an ISO-8601 string (for date columns)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def store_error(code: ErrorCode, detail: str, public: str = "", *, retryable: bool = False) -> RoundError:
+    """A port failure; ``step`` is left empty so the NamedStep that called the port fills it in."""
+    return RoundError(code=code, step="", detail=detail, public=public, retryable=retryable)
+
+
+class Database:
+    """One node database file, one connection, one lock; ``transaction()`` for every access."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
+        """Open (creating if needed) the database at ``path`` and bring its schema up to date.
+
+        Raises ``NodeAdminError`` when the file cannot be opened, is not a database, or was
+        written by a newer schema version.
+        """
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except STORE_ERRORS as err:
+            raise NodeAdminError(f"cannot open the node database {self.path}: {err}") from err
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise NodeAdminError(f"the node database {self.path} cannot use WAL (mode {mode})")
+            conn.execute("PRAGMA foreign_keys = ON")
+            # FULL: a claimed secagg round or a saved state must survive a power cut, not only a crash.
+            conn.execute("PRAGMA synchronous = FULL")
+            # Large state blobs pass through the WAL; truncate it after checkpoints.
+            conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
+            self._migrate(conn)
+        except BaseException as err:
+            conn.close()
+            self._conn = None
+            if isinstance(err, sqlite3.Error):
+                raise NodeAdminError(f"the node database {self.path} cannot be used: {err}") from err
+            raise
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise NodeAdminError(
+                    f"the node database {self.path} has schema version {version}, newer than this "
+                    f"fedpipe's {SCHEMA_VERSION}: upgrade fedpipe"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version recorded in the file."""
+        with self.transaction(write=False) as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextlib.contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """Hold the lock and run the block in one transaction: committed on exit, rolled back on error.
+
+        Write transactions start with ``BEGIN IMMEDIATE`` so that they take the write lock up
+        front (no upgrade deadlock between processes).
+        """
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise sqlite3.ProgrammingError("the node database is closed")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back (disk full ...)
+                    conn.rollback()
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._conn is None
