@@ -8,13 +8,20 @@
 ()
 """
 
+import json
+import logging
+import os
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from attrs import evolve
 from returns.result import Failure, Result
 
 from fedpipe.adapters.plan_loader import ModulePlanLoader
@@ -41,9 +48,19 @@ from fedpipe.ports import (
 from fedpipe.reply import TrainReply
 from fedpipe.request import TrainRequest
 from fedpipe.runner import RoundRun, execute_round
-from fedpipe.settings import NodeSettings
+from fedpipe.settings import GpuPolicy, NodeSettings
 
-__all__ = ["Node", "NodeAdminError", "NullMonitor", "SystemClock", "UnconfiguredCrypter"]
+__all__ = [
+    "Node",
+    "NodeAdminError",
+    "NullMonitor",
+    "SystemClock",
+    "UnconfiguredCrypter",
+    "load_or_create_settings",
+    "open_owner",
+    "run_node_agent",
+    "save_settings",
+]
 
 
 class SystemClock:
@@ -196,3 +213,132 @@ class Node:
     ) -> None:
         """Close the node."""
         self.close()
+
+
+# --- node processes: settings on disk, the owner's access, the pulling agent -----------------------
+
+SETTINGS_FILE = "settings.json"
+
+
+def save_settings(settings: NodeSettings) -> Path:
+    """Write ``settings`` as JSON in its root (the node owner edits this file)."""
+    settings.root.mkdir(parents=True, exist_ok=True)
+    data = {
+        "node_id": settings.node_id,
+        "training_plan_approval": settings.training_plan_approval,
+        "secure_aggregation": settings.secure_aggregation,
+        "force_secure_aggregation": settings.force_secure_aggregation,
+        "gpu": {"gpu": settings.gpu.gpu, "gpu_num": settings.gpu.gpu_num, "gpu_only": settings.gpu.gpu_only},
+        "max_download_bytes": settings.max_download_bytes,
+        "keep_states_per_job": settings.keep_states_per_job,
+    }
+    path = settings.root / SETTINGS_FILE
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_or_create_settings(
+    root: Path | str, *, node_id: str | None = None, **overrides: Any
+) -> NodeSettings:
+    """The settings stored in ``root``; created (with ``node_id`` and ``overrides``) on first use.
+
+    Raises ``NodeAdminError`` for an unreadable file, or when ``node_id`` differs from the stored one.
+    """
+    root = Path(root)
+    path = root / SETTINGS_FILE
+    if path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            gpu = GpuPolicy(**data.pop("gpu", {}))
+            settings = NodeSettings(root=root, gpu=gpu, **data)
+        except (OSError, ValueError, TypeError) as err:
+            raise NodeAdminError(f"cannot read the node settings {path}: {err}") from err
+        if node_id is not None and node_id != settings.node_id:
+            raise NodeAdminError(f"{root} belongs to node {settings.node_id!r}, not {node_id!r}")
+        return evolve(settings, **overrides) if overrides else settings
+    settings = NodeSettings(node_id=node_id or f"node-{uuid.uuid4().hex[:8]}", root=root, **overrides)
+    save_settings(settings)
+    return settings
+
+
+class _OfflineExchange:
+    """The exchange of an owner session: it runs no rounds, so it moves no files."""
+
+    def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
+        return Failure(RoundError(code=ErrorCode.DOWNLOAD_FAILED, step="", detail="owner session: offline"))
+
+    def upload(self, path: Path) -> Result[str, RoundError]:
+        return Failure(RoundError(code=ErrorCode.UPLOAD_FAILED, step="", detail="owner session: offline"))
+
+
+def open_owner(root: Path | str, *, node_id: str | None = None, gpu: bool = False) -> Node:
+    """Open a node's stores for its owner (datasets, plan approvals, secagg keys); no rounds run."""
+    overrides: dict[str, Any] = {"gpu": GpuPolicy(gpu=True)} if gpu else {}
+    settings = load_or_create_settings(root, node_id=node_id, **overrides)
+    if gpu and not settings.gpu.gpu:
+        settings = evolve(settings, gpu=GpuPolicy(gpu=True))
+        save_settings(settings)
+    return Node.open(settings, exchange=_OfflineExchange())
+
+
+def run_node_agent(
+    root: Path | str,
+    *,
+    server_url: str,
+    node_id: str | None = None,
+    poll_wait: float = 10.0,
+    stop: threading.Event | None = None,
+) -> int:
+    """Serve train requests from ``server_url`` until ``stop`` is set (or SIGTERM/SIGINT): 0 on a clean stop.
+
+    The node only makes outbound connections: it long-polls the task board, runs each round and
+    posts the reply, backing off (up to 30 s) while the server cannot be reached.
+    """
+    from fedpipe.adapters.http_exchange import HttpFileExchange
+    from fedpipe.adapters.monitor import HttpMonitor
+    from fedpipe.adapters.task_client import HttpTaskClient, TaskBoardUnavailable
+    from fedpipe.secagg import JoyeLibertCrypter
+
+    log = logging.getLogger("fedpipe.node")
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    settings = load_or_create_settings(root, node_id=node_id)
+    server = server_url.rstrip("/")
+    exchange = HttpFileExchange(f"{server}/upload")
+    monitor = HttpMonitor(f"{server}/monitor")
+    client = HttpTaskClient(server, settings.node_id, poll_wait=poll_wait)
+    backoff = 0.5
+    with Node.open(settings, exchange=exchange, monitor=monitor, crypter=JoyeLibertCrypter()) as node:
+        removed = node.clean_workspaces()
+        if removed:
+            log.warning("removed %d round workspace(s) left by an earlier run", removed)
+        log.info("node %s pulling tasks from %s", settings.node_id, server)
+        while not stop.is_set():
+            try:
+                task = client.next_task()
+                backoff = 0.5
+                if task is None:
+                    continue
+                reply = node.run_round(task.request)
+                log.info("task %s: %s", task.task_id, "success" if reply.success else f"failed ({reply.msg})")
+                while True:
+                    try:
+                        client.post_reply(task.task_id, reply.to_dict())
+                        break
+                    except TaskBoardUnavailable as err:
+                        if stop.is_set():
+                            raise
+                        log.warning("%s; retrying in %.1f s", err, backoff)
+                        stop.wait(backoff)
+                        backoff = min(backoff * 2, 30.0)
+            except TaskBoardUnavailable as err:
+                log.warning("%s; retrying in %.1f s", err, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+    client.close()
+    monitor.close()
+    return 0

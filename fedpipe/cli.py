@@ -9,12 +9,6 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _settings(root: Path, node_id: str | None) -> "object":
-    from fedpipe.bootstrap import load_or_create_settings
-
-    return load_or_create_settings(root, node_id=node_id)
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fedpipe.researcher.demo import DemoOptions, run_demo
 
@@ -45,37 +39,74 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_plans(args: argparse.Namespace) -> int:
-    from fedpipe.bootstrap import open_owner
+    from fedpipe.bootstrap import NodeAdminError, open_owner
+    from fedpipe.ports import Approval
 
-    with open_owner(args.root) as owner:
-        if args.action == "list":
-            for row in owner.list_plans():
-                print(json.dumps(row, default=str))
-            return 0
-        if args.file is None:
-            print("error: give the plan source file with --file", file=sys.stderr)
-            return 2
-        source = Path(args.file).read_text(encoding="utf-8")
-        result = owner.set_plan_status(source, args.action, name=args.name or Path(args.file).stem)
-        print(result)
+    try:
+        with open_owner(args.root) as owner:
+            if args.action == "list":
+                for plan in owner.approvals.list():
+                    print(
+                        f"{plan.plan_id}  {plan.status.value:<9} {plan.algorithm.value}:{plan.hash[:16]}…  {plan.name}"
+                    )
+                return 0
+            if args.file is None:
+                print("error: give the plan source file with --file", file=sys.stderr)
+                return 2
+            source = Path(args.file).read_text(encoding="utf-8")
+            status = {"approve": Approval.APPROVED, "reject": Approval.REJECTED, "pending": Approval.PENDING}[
+                args.action
+            ]
+            existing = owner.approvals.find(source)
+            if existing is None:
+                record = owner.approvals.register(
+                    source, name=args.name or Path(args.file).stem, status=status
+                )
+            else:
+                record = owner.approvals.set_status(existing.plan_id, status)
+            print(f"{record.plan_id}: {record.status.value} ({record.name})")
+    except (NodeAdminError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from fedpipe.bootstrap import open_owner
+    from fedpipe.bootstrap import NodeAdminError, open_owner
+    from fedpipe.plan import DatasetRecord
+    from fedpipe.request import freeze_mapping
 
-    with open_owner(args.root) as owner:
-        if args.action == "list":
-            for row in owner.list_datasets():
-                print(json.dumps(row, default=str))
-            return 0
-        print(owner.add_dataset(dataset_id=args.id, path=args.path, name=args.name or args.id, description=args.description))
+    try:
+        with open_owner(args.root) as owner:
+            if args.action == "list":
+                for d in owner.datasets.list():
+                    print(f"{d.dataset_id}  {d.name}  {d.path}  {d.description}")
+                return 0
+            if not args.id or not args.path:
+                print("error: `datasets add` needs --id and --path", file=sys.stderr)
+                return 2
+            params = json.loads(args.parameters) if args.parameters else {}
+            record = owner.datasets.add(
+                DatasetRecord(
+                    dataset_id=args.id,
+                    name=args.name or args.id,
+                    path=str(Path(args.path).resolve()),
+                    description=args.description,
+                    dataset_parameters=freeze_mapping(params),
+                )
+            )
+            print(f"added dataset {record.dataset_id} ({record.path})")
+    except (NodeAdminError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command (each has ``--help``)."""
-    parser = argparse.ArgumentParser(prog="fedpipe", description="The node side of a federated-learning round.")
+    parser = argparse.ArgumentParser(
+        prog="fedpipe", description="The node side of a federated-learning round."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run a real federated experiment on embedded defaults")
@@ -98,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     node = sub.add_parser("node", help="run a node that pulls train requests from a server")
     node.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8844")
-    node.add_argument("--root", type=Path, required=True, help="the node's directory (settings, database, workspaces)")
+    node.add_argument(
+        "--root", type=Path, required=True, help="the node's directory (settings, database, workspaces)"
+    )
     node.add_argument("--node-id", default=None, help="node id (stored in the root's settings on first run)")
     node.add_argument("--poll-wait", type=float, default=10.0, help="long-poll wait in seconds")
     node.set_defaults(run=_cmd_node)
@@ -117,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--path", default=None, help="dataset file or folder (add)")
     datasets.add_argument("--name", default=None)
     datasets.add_argument("--description", default="")
+    datasets.add_argument(
+        "--parameters", default=None, help='dataset parameters as JSON, e.g. {"standardize": true}'
+    )
     datasets.set_defaults(run=_cmd_datasets)
     return parser
 

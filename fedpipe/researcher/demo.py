@@ -81,6 +81,7 @@ def _prepare_nodes(options: DemoOptions, roots: list[Path], source: str, secagg:
     """What each node owner does by hand: settings, dataset registration, plan approval, keys."""
     from fedpipe.bootstrap import open_owner
     from fedpipe.plan import DatasetRecord
+    from fedpipe.ports import Approval
     from fedpipe.request import freeze_mapping
 
     shard_paths = _write_shards(options, roots)
@@ -98,14 +99,20 @@ def _prepare_nodes(options: DemoOptions, roots: list[Path], source: str, secagg:
                     dataset_parameters=freeze_mapping({"standardize": True}),
                 )
             )
-            owner.approve_plan(source, name="demo breast-cancer MLP")
+            if owner.approvals.find(source) is None:
+                owner.approvals.register(source, name="demo breast-cancer MLP", status=Approval.APPROVED)
             if secagg is not None:
                 secagg.install(owner, node_id)
-        _say(options, f"  {node_id}: dataset `{DATASET_ID}` registered ({shard.stat().st_size} bytes), plan {digest}… approved by the owner")
+        _say(
+            options,
+            f"  {node_id}: dataset `{DATASET_ID}` registered ({shard.stat().st_size} bytes), plan {digest}… approved by the owner",
+        )
 
 
 @contextlib.contextmanager
-def _node_processes(options: DemoOptions, server_url: str, roots: list[Path]) -> Iterator[list[subprocess.Popen[bytes]]]:
+def _node_processes(
+    options: DemoOptions, server_url: str, roots: list[Path]
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
@@ -113,7 +120,20 @@ def _node_processes(options: DemoOptions, server_url: str, roots: list[Path]) ->
             log = open(root / "node.log", "ab")  # noqa: SIM115  # closed with the process below
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "fedpipe", "node", "--server", server_url, "--root", str(root), "--node-id", f"node-{i + 1}", "--poll-wait", "2"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "fedpipe",
+                        "node",
+                        "--server",
+                        server_url,
+                        "--root",
+                        str(root),
+                        "--node-id",
+                        f"node-{i + 1}",
+                        "--poll-wait",
+                        "2",
+                    ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
@@ -151,7 +171,10 @@ def _print_round(options: DemoOptions, record: RoundRecord, total: int) -> None:
         )
     losses = [m.train_loss for m in record.metrics.values() if m.train_loss is not None]
     mean_loss = sum(losses) / len(losses) if losses else None
-    _say(options, f"    {'global':<9} {'':>7}  {_fmt(mean_loss, pct=False)}   {_fmt(record.weighted('before'))}       {_fmt(record.weighted('after'))}")
+    _say(
+        options,
+        f"    {'global':<9} {'':>7}  {_fmt(mean_loss, pct=False)}   {_fmt(record.weighted('before'))}       {_fmt(record.weighted('after'))}",
+    )
 
 
 def _plot(result: ExperimentResult, path: Path) -> None:
@@ -166,9 +189,22 @@ def _plot(result: ExperimentResult, path: Path) -> None:
     nodes = sorted({n for r in records for n in r.metrics})
     for node in nodes:
         ys = [r.metrics[node].before if node in r.metrics else None for r in records]
-        ax.plot(xs, [np.nan if y is None else 100 * y for y in ys], marker="o", alpha=0.6, label=f"{node} (global model)")
+        ax.plot(
+            xs,
+            [np.nan if y is None else 100 * y for y in ys],
+            marker="o",
+            alpha=0.6,
+            label=f"{node} (global model)",
+        )
     glob = [r.weighted("before") for r in records]
-    ax.plot(xs, [np.nan if y is None else 100 * y for y in glob], marker="s", linewidth=2.5, color="black", label="global (weighted)")
+    ax.plot(
+        xs,
+        [np.nan if y is None else 100 * y for y in glob],
+        marker="s",
+        linewidth=2.5,
+        color="black",
+        label="global (weighted)",
+    )
     ax.set_xlabel("round (validation of the global model received)")
     ax.set_ylabel("accuracy on node test subsets (%)")
     ax.set_title("fedpipe demo: federated breast-cancer MLP")
@@ -201,7 +237,12 @@ def run_experiment(options: DemoOptions) -> ExperimentResult:
         root.mkdir(parents=True)
     source = demo_plan_source()
     strategy, secagg = make_strategy(options, initial_params(options.seed))
-    _say(options, f"fedpipe demo: {options.nodes} nodes, {options.rounds} rounds, " + ("SCAFFOLD" if options.scaffold else "FedAvg") + (" + Joye-Libert secure aggregation" if options.secagg else ""))
+    _say(
+        options,
+        f"fedpipe demo: {options.nodes} nodes, {options.rounds} rounds, "
+        + ("SCAFFOLD" if options.scaffold else "FedAvg")
+        + (" + Joye-Libert secure aggregation" if options.secagg else ""),
+    )
     _say(options, "node owners:")
     _prepare_nodes(options, roots, source, secagg)
     with running_server(out / "server") as server_url:

@@ -66,7 +66,9 @@ class RoundRecord:
     def weighted(self, attribute: str) -> float | None:
         """The test-sample-weighted mean of a metric attribute over the nodes that reported it."""
         pairs = [
-            (getattr(m, attribute), m.test_samples or 1) for m in self.metrics.values() if getattr(m, attribute) is not None
+            (getattr(m, attribute), m.test_samples or 1)
+            for m in self.metrics.values()
+            if getattr(m, attribute) is not None
         ]
         total = sum(w for _, w in pairs)
         return None if not pairs or total == 0 else sum(v * w for v, w in pairs) / total
@@ -97,7 +99,9 @@ class Strategy(Protocol):
         """Auxiliary variables to send to ``node_id`` this round (None: none)."""
         ...
 
-    def aggregate(self, params: Mapping[str, Any], results: Sequence[NodeResult], round_number: int) -> Mapping[str, Any]:
+    def aggregate(
+        self, params: Mapping[str, Any], results: Sequence[NodeResult], round_number: int
+    ) -> Mapping[str, Any]:
         """The next global parameters."""
         ...
 
@@ -191,7 +195,9 @@ class Experiment:
                 del pending[node_id]
                 results[node_id] = self._result_of(node_id, reply)
         for node_id in pending:
-            results[node_id] = NodeResult(node_id=node_id, success=False, msg="no reply before the round deadline")
+            results[node_id] = NodeResult(
+                node_id=node_id, success=False, msg="no reply before the round deadline"
+            )
         return [results[n] for n in tasks]
 
     def _result_of(self, node_id: str, reply: Mapping[str, Any]) -> NodeResult:
@@ -226,17 +232,25 @@ class Experiment:
             )
         return out
 
-    def run_round(self, round_number: int, params: Mapping[str, Any], *, training: bool = True) -> tuple[RoundRecord, Mapping[str, Any]]:
+    def run_round(
+        self, round_number: int, params: Mapping[str, Any], *, training: bool = True
+    ) -> tuple[RoundRecord, Mapping[str, Any]]:
         """One round on every node; returns its record and the next global parameters."""
         started = time.monotonic()
         params_url = self._upload(f"global-{round_number}", {"model_weights": dict(params)})
-        tasks = {n: self.board.post_task(n, self._request(n, round_number, params_url, training)) for n in self.node_ids}
+        tasks = {
+            n: self.board.post_task(n, self._request(n, round_number, params_url, training))
+            for n in self.node_ids
+        }
         results = self._collect(tasks, started + self.round_deadline_s)
         failed = [r for r in results if not r.success]
         for r in failed:
             log.warning("round %d: node %s failed: %s", round_number, r.node_id, r.msg)
         if failed and self.stop_on_failure:
-            raise ExperimentStopped(f"round {round_number}: {len(failed)} node(s) failed: " + "; ".join(f"{r.node_id}: {r.msg}" for r in failed))
+            raise ExperimentStopped(
+                f"round {round_number}: {len(failed)} node(s) failed: "
+                + "; ".join(f"{r.node_id}: {r.msg}" for r in failed)
+            )
         ok = [r for r in results if r.success]
         if training:
             for r in ok:
@@ -245,7 +259,12 @@ class Experiment:
                 raise ExperimentStopped(f"round {round_number}: no node succeeded")
             params = self.strategy.aggregate(params, ok, round_number)
         time.sleep(0.2)  # let the last monitor events land
-        record = RoundRecord(round=round_number, results=tuple(results), metrics=self._metrics(round_number), seconds=time.monotonic() - started)
+        record = RoundRecord(
+            round=round_number,
+            results=tuple(results),
+            metrics=self._metrics(round_number),
+            seconds=time.monotonic() - started,
+        )
         if self.on_round is not None:
             self.on_round(record)
         return record, params

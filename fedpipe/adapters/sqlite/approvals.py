@@ -233,6 +233,21 @@ class SqliteApprovalRegistry:
             raise NodeAdminError(f"no training plan with id or name {ref!r}")
         return row
 
+    def find(self, source: str) -> PlanRecord | None:
+        """The registered plan whose source is ``source`` (same canonical form), or None.
+
+        Raises ``NodeAdminError`` for a source that does not parse.
+        """
+
+        def lookup(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            digests = plan_digests(source, _stored_algorithms(conn) or [self.algorithm])
+            if isinstance(digests, Failure):
+                raise NodeAdminError(f"the plan source does not parse: {digests.failure().message}")
+            return _find(conn, digests.unwrap())
+
+        row = self._read(lookup)
+        return _record(row) if row is not None else None
+
     def get(self, ref: str) -> PlanRecord | None:
         """The plan with id (or else name) ``ref``, or None."""
         row = self._read(lambda conn: self._lookup(conn, ref))
