@@ -664,6 +664,8 @@ class TorchTrainingPlan:
                 for name, value in buffers.items():
                     target = own.get(name)
                     tensor = torch.as_tensor(value) if value is not None else None
+                    if tensor is not None and target is not None and tensor.numel() == target.numel():
+                        tensor = tensor.reshape(target.shape)
                     if target is None or tensor is None or tensor.shape != target.shape:
                         warnings.append(f"saved buffer {str(name)[:100]!r} does not fit the model: ignored")
                         continue
