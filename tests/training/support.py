@@ -88,12 +88,37 @@ def train(
 
 def accuracy(params: Mapping[str, torch.Tensor], rows: list[int] | None = None) -> float:
     """Accuracy of the MLP with ``params`` on (a subset of) the standardized data."""
-    from fedpipe.training.datasets import standardize
-
     model = MlpPlan().init_model({})
     model.load_state_dict(dict(params))
-    x = torch.as_tensor(standardize(DATA.features))
+    x = torch.as_tensor(STANDARDIZED)
     rows = rows if rows is not None else list(range(len(DATA)))
     with torch.no_grad():
         pred = (torch.sigmoid(model(x[rows]).squeeze(-1)) >= 0.5).numpy()
     return float(np.mean(pred == DATA.labels[rows]))
+
+
+def _standardized() -> Any:
+    from fedpipe.training.datasets import standardize
+
+    return standardize(DATA.features)
+
+
+STANDARDIZED = _standardized()
+
+
+class ShardPlan(MlpPlan):
+    """The MLP on a node's shard of the globally standardized data (FedAvg baseline: plain SGD)."""
+
+    def training_data(self, record: DatasetRecord) -> DataManager:
+        rows = SHARDS[record.dataset_id]
+        return DataManager(TabularDataset(STANDARDIZED[rows], DATA.labels[rows]), shuffle=True)
+
+    def init_optimizer(self, optimizer_args: dict[str, Any]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.model().parameters(), **optimizer_args)
+
+
+class ScaffoldShardPlan(ShardPlan):
+    """The same plan with the default optimizer, which is Scaffold under a SCAFFOLD aggregator."""
+
+    def init_optimizer(self, optimizer_args: dict[str, Any]) -> torch.optim.Optimizer:
+        return TorchTrainingPlan.init_optimizer(self)
