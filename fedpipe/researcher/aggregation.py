@@ -32,7 +32,9 @@ def fedavg(updates: Sequence[tuple[Params, int]]) -> dict[str, torch.Tensor]:
     for name in names:
         acc = sum((params[name].double() * (n / total) for params, n in updates), torch.zeros(()))
         reference = updates[0][0][name]
-        result[name] = acc.round().to(reference.dtype) if not reference.is_floating_point() else acc.to(reference.dtype)
+        result[name] = (
+            acc.round().to(reference.dtype) if not reference.is_floating_point() else acc.to(reference.dtype)
+        )
     return result
 
 

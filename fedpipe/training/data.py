@@ -64,7 +64,7 @@ class DataManager:
         """
         n = len(self)
         for part in (train_indices, test_indices):
-            if part and not (0 <= min(part) and max(part) < n):
+            if part and not (min(part) >= 0 and max(part) < n):
                 index = min(part) if min(part) < 0 else max(part)
                 raise DataError(f"sample index {index} is outside the dataset of {n} samples")
         kwargs = merge_loader_args(self.loader_kwargs, researcher_args)

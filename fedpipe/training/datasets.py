@@ -127,7 +127,7 @@ def non_iid_shards(labels: Any, n_nodes: int, *, seed: int, skew: float = 0.8) -
     for c in classes:
         idx = rng.permutation(np.flatnonzero(y == c)).tolist()
         own = owners[c]
-        n_own = int(round(skew * len(idx))) if own else 0
+        n_own = round(skew * len(idx)) if own else 0
         for j, i in enumerate(idx[:n_own]):
             shards[own[j % len(own)]].append(int(i))
         leftovers.extend(int(i) for i in idx[n_own:])

@@ -38,9 +38,13 @@ def select_device(
     available = torch.cuda.is_available() if cuda_available is None else cuda_available
     messages: list[str] = []
     if policy.gpu_only and not available:
-        messages.append("the node requires the GPU (gpu_only) but no CUDA device is available: training on the CPU")
+        messages.append(
+            "the node requires the GPU (gpu_only) but no CUDA device is available: training on the CPU"
+        )
     elif policy.gpu_only and not use_gpu:
-        messages.append("the node forces training on the GPU (gpu_only) although the researcher did not ask for it")
+        messages.append(
+            "the node forces training on the GPU (gpu_only) although the researcher did not ask for it"
+        )
     elif use_gpu and not policy.use_cuda(requested=True, cuda_available=available):
         reason = "no CUDA device is available" if available is False else "the node does not allow it"
         messages.append(f"the researcher asked for a GPU but {reason}: training on the CPU")
@@ -50,5 +54,7 @@ def select_device(
     if policy.gpu_num is not None and policy.gpu_num in range(count):
         return DeviceChoice(device=torch.device("cuda", policy.gpu_num), messages=tuple(messages))
     if policy.gpu_num is not None:
-        messages.append(f"GPU number {policy.gpu_num} does not exist ({count} devices): using the default CUDA device")
+        messages.append(
+            f"GPU number {policy.gpu_num} does not exist ({count} devices): using the default CUDA device"
+        )
     return DeviceChoice(device=torch.device("cuda"), messages=tuple(messages))

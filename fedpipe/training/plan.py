@@ -226,7 +226,9 @@ class TorchTrainingPlan:
             model = prepare_local_dp_model(model)
         self._model = model
         optimizer_args = dict(thaw(training_args.optimizer_args))
-        optimizer = self.init_optimizer(*self._hook_args(self.init_optimizer, "init_optimizer", optimizer_args))
+        optimizer = self.init_optimizer(
+            *self._hook_args(self.init_optimizer, "init_optimizer", optimizer_args)
+        )
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise PlanContractError(
                 f"`init_optimizer` must return a torch.optim.Optimizer, got {type(optimizer).__name__}"
@@ -288,7 +290,9 @@ class TorchTrainingPlan:
             return
         optimizer = self.optimizer()
         if not isinstance(optimizer, Scaffold):
-            raise PlanError(f"SCAFFOLD auxiliary variables received but the optimizer is {type(optimizer).__name__}")
+            raise PlanError(
+                f"SCAFFOLD auxiliary variables received but the optimizer is {type(optimizer).__name__}"
+            )
         control = entry.get("global_state") if isinstance(entry, Mapping) else None
         if not isinstance(control, Mapping):
             raise PlanError("SCAFFOLD auxiliary variables must be {'global_state': {name: tensor}}")
@@ -300,7 +304,9 @@ class TorchTrainingPlan:
         for name, param in named.items():
             c = torch.as_tensor(control[name])
             if c.shape != param.shape:
-                raise PlanError(f"SCAFFOLD control variate {name!r} has shape {tuple(c.shape)}, not {tuple(param.shape)}")
+                raise PlanError(
+                    f"SCAFFOLD control variate {name!r} has shape {tuple(c.shape)}, not {tuple(param.shape)}"
+                )
             by_param[param] = c
         optimizer.set_server_control(by_param)
 
@@ -402,7 +408,9 @@ class TorchTrainingPlan:
             with torch.no_grad():
                 if callable(custom):
                     return self._custom_testing(custom, loader, report, before_train)
-                return self._metric_testing(metric or Metric.ACCURACY, metric_args, loader, report, before_train)
+                return self._metric_testing(
+                    metric or Metric.ACCURACY, metric_args, loader, report, before_train
+                )
         finally:
             model.train(was_training)
 
@@ -565,7 +573,9 @@ class TorchTrainingPlan:
                 optimizer.zero_grad(set_to_none=True)
                 loss = training_step(data, target)
                 if not isinstance(loss, torch.Tensor):
-                    raise PlanContractError(f"`training_step` must return a loss tensor, got {type(loss).__name__}")
+                    raise PlanContractError(
+                        f"`training_step` must return a loss tensor, got {type(loss).__name__}"
+                    )
                 if proximal:
                     loss = loss + (mu / 2) * sum((p - p0).pow(2).sum() for p, p0 in proximal)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -588,9 +598,7 @@ class TorchTrainingPlan:
                             epoch=None if update_mode else epoch,
                             train=True,
                             num_samples_trained=samples_total if update_mode else samples_epoch,
-                            total_samples=(
-                                sum(expected) if update_mode else expected[epoch - 1]
-                            )
+                            total_samples=(sum(expected) if update_mode else expected[epoch - 1])
                             if expected is not None
                             else None,
                             batch_samples=size,
@@ -625,7 +633,9 @@ class TorchTrainingPlan:
         postprocess = getattr(self, "postprocess", None)
         if callable(postprocess):
             params = postprocess(dict(params))
-            if not isinstance(params, Mapping) or not all(isinstance(v, torch.Tensor) for v in params.values()):
+            if not isinstance(params, Mapping) or not all(
+                isinstance(v, torch.Tensor) for v in params.values()
+            ):
                 raise PlanContractError("`postprocess` must return a name -> tensor mapping")
         params = {str(k).removeprefix("_module."): v for k, v in params.items()}
         return flatten_params(params) if flatten else dict(params)
@@ -643,7 +653,9 @@ class TorchTrainingPlan:
         """Restore what ``save_state`` returned; parts that do not fit are skipped with a warning (D18)."""
         warnings: list[str] = []
         if state.get("version") != STATE_VERSION:
-            return [f"saved plan state has version {state.get('version')!r}, expected {STATE_VERSION}: ignored"]
+            return [
+                f"saved plan state has version {state.get('version')!r}, expected {STATE_VERSION}: ignored"
+            ]
         optimizer, model = self.optimizer(), self.model()
         saved = state.get("optimizer")
         if isinstance(saved, Mapping):
@@ -725,4 +737,3 @@ def _expected_samples(loader: Any, schedule: list[int]) -> list[int] | None:
     full = len(loader)
     drop_last = bool(getattr(loader, "drop_last", False))
     return [n if count == full and not drop_last else min(n, count * batch_size) for count in schedule]
-

@@ -39,7 +39,9 @@ def add_central_noise(
     (``random_seed``) must never drive privacy noise.
     """
     gen = generator if generator is not None else torch.Generator().manual_seed(secrets.randbits(63))
-    clipped, _ = clip_update({n: params[n].detach() - initial[n].to(params[n].device) for n in params}, dp.clip)
+    clipped, _ = clip_update(
+        {n: params[n].detach() - initial[n].to(params[n].device) for n in params}, dp.clip
+    )
     released: dict[str, torch.Tensor] = {}
     for name, delta in clipped.items():
         noise = torch.randn(delta.shape, generator=gen, dtype=torch.float64) * (dp.sigma * dp.clip)

@@ -43,19 +43,30 @@ class MlpPlan(TorchTrainingPlan):
 def record(dataset_id: str = "bc", *, standardize: bool = True) -> DatasetRecord:
     """A dataset record for the shipped data (standardized by the node owner's dataset parameters)."""
     params = {"standardize": True} if standardize else {}
-    return DatasetRecord(dataset_id=dataset_id, name="breast cancer", path="fedpipe:data/breast_cancer.csv",
-                         dataset_parameters=params)
+    return DatasetRecord(
+        dataset_id=dataset_id,
+        name="breast cancer",
+        path="fedpipe:data/breast_cancer.csv",
+        dataset_parameters=params,
+    )
 
 
-def initial_params(seed: int = 0, plan: type[TorchTrainingPlan] = MlpPlan, **model_args: Any) -> dict[str, torch.Tensor]:
+def initial_params(
+    seed: int = 0, plan: type[TorchTrainingPlan] = MlpPlan, **model_args: Any
+) -> dict[str, torch.Tensor]:
     """The researcher's initial global parameters: the plan's model built with ``seed``."""
     torch.manual_seed(seed)
     instance = plan()
     return {k: v.detach().clone() for k, v in instance.init_model(dict(model_args)).state_dict().items()}
 
 
-def make_node(root: Path, *, node_id: str = "node-a", states: InMemoryStateStore | None = None,
-              gpu: GpuPolicy | None = None) -> FakeNode:
+def make_node(
+    root: Path,
+    *,
+    node_id: str = "node-a",
+    states: InMemoryStateStore | None = None,
+    gpu: GpuPolicy | None = None,
+) -> FakeNode:
     """A FakeNode without secure aggregation; ``states`` may be shared to simulate a restart."""
     settings = NodeSettings(node_id=node_id, root=root, secure_aggregation=False, gpu=gpu or GpuPolicy())
     node = FakeNode(settings=settings)
@@ -77,8 +88,15 @@ def train(
     """Run one standard round on ``node``; return the reply and the decoded results payload."""
     if aux is not None:
         fields["aux_var_urls"] = [node.exchange.publish_object(f"aux-{len(node.exchange.files)}", dict(aux))]
-    request = node.request(plan=plan, class_name=plan.__name__, source=PLAN_SOURCE, params=dict(params),
-                           dataset=dataset or record(), training_args=dict(training_args), **fields)
+    request = node.request(
+        plan=plan,
+        class_name=plan.__name__,
+        source=PLAN_SOURCE,
+        params=dict(params),
+        dataset=dataset or record(),
+        training_args=dict(training_args),
+        **fields,
+    )
     reply = run_round(request, node.ports, node.settings)
     if not reply.success or not reply.params_url:
         return reply, {}

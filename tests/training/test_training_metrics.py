@@ -53,8 +53,10 @@ def default_average(true: list) -> str:
 
 label_pairs = st.integers(1, 5).flatmap(
     lambda k: st.integers(1, 60).flatmap(
-        lambda n: st.tuples(st.lists(st.integers(0, k - 1), min_size=n, max_size=n),
-                            st.lists(st.integers(0, k - 1), min_size=n, max_size=n))
+        lambda n: st.tuples(
+            st.lists(st.integers(0, k - 1), min_size=n, max_size=n),
+            st.lists(st.integers(0, k - 1), min_size=n, max_size=n),
+        )
     )
 )
 
@@ -66,8 +68,11 @@ def close(a, b) -> bool:
 
 
 @settings(max_examples=50, deadline=None)
-@given(pair=label_pairs, kind=st.sampled_from(LABEL_METRICS + [Metric.ACCURACY]),
-       average=st.sampled_from(["default", "micro", "macro", "weighted", None]))
+@given(
+    pair=label_pairs,
+    kind=st.sampled_from([*LABEL_METRICS, Metric.ACCURACY]),
+    average=st.sampled_from(["default", "micro", "macro", "weighted", None]),
+)
 def test_label_metrics_equal_reference(pair, kind, average):
     true, pred = pair
     args = {} if average == "default" or kind is Metric.ACCURACY else {"average": average}
@@ -76,15 +81,20 @@ def test_label_metrics_equal_reference(pair, kind, average):
 
 
 @settings(max_examples=50, deadline=None)
-@given(pair=label_pairs, kind=st.sampled_from(LABEL_METRICS),
-       average=st.sampled_from(["micro", "macro", "weighted", "binary"]))
+@given(
+    pair=label_pairs,
+    kind=st.sampled_from(LABEL_METRICS),
+    average=st.sampled_from(["micro", "macro", "weighted", "binary"]),
+)
 def test_label_metrics_equal_sklearn(pair, kind, average):
     sk = pytest.importorskip("sklearn.metrics")
     true, pred = pair
     labels = set(true) | set(pred)
     if average == "binary" and len(labels) > 2:
         return  # scikit-learn refuses binary averaging over more than two labels
-    fn = {Metric.F1_SCORE: sk.f1_score, Metric.PRECISION: sk.precision_score, Metric.RECALL: sk.recall_score}[kind]
+    fn = {Metric.F1_SCORE: sk.f1_score, Metric.PRECISION: sk.precision_score, Metric.RECALL: sk.recall_score}[
+        kind
+    ]
     kwargs = {"average": average, "zero_division": 0.0}
     if average == "binary":
         kwargs["pos_label"] = min(true)
@@ -96,13 +106,24 @@ def test_label_metrics_equal_sklearn(pair, kind, average):
 def test_scores_are_thresholded_at_one_half(rows):
     true = [t for t, _ in rows]
     scores = [s for _, s in rows]
-    labels = [1 if s >= 0.5 else 0 for s in scores] if any(s % 1 for s in scores) else [int(s) for s in scores]
-    assert close(evaluate(Metric.ACCURACY, true, scores), ref_label_metric(Metric.ACCURACY, true, labels, None))
+    labels = (
+        [1 if s >= 0.5 else 0 for s in scores] if any(s % 1 for s in scores) else [int(s) for s in scores]
+    )
+    assert close(
+        evaluate(Metric.ACCURACY, true, scores), ref_label_metric(Metric.ACCURACY, true, labels, None)
+    )
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(2, 4).flatmap(lambda k: st.lists(
-    st.tuples(st.integers(0, k - 1), st.lists(st.floats(0, 1), min_size=k, max_size=k)), min_size=1, max_size=40)))
+@given(
+    st.integers(2, 4).flatmap(
+        lambda k: st.lists(
+            st.tuples(st.integers(0, k - 1), st.lists(st.floats(0, 1), min_size=k, max_size=k)),
+            min_size=1,
+            max_size=40,
+        )
+    )
+)
 def test_probability_rows_are_argmaxed(rows):
     true = [t for t, _ in rows]
     probs = [p for _, p in rows]
@@ -111,7 +132,9 @@ def test_probability_rows_are_argmaxed(rows):
         expected = ref_label_metric(kind, true, pred, default_average(true))
         assert close(evaluate(kind, true, probs), expected)
     one_hot = [[1.0 if i == t else 0.0 for i in range(len(probs[0]))] for t in true]
-    assert close(evaluate(Metric.ACCURACY, one_hot, probs), ref_label_metric(Metric.ACCURACY, true, pred, None))
+    assert close(
+        evaluate(Metric.ACCURACY, one_hot, probs), ref_label_metric(Metric.ACCURACY, true, pred, None)
+    )
 
 
 finite = st.floats(-1e3, 1e3, allow_nan=False)
@@ -146,9 +169,16 @@ def test_regression_metrics_equal_reference(rows, kind):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(1, 4).flatmap(lambda k: st.lists(
-    st.tuples(st.lists(finite, min_size=k, max_size=k), st.lists(finite, min_size=k, max_size=k)),
-    min_size=2, max_size=20)), st.sampled_from(REGRESSION))
+@given(
+    st.integers(1, 4).flatmap(
+        lambda k: st.lists(
+            st.tuples(st.lists(finite, min_size=k, max_size=k), st.lists(finite, min_size=k, max_size=k)),
+            min_size=2,
+            max_size=20,
+        )
+    ),
+    st.sampled_from(REGRESSION),
+)
 def test_two_d_regression_defaults_to_raw_values(rows, kind):
     true = np.array([t for t, _ in rows])
     pred = np.array([p for _, p in rows])

@@ -3,7 +3,7 @@
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -35,7 +35,8 @@ def test_mlp_learns_breast_cancer_through_the_round(tmp_path):
     assert reply.sample_size == len(DATA) - math.floor(len(DATA) * 0.25)
     before = payload["metadata"]["validation_before"]["ACCURACY"]
     after = payload["metadata"]["validation_after"]["ACCURACY"]
-    assert after > before and after > 0.9
+    assert after > before
+    assert after > 0.9
     losses = [e.metric["Loss"] for e in node.monitor.events if e.train]
     assert losses[-1] < losses[0]
     weights = payload["model_weights"]
@@ -53,7 +54,9 @@ def test_second_round_restores_adam_state_and_continues(tmp_path):
     saved = loads(state.plan_state).unwrap()
     assert saved["optimizer"]["type"] == "torch.optim.adam.Adam"
     assert saved["optimizer"]["state"]["state"]  # Adam moments were kept
-    reply2, payload2 = train(node, payload["model_weights"], {**ARGS, "epochs": 1}, state_id=reply.state_id, round=1)
+    reply2, _payload2 = train(
+        node, payload["model_weights"], {**ARGS, "epochs": 1}, state_id=reply.state_id, round=1
+    )
     assert reply2.success, reply2.msg
     plan = node.plans.instances[-1]
     step = plan.optimizer().state_dict()["state"][0]["step"]
@@ -69,15 +72,20 @@ class SgdPlan(MlpPlan):
 def test_state_of_another_optimizer_is_ignored_with_a_note(tmp_path, caplog):
     node = make_node(tmp_path)
     reply, payload = train(node, initial_params(), {**ARGS, "epochs": 1})
-    reply2, _ = train(node, payload["model_weights"], {**ARGS, "epochs": 1}, plan=SgdPlan,
-                      state_id=reply.state_id, round=1)
+    reply2, _ = train(
+        node, payload["model_weights"], {**ARGS, "epochs": 1}, plan=SgdPlan, state_id=reply.state_id, round=1
+    )
     assert reply2.success, reply2.msg
-    assert any("torch.optim.adam.Adam" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+    assert any(
+        "torch.optim.adam.Adam" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records
+    )
 
 
 class BatchNormPlan(MlpPlan):
     def init_model(self, model_args):
-        return torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        return torch.nn.Sequential(
+            torch.nn.Linear(30, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1)
+        )
 
 
 def test_batchnorm_buffers_survive_rounds_when_not_shared(tmp_path):
@@ -89,7 +97,9 @@ def test_batchnorm_buffers_survive_rounds_when_not_shared(tmp_path):
     assert reply.success, reply.msg
     assert set(payload["model_weights"]) == set(trainable)  # buffers stay on the node
     first = node.plans.instances[-1].model().state_dict()
-    reply2, _ = train(node, payload["model_weights"], args, plan=BatchNormPlan, state_id=reply.state_id, round=1)
+    reply2, _ = train(
+        node, payload["model_weights"], args, plan=BatchNormPlan, state_id=reply.state_id, round=1
+    )
     assert reply2.success, reply2.msg
     n_batches = math.ceil(reply.sample_size / 32)
     second = node.plans.instances[-1].model().state_dict()
@@ -101,7 +111,7 @@ class TinyPlan(TorchTrainingPlan):
     """A linear model over ``n`` synthetic rows; records every split it is given."""
 
     n_rows = 10
-    splits: list[DataSplit] = []
+    splits: ClassVar[list[DataSplit]] = []
 
     def init_model(self):
         return torch.nn.Linear(2, 1)
@@ -123,8 +133,11 @@ class TinyPlan(TorchTrainingPlan):
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 40), ratio=st.one_of(st.sampled_from([0, 1, 0.0, 1.0]), st.floats(0, 1)),
-       rounds=st.integers(2, 3))
+@given(
+    n=st.integers(1, 40),
+    ratio=st.one_of(st.sampled_from([0, 1, 0.0, 1.0]), st.floats(0, 1)),
+    rounds=st.integers(2, 3),
+)
 def test_test_indices_are_stable_across_rounds(n, ratio, rounds):
     TinyPlan.n_rows, TinyPlan.splits = n, []
     params = {k: v.detach() for k, v in torch.nn.Linear(2, 1).state_dict().items()}
@@ -135,8 +148,16 @@ def test_test_indices_are_stable_across_rounds(n, ratio, rounds):
         node = make_node(Path(root))
         state_id = None
         for r in range(rounds):
-            reply, payload = train(node, params, args, plan=TinyPlan, dataset=record(standardize=False),
-                                   state_id=state_id, round=r, training=training)
+            reply, payload = train(
+                node,
+                params,
+                args,
+                plan=TinyPlan,
+                dataset=record(standardize=False),
+                state_id=state_id,
+                round=r,
+                training=training,
+            )
             assert reply.success, reply.msg
             if training:
                 state_id, params = reply.state_id, payload["model_weights"]
@@ -153,8 +174,15 @@ def test_shuffle_testing_dataset_redraws(tmp_path):
     params = {k: v.detach() for k, v in torch.nn.Linear(2, 1).state_dict().items()}
     args = {"epochs": 1, "test_ratio": 0.5, "shuffle_testing_dataset": True}
     reply, payload = train(node, params, args, plan=TinyPlan, dataset=record(standardize=False))
-    train(node, payload["model_weights"], args, plan=TinyPlan, dataset=record(standardize=False),
-          state_id=reply.state_id, round=1)
+    train(
+        node,
+        payload["model_weights"],
+        args,
+        plan=TinyPlan,
+        dataset=record(standardize=False),
+        state_id=reply.state_id,
+        round=1,
+    )
     assert TinyPlan.splits[0].test_indices != TinyPlan.splits[1].test_indices
 
 
@@ -184,20 +212,28 @@ def test_iteration_edge_cases_do_not_crash(tmp_path, args, expected_batches):
     node = make_node(tmp_path)
     params = {k: v.detach() for k, v in torch.nn.Linear(2, 1).state_dict().items()}
     # the plan's batch size (5) wins over the researcher's (32) and drives reporting (D12)
-    reply, _ = train(node, params, {**args, "loader_args": {"batch_size": 32}}, plan=FixedBatchPlan,
-                     dataset=record(standardize=False))
+    reply, _ = train(
+        node,
+        params,
+        {**args, "loader_args": {"batch_size": 32}},
+        plan=FixedBatchPlan,
+        dataset=record(standardize=False),
+    )
     assert reply.success, reply.msg
     losses = [e for e in node.monitor.events if e.train]
     if not expected_batches:
         assert losses == []
         return
-    assert losses[0].iteration == 1 and losses[0].batch_samples == 5
+    assert losses[0].iteration == 1
+    assert losses[0].batch_samples == 5
     if "num_updates" in args:
-        assert losses[-1].iteration == args["num_updates"] and losses[-1].epoch is None
+        assert losses[-1].iteration == args["num_updates"]
+        assert losses[-1].epoch is None
         assert losses[-1].num_samples_trained == 23 + 2 * 5  # one full pass, then two more batches
     else:
         last = losses[-1]
-        assert last.num_batches == expected_batches[-1] and last.iteration == expected_batches[-1]
+        assert last.num_batches == expected_batches[-1]
+        assert last.iteration == expected_batches[-1]
     if args.get("log_interval") == 0:
         assert [e.iteration for e in losses] == [1, 5, 1, 5]
 
@@ -205,12 +241,15 @@ def test_iteration_edge_cases_do_not_crash(tmp_path, args, expected_batches):
 def test_reporting_uses_the_effective_batch_size(tmp_path):
     node = make_node(tmp_path)
     params = {k: v.detach() for k, v in torch.nn.Linear(2, 1).state_dict().items()}
-    reply, _ = train(node, params, {"epochs": 1, "loader_args": {}}, plan=FixedBatchPlan,
-                     dataset=record(standardize=False))
+    reply, _ = train(
+        node, params, {"epochs": 1, "loader_args": {}}, plan=FixedBatchPlan, dataset=record(standardize=False)
+    )
     assert reply.success, reply.msg
     events = [e for e in node.monitor.events if e.train]
     assert [(e.iteration, e.num_samples_trained, e.total_samples, e.batch_samples) for e in events] == [
-        (1, 5, 23, 5), (5, 23, 23, 3)]
+        (1, 5, 23, 5),
+        (5, 23, 23, 3),
+    ]
 
 
 class NoParamsDataset(torch.utils.data.Dataset):
@@ -235,7 +274,8 @@ def test_dataset_parameters_are_refused_when_unsupported(tmp_path):
     assert "set_dataset_parameters" in reply.error.detail
     dlp = DatasetRecord(dataset_id="d", data_loading_plan={"map": {"a": "b"}})
     reply, _ = train(node, params, {"epochs": 1}, plan=PlainDatasetPlan, dataset=dlp)
-    assert reply.error_code is ErrorCode.DATA_FAILED and "set_dlp" in reply.error.detail
+    assert reply.error_code is ErrorCode.DATA_FAILED
+    assert "set_dlp" in reply.error.detail
 
 
 class EmptyLoaderPlan(TinyPlan):
@@ -281,10 +321,13 @@ def test_plan_failures_become_round_errors(tmp_path, plan, code, detail):
 
 def test_mismatched_params_are_refused(tmp_path):
     node = make_node(tmp_path)
-    reply, _ = train(node, {"weight": torch.zeros(3, 3)}, {"epochs": 1}, plan=TinyPlan,
-                     dataset=record(standardize=False))
+    reply, _ = train(
+        node, {"weight": torch.zeros(3, 3)}, {"epochs": 1}, plan=TinyPlan, dataset=record(standardize=False)
+    )
     assert reply.error_code is ErrorCode.PARAMS_LOAD_FAILED
-    reply, _ = train(node, {"nope": torch.zeros(1)}, {"epochs": 1}, plan=TinyPlan, dataset=record(standardize=False))
+    reply, _ = train(
+        node, {"nope": torch.zeros(1)}, {"epochs": 1}, plan=TinyPlan, dataset=record(standardize=False)
+    )
     assert reply.error_code is ErrorCode.PARAMS_LOAD_FAILED
 
 
@@ -313,7 +356,12 @@ def test_central_dp_clips_and_noises_the_update(tmp_path):
     node = make_node(tmp_path)
     start = initial_params()
     clip = 0.01
-    args = {**ARGS, "epochs": 1, "test_on_local_updates": False, "dp": {"type": "central", "sigma": 0.0, "clip": clip}}
+    args = {
+        **ARGS,
+        "epochs": 1,
+        "test_on_local_updates": False,
+        "dp": {"type": "central", "sigma": 0.0, "clip": clip},
+    }
     reply, payload = train(node, start, args)
     assert reply.success, reply.msg
     norm = math.sqrt(sum(float(((payload["model_weights"][k] - start[k]) ** 2).sum()) for k in start))
@@ -321,7 +369,9 @@ def test_central_dp_clips_and_noises_the_update(tmp_path):
     noisy = {**args, "dp": {"type": "central", "sigma": 1.0, "clip": clip}}
     _, p1 = train(node, start, noisy)
     _, p2 = train(node, start, noisy)
-    assert not torch.equal(p1["model_weights"]["0.weight"], p2["model_weights"]["0.weight"])  # noise is not seeded
+    assert not torch.equal(
+        p1["model_weights"]["0.weight"], p2["model_weights"]["0.weight"]
+    )  # noise is not seeded
 
 
 def test_local_dp_without_opacus_is_a_clear_init_error(tmp_path):
@@ -341,8 +391,14 @@ def test_fedprox_keeps_the_update_closer_to_the_global_model(tmp_path):
 
     def distance(mu):
         node = make_node(tmp_path / str(mu))
-        args = {**ARGS, "epochs": 2, "fedprox_mu": mu, "test_on_local_updates": False,
-                "test_on_global_updates": False, "optimizer_args": {"lr": 0.05}}
+        args = {
+            **ARGS,
+            "epochs": 2,
+            "fedprox_mu": mu,
+            "test_on_local_updates": False,
+            "test_on_global_updates": False,
+            "optimizer_args": {"lr": 0.05},
+        }
         reply, payload = train(node, start, args)
         assert reply.success, reply.msg
         return math.sqrt(sum(float(((payload["model_weights"][k] - start[k]) ** 2).sum()) for k in start))

@@ -9,7 +9,17 @@ import torch
 from fedpipe.researcher.aggregation import fedavg, scaffold_update
 from fedpipe.testing import FakeNode
 from fedpipe.training import non_iid_shards
-from tests.training.support import DATA, SHARDS, ScaffoldShardPlan, ShardPlan, accuracy, initial_params, make_node, record, train
+from tests.training.support import (
+    DATA,
+    SHARDS,
+    ScaffoldShardPlan,
+    ShardPlan,
+    accuracy,
+    initial_params,
+    make_node,
+    record,
+    train,
+)
 
 N_NODES = 3
 ROUNDS = 6
@@ -29,7 +39,9 @@ def _shards() -> list[str]:
     return ids
 
 
-def _federation(root: Path, scaffold: bool, restart_at: int | None = None) -> tuple[dict[str, torch.Tensor], list[Any]]:
+def _federation(
+    root: Path, scaffold: bool, restart_at: int | None = None
+) -> tuple[dict[str, torch.Tensor], list[Any]]:
     """Run ROUNDS rounds on 3 nodes; return the final global params and, per round, node 0's aux vars."""
     ids = _shards()
     nodes = [make_node(root / f"{'s' if scaffold else 'f'}{k}", node_id=f"node-{k}") for k in range(N_NODES)]
@@ -47,10 +59,20 @@ def _federation(root: Path, scaffold: bool, restart_at: int | None = None) -> tu
         for k, node in enumerate(nodes):
             extra: dict[str, Any] = {}
             if scaffold:
-                extra = {"aux": {"scaffold": {"global_state": control}},
-                         "aggregator_args": {"aggregator_name": "scaffold"}}
-            reply, payload = train(node, params, ARGS, plan=plan, dataset=record(ids[k], standardize=False),
-                                   state_id=states[k], round=r, **extra)
+                extra = {
+                    "aux": {"scaffold": {"global_state": control}},
+                    "aggregator_args": {"aggregator_name": "scaffold"},
+                }
+            reply, payload = train(
+                node,
+                params,
+                ARGS,
+                plan=plan,
+                dataset=record(ids[k], standardize=False),
+                state_id=states[k],
+                round=r,
+                **extra,
+            )
             assert reply.success, reply.msg
             states[k] = reply.state_id
             updates.append((payload["model_weights"], payload["sample_size"]))
@@ -84,8 +106,14 @@ def test_scaffold_aux_vars_need_the_scaffold_optimizer(tmp_path):
     _shards()
     node = make_node(tmp_path)
     params = initial_params()
-    reply, _ = train(node, params, ARGS, plan=ShardPlan, dataset=record("shard-0", standardize=False),
-                     aux={"scaffold": {"global_state": {k: torch.zeros_like(v) for k, v in params.items()}}})
+    reply, _ = train(
+        node,
+        params,
+        ARGS,
+        plan=ShardPlan,
+        dataset=record("shard-0", standardize=False),
+        aux={"scaffold": {"global_state": {k: torch.zeros_like(v) for k, v in params.items()}}},
+    )
     assert not reply.success
     assert reply.error.code == "aux_var_failed"
     assert "optimizer is SGD" in reply.error.detail
