@@ -278,6 +278,13 @@ class TorchTrainingPlan:
                     f"parameter {name!r} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)}"
                 )
             tensors[name] = tensor
+        missing = [name for name, p in model.named_parameters() if p.requires_grad and name not in tensors]
+        if missing:
+            log.warning(
+                "global parameters lack %d trainable parameters (e.g. %r): kept as initialized",
+                len(missing),
+                missing[0],
+            )
         model.load_state_dict(tensors, strict=False)
 
     def set_aux_vars(self, aux_vars: Mapping[str, Any]) -> None:
@@ -581,7 +588,11 @@ class TorchTrainingPlan:
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 iteration += 1
-                size = self._batch_size(data, target)
+                size = (
+                    data.shape[0]
+                    if isinstance(data, torch.Tensor) and data.ndim
+                    else self._batch_size(data, target)
+                )
                 samples_epoch += size
                 samples_total += size
                 position = iteration if update_mode else index

@@ -82,7 +82,11 @@ def prepare_local_dp_model(model: torch.nn.Module) -> torch.nn.Module:
 def make_private(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: Any, dp: DpArgs
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
-    """Wrap model, optimizer and loader for DP-SGD (per-sample clipping ``clip``, noise ``sigma``)."""
+    """Wrap model, optimizer and loader for DP-SGD (per-sample clipping ``clip``, noise ``sigma``).
+
+    The noise comes from a generator seeded by the OS, not from torch's global generator, which
+    ``post_init`` seeds with the researcher's ``random_seed``.
+    """
     opacus = _require_opacus()
     engine = opacus.PrivacyEngine(accountant="rdp")
     wrapped: tuple[torch.nn.Module, torch.optim.Optimizer, Any] = engine.make_private(
@@ -91,5 +95,7 @@ def make_private(
         data_loader=loader,
         noise_multiplier=dp.sigma,
         max_grad_norm=dp.clip,
+        # the global torch RNG is seeded with the researcher's random_seed: never let it drive noise
+        noise_generator=torch.Generator().manual_seed(secrets.randbits(63)),
     )
     return wrapped
