@@ -506,6 +506,8 @@ class TorchTrainingPlan:
                 "the training loader yields no batch (fewer samples than batch_size with drop_last?)"
             )
         args = self._args
+        if args.num_updates is not None and not args.dry_run and (args.epochs or args.batch_maxnum):
+            log.warning("num_updates is set: epochs and batch_maxnum are ignored")
         schedule = _schedule(args, n_batches)
         choice = select_device(gpu, args.use_gpu)
         for message in choice.messages:
