@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedpipe.args import DpArgs, TrainingArgs
+from fedpipe.args import DpArgs, Metric, TrainingArgs
 from fedpipe.codec import dumps, loads
 from fedpipe.researcher.aggregation import fedavg, scaffold_update, unflatten
 from fedpipe.settings import GpuPolicy
@@ -20,13 +20,15 @@ from fedpipe.training import (
     Scaffold,
     TabularDataset,
     TorchTrainingPlan,
+    evaluate,
     load_breast_cancer,
+    metric_values,
     non_iid_shards,
     select_device,
 )
 from fedpipe.training.plan import _schedule
 from fedpipe.training.privacy import clip_update, opacus_available
-from tests.training.support import MlpPlan
+from tests.training.support import DATA, MlpPlan
 
 
 @pytest.mark.parametrize(
@@ -281,3 +283,27 @@ def test_local_dp_trains_through_opacus():
     after = plan.after_training_params(flatten=False)
     assert set(after) == set(before)  # no "_module." prefixes leak out
     assert not torch.equal(after["0.weight"], before["0.weight"])
+
+
+@settings(max_examples=20, deadline=None)
+@given(batch_size=st.integers(1, 200), n_test=st.integers(1, 300), metric=st.sampled_from(list(Metric)))
+def test_validation_does_not_depend_on_the_test_batch_size(batch_size, n_test, metric):
+    from fedpipe.plan import DatasetRecord, DataSplit
+
+    plan = MlpPlan()
+    args = TrainingArgs(loader_args={"batch_size": batch_size}, random_seed=0)
+    plan.post_init(model_args={}, training_args=args, aggregator_args={})
+    n = plan.load_data(DatasetRecord(dataset_id="bc", dataset_parameters={"standardize": True}))
+    test = tuple(range(n - n_test, n))
+    plan.set_split(DataSplit(train_indices=tuple(range(n - n_test)), test_indices=test))
+    reports = []
+    values = plan.testing_routine(metric=metric, metric_args={}, report=reports.append, before_train=True)
+    x = plan.test_loader.dataset.dataset.features[list(test)]
+    with torch.no_grad():
+        expected = metric_values(
+            metric.value, evaluate(metric, DATA.labels[list(test)], plan.predict(x).numpy())
+        )
+    assert values.keys() == expected.keys()
+    assert all(math.isclose(values[k], expected[k], rel_tol=1e-5, abs_tol=1e-6) for k in values)
+    assert len(reports) == 1
+    assert reports[0].num_batches == math.ceil(n_test / batch_size)
