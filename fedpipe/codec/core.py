@@ -82,8 +82,8 @@ def _default(obj: Any) -> Any:
             raise CodecError("negative integers beyond 64 bits are not supported yet")
         return {"__type__": "int", "value": obj.to_bytes((obj.bit_length() + 7) // 8 or 1, "big")}
     if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
-        return {"__type__": "np.ndarray", "value": [arr.tobytes(), arr.dtype.name, list(arr.shape)]}
+        arr = np.ascontiguousarray(obj)  # 0-d input comes back 1-d: the shape is taken from obj
+        return {"__type__": "np.ndarray", "value": [arr.tobytes(), arr.dtype.name, list(obj.shape)]}
     if isinstance(obj, np.generic):
         return {"__type__": "np.generic", "value": [obj.tobytes(), obj.dtype.name]}
     if isinstance(obj, Mapping):

@@ -1,0 +1,86 @@
+"""DataManager: the user's dataset plus loader arguments, turned into train and test loaders."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from fedpipe.training.errors import DataError
+
+__all__ = ["DataManager", "merge_loader_args"]
+
+# arguments that choose which samples a loader yields: never carried over to the test loader
+_TRAIN_ONLY = frozenset({"shuffle", "sampler", "batch_sampler", "drop_last", "generator"})
+
+
+def merge_loader_args(plan_args: Mapping[str, Any], researcher_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan's loader arguments, with the researcher's filling only the keys the plan left out.
+
+    >>> merge_loader_args({"batch_size": 8}, {"batch_size": 32, "shuffle": True})
+    {'batch_size': 8, 'shuffle': True}
+    """
+    merged = dict(plan_args)
+    for key, value in researcher_args.items():
+        merged.setdefault(key, value)
+    return merged
+
+
+class DataManager:
+    """What ``training_data()`` returns: a torch Dataset and the plan's own DataLoader arguments.
+
+    Array-like ``dataset`` plus ``target`` are wrapped in a ``TabularDataset``. The researcher's
+    ``loader_args`` only fill in the keys given here (the plan's choice wins).
+    """
+
+    def __init__(self, dataset: Any, target: Any = None, **loader_kwargs: Any) -> None:
+        if target is not None:
+            from fedpipe.training.datasets import TabularDataset
+
+            dataset = TabularDataset(dataset, target)
+        if not isinstance(dataset, Dataset):
+            raise DataError(
+                f"DataManager needs a torch Dataset (or arrays with a target), got {type(dataset).__name__}"
+            )
+        if not hasattr(dataset, "__len__"):
+            raise DataError(f"the dataset {type(dataset).__name__} has no length")
+        self.dataset: Dataset[Any] = dataset
+        self.loader_kwargs = dict(loader_kwargs)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def loaders(
+        self,
+        train_indices: Sequence[int],
+        test_indices: Sequence[int],
+        researcher_args: Mapping[str, Any],
+        seed: int | None = None,
+    ) -> tuple[DataLoader[Any] | None, DataLoader[Any] | None]:
+        """Loaders over the two subsets (None for an empty one); the test loader batches too, in order.
+
+        ``seed`` drives the training loader's shuffling through its own generator, so a seeded
+        run repeats without touching torch's global random state.
+        """
+        n = len(self)
+        for part in (train_indices, test_indices):
+            if part and not (min(part) >= 0 and max(part) < n):
+                index = min(part) if min(part) < 0 else max(part)
+                raise DataError(f"sample index {index} is outside the dataset of {n} samples")
+        kwargs = merge_loader_args(self.loader_kwargs, researcher_args)
+        train_kwargs = dict(kwargs)
+        if seed is not None and "generator" not in train_kwargs:
+            train_kwargs["generator"] = torch.Generator().manual_seed(seed)
+        test_kwargs = {k: v for k, v in kwargs.items() if k not in _TRAIN_ONLY}
+        return (
+            self._loader(train_indices, train_kwargs, "training"),
+            self._loader(test_indices, test_kwargs, "testing"),
+        )
+
+    def _loader(self, indices: Sequence[int], kwargs: dict[str, Any], what: str) -> DataLoader[Any] | None:
+        if not indices:
+            return None
+        try:
+            return DataLoader(Subset(self.dataset, list(indices)), **kwargs)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"cannot build the {what} data loader from the loader arguments: {err}") from err
