@@ -3,24 +3,21 @@
 This file is sent to the nodes as source text; each node owner approves it before it may run.
 """
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from fedpipe.plan import DatasetRecord
 from fedpipe.training import DataManager, TabularDataset, TorchTrainingPlan
 
 
 class BreastCancerMlp(TorchTrainingPlan):
     """30 features -> hidden -> 1 logit, trained with binary cross-entropy."""
 
-    def init_model(self, model_args: dict[str, Any]) -> torch.nn.Module:
-        hidden = int(model_args.get("hidden", 16))
+    def init_model(self) -> torch.nn.Module:
+        hidden = int(self.model_args.get("hidden", 16))
         return torch.nn.Sequential(torch.nn.Linear(30, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
 
-    def training_data(self, record: DatasetRecord) -> DataManager:
-        table = np.loadtxt(record.path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2)
+    def training_data(self) -> DataManager:
+        table = np.loadtxt(self.dataset_path, delimiter=",", skiprows=1, dtype=np.float32, ndmin=2)
         return DataManager(TabularDataset(table[:, :-1], table[:, -1]), shuffle=True)
 
     def training_step(self, data: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
