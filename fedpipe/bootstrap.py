@@ -323,6 +323,7 @@ def run_node_agent(
                 backoff = 0.5
                 if task is None:
                     continue
+                log.info("task %s: round started", task.task_id)
                 reply = node.run_round(task.request)
                 log.info("task %s: %s", task.task_id, "success" if reply.success else f"failed ({reply.msg})")
                 while True:

@@ -33,8 +33,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    import logging
+
     from fedpipe.bootstrap import run_node_agent
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run_node_agent(args.root, server_url=args.server, node_id=args.node_id, poll_wait=args.poll_wait)
 
 

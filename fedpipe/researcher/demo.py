@@ -8,14 +8,14 @@ per directory (nodes only poll the server: outbound connections only), runs samp
 round and writes a plot.
 """
 
-import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,42 +109,51 @@ def _prepare_nodes(options: DemoOptions, roots: list[Path], source: str, secagg:
         )
 
 
-@contextlib.contextmanager
-def _node_processes(
-    options: DemoOptions, server_url: str, roots: list[Path]
-) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    try:
-        for i, root in enumerate(roots):
-            log = open(root / "node.log", "ab")  # noqa: SIM115  # closed with the process below
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "fedpipe",
-                        "node",
-                        "--server",
-                        server_url,
-                        "--root",
-                        str(root),
-                        "--node-id",
-                        f"node-{i + 1}",
-                        "--poll-wait",
-                        "2",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
+class _NodeSupervisor:
+    """Starts one node process per root and restarts any that dies while the experiment runs."""
+
+    def __init__(self, options: DemoOptions, server_url: str, roots: list[Path]) -> None:
+        self.options = options
+        self.server_url = server_url
+        self.roots = roots
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="node-supervisor", daemon=True)
+
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        root = self.roots[i]
+        with open(root / "node.log", "ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "fedpipe", "node",
+                    "--server", self.server_url, "--root", str(root),
+                    "--node-id", f"node-{i + 1}", "--poll-wait", "2",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-            log.close()
-        yield procs
-    finally:
-        for p in procs:
+        (root / "node.pid").write_text(str(proc.pid))
+        return proc
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None and not self._stop.is_set():
+                    _say(self.options, f"  ! node-{i + 1} exited (code {proc.returncode}): restarted node-{i + 1}")
+                    self.procs[i] = self._spawn(i)
+
+    def __enter__(self) -> "_NodeSupervisor":
+        self.procs = [self._spawn(i) for i in range(len(self.roots))]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for p in self.procs:
             p.terminate()
-        for p in procs:
+        for p in self.procs:
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -252,7 +261,7 @@ def run_experiment(options: DemoOptions) -> ExperimentResult:
         plan_path.write_text(source, encoding="utf-8")
         plan_url = exchange.upload(plan_path).unwrap()
         board = BoardClient(server_url)
-        with _node_processes(options, server_url, roots):
+        with _NodeSupervisor(options, server_url, roots):
             training_args: Mapping[str, Any] = {
                 "epochs": options.epochs,
                 "loader_args": {"batch_size": 16},
