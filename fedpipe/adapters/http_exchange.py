@@ -377,7 +377,7 @@ class HttpFileExchange:
         etag = response.headers.get("etag", "")
         ranges = response.headers.get("accept-ranges", "").lower() == "bytes"
         partial.validator = etag if ranges and etag and not etag.startswith("W/") else None
-        for chunk in response.iter_bytes(CHUNK):
+        for chunk in response.iter_bytes():  # as received: a cut loses nothing already read
             if partial.size + len(chunk) > max_bytes:
                 return Failure(
                     _Fail(
