@@ -300,8 +300,8 @@ class HttpFileExchange:
                 ErrorCode.DOWNLOAD_FAILED,
             )
             if isinstance(result, Success):
-                partial.fh.flush()
-                os.fsync(partial.fh.fileno())
+                # no fsync: a download is re-fetchable, and the rename alone already guarantees that
+                # readers never see a partial file while the node runs
                 partial.fh.close()
                 os.replace(partial.path, dest)
                 return Success(dest)
@@ -377,7 +377,7 @@ class HttpFileExchange:
         etag = response.headers.get("etag", "")
         ranges = response.headers.get("accept-ranges", "").lower() == "bytes"
         partial.validator = etag if ranges and etag and not etag.startswith("W/") else None
-        for chunk in response.iter_bytes():  # as received: a cut loses nothing already read
+        for chunk in response.iter_raw():  # as received: a cut loses nothing already read
             if partial.size + len(chunk) > max_bytes:
                 return Failure(
                     _Fail(

@@ -258,22 +258,31 @@ def _shape(shape: Any, limits: Limits) -> tuple[tuple[int, ...], int]:
 
 def _buffer(kind: str, raw: memoryview, dtype: Any, shape: Any, limits: Limits) -> Any:
     """A fresh writable array or tensor from one copy of ``raw``, after checking its description."""
-    allowed = limits.dtypes if kind == "fedpipe.tensor" else limits.dtypes - {BFLOAT16}
-    spec = parse_dtype(dtype, allowed)
-    if spec is None:
+    spec = parse_dtype(dtype, limits.dtypes)
+    if spec is None or (spec[0] == BFLOAT16 and kind != "fedpipe.tensor"):
         _bad(f"{kind} dtype not allowed")
-    name, order = spec
     dims, count = _shape(shape, limits)
-    storage = "int16" if name == BFLOAT16 else name
-    dt = np.dtype(storage).newbyteorder(order)
+    dt = _STORAGE[spec]
     if count * dt.itemsize != len(raw):
         _bad(f"{kind} byte length does not match shape and dtype")
-    arr = np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="), copy=True).reshape(dims)
+    # a byte copy is a memcpy whatever the alignment of ``raw`` in the input
+    arr = np.empty(dims, dtype=dt.newbyteorder("=") if not dt.isnative else dt)
+    arr.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
+    if not dt.isnative:
+        arr.byteswap(inplace=True)
     if kind == "np.ndarray":
         return arr
     torch = _torch()
     tensor = torch.from_numpy(arr)
-    return tensor.view(torch.bfloat16) if name == BFLOAT16 else tensor
+    return tensor.view(torch.bfloat16) if spec[0] == BFLOAT16 else tensor
+
+
+# (name, byte order) -> the numpy dtype that holds it (bfloat16 is stored as int16)
+_STORAGE: Final = {
+    (name, order): np.dtype("int16" if name == BFLOAT16 else name).newbyteorder(order)
+    for name in ALLOWED_DTYPES
+    for order in ("<", ">")
+}
 
 
 _U8 = struct.Struct(">B")

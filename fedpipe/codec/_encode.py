@@ -53,22 +53,31 @@ def _is_tensor(obj: object) -> bool:
     return torch is not None and isinstance(obj, torch.Tensor)
 
 
-def _little_endian(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    order = arr.dtype.byteorder
-    if order == ">" or (order == "=" and sys.byteorder == "big"):
-        return arr.astype(arr.dtype.newbyteorder("<"))
-    return arr
+# dtype -> name for the allowed dtypes in little-endian order (a dict lookup beats dtype.name)
+_LITTLE_NAMES: dict[np.dtype[Any], str] = {
+    np.dtype(name).newbyteorder("<"): name for name in ALLOWED_DTYPES if name != BFLOAT16
+}
 
 
 def _array_parts(arr: np.ndarray[Any, Any]) -> tuple[memoryview, str, list[int]]:
-    name = arr.dtype.name
-    if name not in ALLOWED_DTYPES or arr.dtype.fields is not None:
-        raise CodecError(f"Cannot serialize an array of dtype {arr.dtype.str!r}")
-    arr = _little_endian(arr if arr.flags.c_contiguous else arr.copy(order="C"))
+    name = _LITTLE_NAMES.get(arr.dtype)
+    if name is None:
+        name = _LITTLE_NAMES.get(arr.dtype.newbyteorder("<"))
+        if name is None or arr.dtype.fields is not None:
+            raise CodecError(f"Cannot serialize an array of dtype {arr.dtype.str!r}")
+        arr = arr.astype(arr.dtype.newbyteorder("<"))  # big-endian: written little-endian
+    elif not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
     if arr.nbytes > _MAX_BIN:
         raise CodecError("Cannot serialize an array larger than 4 GiB (msgpack bin limit)")
     flat: Any = arr.reshape(-1).view(np.uint8)
     return memoryview(flat), name, list(arr.shape)
+
+
+def _is_large(obj: object) -> bool:
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes >= LARGE_BUFFER
+    return _is_tensor(obj) and obj.numel() * obj.element_size() >= LARGE_BUFFER  # type: ignore[attr-defined]
 
 
 def _tensor_parts(tensor: Any) -> tuple[str, memoryview, str, list[int]]:
@@ -79,7 +88,8 @@ def _tensor_parts(tensor: Any) -> tuple[str, memoryview, str, list[int]]:
         raise CodecError(f"Cannot serialize a tensor with layout {t.layout}")
     if t.device.type != "cpu":
         t = t.cpu()
-    t = t.resolve_conj().resolve_neg().contiguous()
+    if t.is_conj() or t.is_neg() or not t.is_contiguous():
+        t = t.resolve_conj().resolve_neg().contiguous()
     if t.dtype == torch.bfloat16:
         # numpy has no bfloat16: the raw 16-bit patterns travel under a fedpipe ext type
         mem, _, shape = _array_parts(t.view(torch.int16).numpy())
@@ -102,12 +112,8 @@ def _small_default(obj: Any) -> Any:
         mem, name, shape = _array_parts(obj)
         return {"__type__": "np.ndarray", "value": [mem.tobytes(), name, shape]}
     if isinstance(obj, np.generic):
-        if obj.dtype.name not in ALLOWED_DTYPES or obj.dtype.fields is not None:
-            raise CodecError(f"Cannot serialize a numpy scalar of dtype {obj.dtype.str!r}")
-        return {
-            "__type__": "np.generic",
-            "value": [_little_endian(np.asarray(obj)).tobytes(), obj.dtype.name],
-        }
+        mem, name, _ = _array_parts(np.asarray(obj))
+        return {"__type__": "np.generic", "value": [mem.tobytes(), name]}
     if isinstance(obj, bool):
         return bool(obj)
     if isinstance(obj, int):
@@ -163,6 +169,8 @@ def _bin_header(n: int) -> bytes:
 
 _EXT_HEAD = _map_header(2) + _packb("__type__")
 _VALUE_KEY = _packb("value")
+_ARRAY3 = _array_header(3)
+_PACKED = {text: _packb(text) for text in (*ALLOWED_DTYPES, "np.ndarray", "torch.Tensor", "fedpipe.tensor")}
 
 
 class _Walker:
@@ -172,16 +180,21 @@ class _Walker:
     def node(self, obj: Any, depth: int) -> None:
         if depth > MAX_ENCODE_DEPTH:
             raise CodecError(f"Cannot serialize: nesting deeper than {MAX_ENCODE_DEPTH}")
-        try:
-            self.chunks.append(_packb(obj))
-            return
-        except _Large:
-            pass
-        if isinstance(obj, np.ndarray):
+        if isinstance(obj, np.ndarray) and obj.nbytes >= LARGE_BUFFER:
             self.buffer("np.ndarray", *_array_parts(obj))
-        elif _is_tensor(obj):
+            return
+        if _is_tensor(obj) and obj.numel() * obj.element_size() >= LARGE_BUFFER:
             self.buffer(*_tensor_parts(obj))
-        elif isinstance(obj, Mapping):
+            return
+        children = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, list | tuple) else ()
+        if not any(_is_large(child) for child in children):
+            # one C call for the whole subtree; it bails out (_Large) on a large buffer deeper down
+            try:
+                self.chunks.append(_packb(obj))
+                return
+            except _Large:
+                pass
+        if isinstance(obj, Mapping):
             self.chunks.append(_map_header(len(obj)))
             for key, value in obj.items():
                 self.node(key, depth + 1)
@@ -198,8 +211,8 @@ class _Walker:
             self.node(item, depth + 1)
 
     def buffer(self, kind: str, mem: memoryview, dtype: str, shape: list[int]) -> None:
-        self.chunks += (_EXT_HEAD, _packb(kind), _VALUE_KEY, _array_header(3), _bin_header(mem.nbytes))
-        self.chunks += (mem, _packb(dtype), _packb(shape))
+        self.chunks += (_EXT_HEAD, _PACKED[kind], _VALUE_KEY, _ARRAY3, _bin_header(mem.nbytes))
+        self.chunks += (mem, _PACKED[dtype], _packb(shape))
 
 
 def encode_chunks(obj: Any) -> list[Chunk]:
