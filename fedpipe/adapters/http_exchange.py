@@ -9,6 +9,7 @@ Memory stays bounded by the chunk size whatever the file size.
 """
 
 import base64
+import contextlib
 import binascii
 import hashlib
 import logging
@@ -183,7 +184,8 @@ class _Partial:
         self.hash.update(data)
 
     def discard(self) -> None:
-        if not self.fh.closed:
+        # closing flushes the buffer, which fails again on a full disk: the file goes anyway
+        with contextlib.suppress(OSError):
             self.fh.close()
         self.path.unlink(missing_ok=True)
 
