@@ -9,8 +9,8 @@ Memory stays bounded by the chunk size whatever the file size.
 """
 
 import base64
-import contextlib
 import binascii
+import contextlib
 import hashlib
 import logging
 import os
