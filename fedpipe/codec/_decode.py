@@ -52,9 +52,14 @@ def _bad(reason: str) -> NoReturn:
     raise Bad(reason)
 
 
+_torch_module: list[Any] = []
+
+
 def _torch() -> Any:
     # imported on first need only: decoding numpy-only payloads never loads torch
-    return importlib.import_module("torch")
+    if not _torch_module:
+        _torch_module.append(importlib.import_module("torch"))
+    return _torch_module[0]
 
 
 class _Reader:
@@ -166,6 +171,20 @@ class _Reader:
             out[_hashable(key)] = self.value(inner)
         return _apply_extension(out, self.limits) if n == 2 else out
 
+    def small_shape(self) -> list[int] | None:
+        """A shape written as a fixarray of fixints (nearly every shape), read in one go; else None."""
+        pos = self.pos
+        head = self.buf[pos]
+        if not 0x90 <= head <= 0x9F:
+            return None
+        n = head & 0x0F
+        dims = self.buf[pos + 1 : pos + 1 + n].tolist()
+        if len(dims) != n or (n and max(dims) > 0x7F):
+            return None
+        self.spend(n + 1)
+        self.pos = pos + 1 + n
+        return dims
+
     # extension dicts -------------------------------------------------------------------------
 
     def extension(self, depth: int) -> Any:
@@ -189,7 +208,11 @@ class _Reader:
                 self.spend(2)
                 raw = self.binary(self.unpack(_BIN_LENGTH[b]))
                 inner = self.container_depth(depth)
-                return _buffer(kind, raw, self.value(inner), self.value(inner), self.limits)
+                dtype = self.value(inner)
+                shape = self.small_shape()
+                if shape is None:
+                    shape = self.value(inner)
+                return _buffer(kind, raw, dtype, shape, self.limits)
         return _apply_extension({"__type__": kind, "value": self.value(depth)}, self.limits)
 
 

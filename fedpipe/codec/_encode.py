@@ -45,12 +45,18 @@ def _big_int(value: int) -> dict[str, Any]:
 
 
 def _torch_module() -> Any:
+    # never imported here: if torch is not loaded, no object can be a tensor
     return sys.modules.get("torch")
 
 
 def _is_tensor(obj: object) -> bool:
     torch = _torch_module()
     return torch is not None and isinstance(obj, torch.Tensor)
+
+
+# exact types that msgpack packs natively and that cannot hold a buffer (no default hook needed)
+_PLAIN = frozenset({str, float, bool, type(None), bytes})
+_plain_packer = msgpack.Packer(use_bin_type=True, strict_types=True, autoreset=True)
 
 
 # dtype -> name for the allowed dtypes in little-endian order (a dict lookup beats dtype.name)
@@ -178,6 +184,10 @@ class _Walker:
         self.chunks: list[Chunk] = []
 
     def node(self, obj: Any, depth: int) -> None:
+        kind = type(obj)
+        if kind in _PLAIN or (kind is int and _INT64_MIN <= obj <= _UINT64_MAX):
+            self.chunks.append(_plain_packer.pack(obj))
+            return
         if depth > MAX_ENCODE_DEPTH:
             raise CodecError(f"Cannot serialize: nesting deeper than {MAX_ENCODE_DEPTH}")
         if isinstance(obj, np.ndarray) and obj.nbytes >= LARGE_BUFFER:
