@@ -82,6 +82,31 @@ def _header_digest(headers: httpx.Headers) -> str | None:
     return None
 
 
+def _bad_url(url: str) -> str | None:
+    """Why ``url`` cannot be fetched (not absolute http(s) with a host), or None when it can.
+
+    >>> _bad_url("http://h:1/x"), _bad_url("ftp://h/x"), _bad_url("http://[::1")
+    (None, 'not an http(s) URL', 'malformed URL')
+    """
+    try:
+        parsed = httpx.URL(url)
+        urlsplit(url)
+    except (httpx.InvalidURL, ValueError):
+        return "malformed URL"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "not an http(s) URL"
+    return None
+
+
+def _url_error(code: ErrorCode, what: str, url: str, why: str) -> RoundError:
+    return RoundError(
+        code=code,
+        step="",
+        detail=f"{what} {url!r}: {why}",
+        public=f"The file {what} URL is not a valid http(s) URL.",
+    )
+
+
 def _strip_fragment(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(fragment=""))
@@ -282,6 +307,9 @@ class HttpFileExchange:
     def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
         """Fetch ``url`` into ``dest``: complete and verified, or absent (never a partial file)."""
         dest = Path(dest)
+        why = _bad_url(url)
+        if why is not None:
+            return Failure(_url_error(ErrorCode.DOWNLOAD_FAILED, "download", url, why))
         try:
             partial = _Partial(dest)
         except OSError as err:
@@ -421,6 +449,9 @@ class HttpFileExchange:
     def upload(self, path: Path) -> Result[str, RoundError]:
         """POST the file at ``path`` as multipart field ``file``; return the reply's ``file`` URL."""
         path = Path(path)
+        why = _bad_url(self.upload_url)
+        if why is not None:
+            return Failure(_url_error(ErrorCode.UPLOAD_FAILED, "upload", self.upload_url, why))
         try:
             size = path.stat().st_size
         except OSError as err:

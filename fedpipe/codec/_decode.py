@@ -7,6 +7,7 @@ named by the input: extension dicts map to a fixed set of constructors.
 """
 
 import importlib
+import logging
 import struct
 from typing import Any, Final, NoReturn
 
@@ -38,6 +39,8 @@ class Limits:
 
 DEFAULT_LIMITS: Final = Limits()
 
+log = logging.getLogger("fedpipe.codec")
+
 _MAX_DIM: Final = 2**62
 _TYPE_KEY: Final = b"\xa8__type__"
 _VALUE_KEY: Final = b"\xa5value"
@@ -63,7 +66,7 @@ def _torch() -> Any:
 
 
 class _Reader:
-    __slots__ = ("budget", "buf", "end", "limits", "pos")
+    __slots__ = ("budget", "buf", "end", "limits", "pos", "unknown")
 
     def __init__(self, buf: memoryview, limits: Limits) -> None:
         self.buf = buf
@@ -71,6 +74,7 @@ class _Reader:
         self.end = len(buf)
         self.limits = limits
         self.budget = limits.max_elements
+        self.unknown: set[str] = set()
 
     def take(self, n: int) -> int:
         """Advance past ``n`` bytes; return where they start."""
@@ -169,7 +173,7 @@ class _Reader:
         for _ in range(n):
             key = self.value(inner)
             out[_hashable(key)] = self.value(inner)
-        return _apply_extension(out, self.limits) if n == 2 else out
+        return _apply_extension(out, self.limits, self.unknown) if n == 2 else out
 
     def small_shape(self) -> list[int] | None:
         """A shape written as a fixarray of fixints (nearly every shape), read in one go; else None."""
@@ -193,7 +197,9 @@ class _Reader:
         kind = self.value(depth)
         if bytes(self.buf[self.pos : self.pos + len(_VALUE_KEY)]) != _VALUE_KEY:
             key = self.value(depth)  # not the reference's key order: a plain dict unless it is ext
-            return _apply_extension({"__type__": kind, _hashable(key): self.value(depth)}, self.limits)
+            return _apply_extension(
+                {"__type__": kind, _hashable(key): self.value(depth)}, self.limits, self.unknown
+            )
         self.pos += len(_VALUE_KEY)
         self.spend(1)
         if (
@@ -213,7 +219,7 @@ class _Reader:
                 if shape is None:
                     shape = self.value(inner)
                 return _buffer(kind, raw, dtype, shape, self.limits)
-        return _apply_extension({"__type__": kind, "value": self.value(depth)}, self.limits)
+        return _apply_extension({"__type__": kind, "value": self.value(depth)}, self.limits, self.unknown)
 
 
 def _hashable(key: Any) -> Any:
@@ -230,7 +236,7 @@ def _extension_value(obj: dict[Any, Any]) -> tuple[Any, Any] | None:
     return obj["__type__"], obj["value"]
 
 
-def _apply_extension(obj: dict[Any, Any], limits: Limits) -> Any:
+def _apply_extension(obj: dict[Any, Any], limits: Limits, unknown: set[str]) -> Any:
     """Turn an ext dict into its object; an unknown ``__type__`` keeps the dict, as the reference does."""
     ext = _extension_value(obj)
     if ext is None:
@@ -262,6 +268,8 @@ def _apply_extension(obj: dict[Any, Any], limits: Limits) -> Any:
         if len(value[0]) != dt.itemsize:
             _bad("np.generic byte length does not match its dtype")
         return np.frombuffer(value[0], dtype=dt).astype(dt.newbyteorder("="))[0]
+    if len(unknown) < 8:
+        unknown.add(kind[:64])
     return obj
 
 
@@ -366,4 +374,6 @@ def decode(buf: memoryview, limits: Limits) -> Any:
     obj = reader.value(0)
     if reader.pos != reader.end:
         _bad("extra bytes after the object")
+    if reader.unknown:
+        log.warning("payload holds ext dicts of unknown __type__ %s; kept as dicts", sorted(reader.unknown))
     return obj

@@ -1,5 +1,6 @@
 """Codec: the reference's wire format byte for byte, fedpipe's extensions, and round-trip laws."""
 
+import logging
 import struct
 from collections import OrderedDict
 from typing import Any
@@ -182,9 +183,12 @@ def test_reference_decoder_keeps_fedpipe_extensions_as_dicts() -> None:
     assert decoded["neg"]["__type__"] == "fedpipe.int"
 
 
-def test_unknown_extension_type_is_kept_as_a_dict() -> None:
-    wire = reference_dumps({"__type__": "toto", "value": "mock"})
-    assert loads(wire).unwrap() == {"__type__": "toto", "value": "mock"}
+def test_unknown_extension_type_is_kept_as_a_dict_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    wire = reference_dumps([{"__type__": "toto", "value": "mock"}] * 3)
+    with caplog.at_level(logging.WARNING, logger="fedpipe.codec"):
+        assert loads(wire).unwrap() == [{"__type__": "toto", "value": "mock"}] * 3
+    assert len(caplog.records) == 1
+    assert "toto" in caplog.records[0].getMessage()
 
 
 @pytest.mark.parametrize("spelling", ["float32", "<float32", "<f4"])

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from attrs import frozen
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedpipe.adapters.http_exchange import HttpFileExchange, expected_digest
 from fedpipe.errors import ErrorCode, is_public_safe
@@ -131,3 +133,30 @@ def test_expected_digest_reads_fragment_and_query() -> None:
     assert expected_digest(f"http://h/f?sha256={h}") == h
     assert expected_digest(f"http://h/f#sha-256={h}") == h
     assert expected_digest("http://h/f#sha256=short") is None
+
+
+@pytest.mark.parametrize(
+    "url", ["not a url", "ftp://h/x", "http://", "http://[::1", "", "http://\x00/", "/a/b"]
+)
+def test_malformed_urls_are_clear_non_retryable_failures(url: str, tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    with HttpFileExchange(url, retries=3) as ex:
+        down = ex.download(url, tmp_path / "out", max_bytes=10).failure()
+        up = ex.upload(src).failure()
+    assert (down.code, up.code) == (ErrorCode.DOWNLOAD_FAILED, ErrorCode.UPLOAD_FAILED)
+    assert not down.retryable
+    assert not up.retryable
+    assert not (tmp_path / "out").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=30), st.text(max_size=20))
+def test_download_never_raises_whatever_the_url(
+    tmp_path_factory: pytest.TempPathFactory, path: str, fragment: str
+) -> None:
+    node = tmp_path_factory.mktemp("n")
+    with HttpFileExchange("http://127.0.0.1:1/upload", retries=0, connect_timeout=0.5) as ex:
+        result = ex.download(f"http://127.0.0.1:1/{path}#{fragment}", node / "x", max_bytes=10)
+    assert result.failure().code is ErrorCode.DOWNLOAD_FAILED
+    assert list(node.iterdir()) == []
