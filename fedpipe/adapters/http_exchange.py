@@ -406,8 +406,14 @@ class HttpFileExchange:
             )
         etag = response.headers.get("etag", "")
         ranges = response.headers.get("accept-ranges", "").lower() == "bytes"
-        partial.validator = etag if ranges and etag and not etag.startswith("W/") else None
-        for chunk in response.iter_raw():  # as received: a cut loses nothing already read
+        # a server that compresses anyway: store the decoded bytes, and never resume (ranges would
+        # count encoded bytes); the size limit applies to the decoded bytes
+        encoded = response.headers.get("content-encoding", "identity").lower() not in ("identity", "")
+        resumable = ranges and not encoded and etag and not etag.startswith("W/")
+        partial.validator = etag if resumable else None
+        # as received (no re-chunking), so that a cut loses nothing already read
+        chunks = response.iter_bytes() if encoded else response.iter_raw()
+        for chunk in chunks:
             if partial.size + len(chunk) > max_bytes:
                 return Failure(
                     _Fail(

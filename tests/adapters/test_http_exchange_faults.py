@@ -320,3 +320,52 @@ def test_shared_client_is_not_closed_by_the_exchange(server: str, payload: Path)
         with HttpFileExchange(f"{server}/upload", client=client) as ex:
             ex.upload(payload).unwrap()
         assert not client.is_closed
+
+
+def test_upload_stored_with_another_digest_is_retried_then_fails(payload: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from fedpipe.server.testing import running_app
+
+    calls: list[int] = []
+
+    async def lying(request: Request) -> JSONResponse:
+        calls.append(len(await request.body()))
+        return JSONResponse({"file": "http://127.0.0.1:1/files/x", "sha256": "00" * 32}, status_code=201)
+
+    app = Starlette(routes=[Route("/upload", lying, methods=["POST"])])
+    with running_app(app) as url, make_exchange(url, retries=1) as ex:
+        error = ex.upload(payload).failure()
+    assert error.code is ErrorCode.UPLOAD_FAILED
+    assert "corrupted" in error.public
+    assert len(calls) == 2
+    assert all(n > SIZE for n in calls)
+
+
+def test_compressed_response_is_stored_decoded_and_size_checked(tmp_path: Path) -> None:
+    import gzip
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from fedpipe.server.testing import running_app
+
+    body = b"a" * 100_000
+
+    async def gz(request: Request) -> Response:
+        headers = {"Content-Encoding": "gzip", "Accept-Ranges": "bytes", "ETag": '"e"'}
+        return Response(gzip.compress(body), headers=headers)
+
+    app = Starlette(routes=[Route("/f", gz)])
+    dest = node_dir(tmp_path) / "p.bin"
+    with running_app(app) as url, make_exchange(url) as ex:
+        ex.download(f"{url}/f", dest, max_bytes=len(body)).unwrap()
+        assert dest.read_bytes() == body
+        bomb = ex.download(f"{url}/f", dest.with_name("bomb"), max_bytes=10_000).failure()
+    assert "larger" in bomb.public
+    assert not dest.with_name("bomb").exists()
