@@ -326,3 +326,27 @@ def test_large_homogeneous_lists_roundtrip() -> None:
         "mixed": [1, 2.5] * 20,
     }
     assert same(loads(dumps(obj)).unwrap(), obj)
+
+
+def test_dump_file_on_a_full_disk_raises_oserror_and_leaves_nothing(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        from pathlib import Path
+        import numpy as np
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        from fedpipe.codec import dump_file
+        try:
+            dump_file({{"w": np.zeros(1_000_000)}}, Path({str(tmp_path / "state.mpk")!r}))
+        except OSError as err:
+            print("OSError", err.errno)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split()[0] == "OSError", out.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -67,12 +67,14 @@ BYTES_PER_INPUT_BYTE = 160
 SMALL = Limits(max_bytes=1 << 20, max_elements=20_000)
 
 
+@pytest.mark.timeout(300)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_decoding_mutated_files_never_raises(data: bytes) -> None:
     loads(data, SMALL)
 
 
+@pytest.mark.timeout(300)
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=256))
 def test_decoding_random_bytes_never_raises(data: bytes) -> None:
