@@ -84,6 +84,9 @@ class _Exchange:
         except ClientDisconnect:
             writer.abort()
             return Response(status_code=400)
+        except OSError:  # the server's disk is full or failing: the client may retry later
+            writer.abort()
+            return _error(507, "the file exchange cannot store the file")
         except BaseException:
             writer.abort()
             raise
