@@ -1,5 +1,6 @@
 """A content-addressed file store on disk: files named by their SHA-256, written atomically."""
 
+import contextlib
 import hashlib
 import os
 import re
@@ -56,8 +57,9 @@ class BlobWriter:
         return digest
 
     def abort(self) -> None:
-        """Drop the partial file."""
-        self._fh.close()
+        """Drop the partial file (closing may fail again on a full disk: the file goes anyway)."""
+        with contextlib.suppress(OSError):
+            self._fh.close()
         self._tmp.unlink(missing_ok=True)
 
 
