@@ -13,6 +13,7 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,7 +139,8 @@ def main() -> None:
     print(
         f"curl:    {best_curl:.2f} s ({2 * mb / best_curl:.0f} MB/s)   runs: {', '.join(f'{t:.2f}' for t in theirs)}"
     )
-    print(f"ratio curl/fedpipe: {best_curl / best_ours:.2f}   (target >= 0.7)")
+    median = statistics.median(theirs) / statistics.median(ours)
+    print(f"ratio curl/fedpipe: {best_curl / best_ours:.2f} best, {median:.2f} median   (target >= 0.7)")
     note = "" if peak_ok else " (VmHWM could not be reset: upper bound)"
     print(f"peak RSS growth during fedpipe transfers: {growth:.1f} MiB{note}   (target < 64 MiB)")
 
