@@ -178,6 +178,8 @@ class _Reader:
     def small_shape(self) -> list[int] | None:
         """A shape written as a fixarray of fixints (nearly every shape), read in one go; else None."""
         pos = self.pos
+        if pos >= self.end:
+            return None
         head = self.buf[pos]
         if not 0x90 <= head <= 0x9F:
             return None

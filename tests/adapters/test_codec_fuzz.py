@@ -127,6 +127,7 @@ HOSTILE = {
     "unhashable key": b"\x81\x90\x01",
     "array as ext type": b"\x82" + fixstr("__type__") + b"\x92\x01\x02" + fixstr("value") + b"\x01",
     "trailing bytes": b"\x01\x02",
+    "ends before the shape": ext("torch.Tensor", b"\x93" + bin8(b"\x00" * 4) + fixstr("float32")),
     "empty": b"",
 }
 
