@@ -14,7 +14,7 @@ from typing import Any, Final, NoReturn
 import numpy as np
 from attrs import field, frozen, validators
 
-from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16, parse_dtype
+from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16, SPELLINGS, parse_dtype
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "decode"]
 
@@ -45,6 +45,7 @@ _MAX_DIM: Final = 2**62
 _TYPE_KEY: Final = b"\xa8__type__"
 _VALUE_KEY: Final = b"\xa5value"
 _BUFFER_KINDS: Final = frozenset({"np.ndarray", "torch.Tensor", "fedpipe.tensor"})
+_SPELLINGS_BY_BYTES: Final = {spelling.encode("ascii"): spelling for spelling in SPELLINGS}
 
 
 class Bad(Exception):
@@ -175,6 +176,18 @@ class _Reader:
             out[_hashable(key)] = self.value(inner)
         return _apply_extension(out, self.limits, self.unknown) if n == 2 else out
 
+    def known_dtype(self) -> str | None:
+        """An allowed dtype spelling written as a fixstr, read by table lookup; else None."""
+        pos = self.pos
+        if pos >= self.end or not 0xA0 <= self.buf[pos] <= 0xBF:
+            return None
+        n = self.buf[pos] & 0x1F
+        spelling = _SPELLINGS_BY_BYTES.get(bytes(self.buf[pos + 1 : pos + 1 + n]))
+        if spelling is not None:
+            self.spend(1)
+            self.pos = pos + 1 + n
+        return spelling
+
     def small_shape(self) -> list[int] | None:
         """A shape written as a fixarray of fixints (nearly every shape), read in one go; else None."""
         pos = self.pos
@@ -216,7 +229,9 @@ class _Reader:
                 self.spend(2)
                 raw = self.binary(self.unpack(_BIN_LENGTH[b]))
                 inner = self.container_depth(depth)
-                dtype = self.value(inner)
+                dtype = self.known_dtype()
+                if dtype is None:
+                    dtype = self.value(inner)
                 shape = self.small_shape()
                 if shape is None:
                     shape = self.value(inner)

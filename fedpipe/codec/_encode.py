@@ -176,7 +176,12 @@ def _bin_header(n: int) -> bytes:
 _EXT_HEAD = _map_header(2) + _packb("__type__")
 _VALUE_KEY = _packb("value")
 _ARRAY3 = _array_header(3)
-_PACKED = {text: _packb(text) for text in (*ALLOWED_DTYPES, "np.ndarray", "torch.Tensor", "fedpipe.tensor")}
+_PACKED = {text: _packb(text) for text in ALLOWED_DTYPES}
+# everything of a buffer's ext dict that comes before its bin header, per ext type
+_BUFFER_HEAD = {
+    kind: _EXT_HEAD + _packb(kind) + _VALUE_KEY + _ARRAY3
+    for kind in ("np.ndarray", "torch.Tensor", "fedpipe.tensor")
+}
 
 
 class _Walker:
@@ -221,8 +226,7 @@ class _Walker:
             self.node(item, depth + 1)
 
     def buffer(self, kind: str, mem: memoryview, dtype: str, shape: list[int]) -> None:
-        self.chunks += (_EXT_HEAD, _PACKED[kind], _VALUE_KEY, _ARRAY3, _bin_header(mem.nbytes))
-        self.chunks += (mem, _PACKED[dtype], _packb(shape))
+        self.chunks += (_BUFFER_HEAD[kind] + _bin_header(mem.nbytes), mem, _PACKED[dtype] + _packb(shape))
 
 
 def encode_chunks(obj: Any) -> list[Chunk]:

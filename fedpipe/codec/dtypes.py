@@ -8,7 +8,7 @@ either as a prefix on the name (``"<float32"``, ``">float32"``) or as numpy's ty
 
 from typing import Final, Literal
 
-__all__ = ["ALLOWED_DTYPES", "BFLOAT16", "DtypeSpec", "parse_dtype"]
+__all__ = ["ALLOWED_DTYPES", "BFLOAT16", "SPELLINGS", "DtypeSpec", "parse_dtype"]
 
 BFLOAT16: Final = "bfloat16"
 
@@ -73,6 +73,8 @@ def _spellings() -> dict[str, DtypeSpec]:
 
 
 _SPELLINGS: Final = _spellings()
+SPELLINGS: Final = frozenset(_SPELLINGS)
+"""Every dtype string that decoding understands."""
 
 
 def parse_dtype(spelling: object, allowed: frozenset[str] = ALLOWED_DTYPES) -> DtypeSpec | None:
