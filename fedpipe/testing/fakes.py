@@ -80,11 +80,11 @@ class InMemoryFileExchange:
         return False
 
     def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
-        """Copy the stored bytes to ``dest`` (atomically); unknown URLs fail like a 404."""
+        """Copy the stored (published or uploaded) bytes to ``dest`` atomically; unknown URLs fail like a 404."""
         self.downloads.append(url)
         if self._inject(url):
             return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"injected failure for {url}", retryable=True))
-        content = self.files.get(url)
+        content = self.files.get(url, self.uploads.get(url))
         if content is None:
             return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"GET {url}: 404 not found"))
         if len(content) > max_bytes:
@@ -98,8 +98,12 @@ class InMemoryFileExchange:
         """Store the file's bytes under a new URL."""
         if self._inject("upload"):
             return Failure(_error(ErrorCode.UPLOAD_FAILED, "injected upload failure", retryable=True))
+        try:
+            content = path.read_bytes()
+        except OSError as err:
+            return Failure(_error(ErrorCode.UPLOAD_FAILED, f"cannot read {path}: {err.strerror}"))
         url = f"{FAKE_HOST}/uploads/{next(self._ids)}"
-        self.uploads[url] = path.read_bytes()
+        self.uploads[url] = content
         return Success(url)
 
 

@@ -1,0 +1,396 @@
+"""Decoder: a total msgpack parser over a memoryview that enforces limits while it reads.
+
+Every length read from the input is checked against the bytes that remain before anything is
+allocated, so a small input cannot ask for a large allocation. Array payloads are copied once, from
+the input buffer straight into a fresh aligned writable array. Nothing here imports or runs code
+named by the input: extension dicts map to a fixed set of constructors.
+"""
+
+import importlib
+import logging
+import struct
+from typing import Any, Final, NoReturn
+
+import numpy as np
+from attrs import field, frozen, validators
+
+from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16, SPELLINGS, parse_dtype
+
+__all__ = ["DEFAULT_LIMITS", "Limits", "decode"]
+
+
+@frozen(kw_only=True)
+class Limits:
+    """Bounds on what decoding untrusted bytes may read and allocate.
+
+    ``max_elements`` counts every decoded value (container entries, scalars, arrays);
+    ``max_depth`` bounds container nesting; ``max_str_bytes`` bounds one string;
+    ``max_int_bytes`` bounds one big integer; ``dtypes`` is the allow-list of array dtypes.
+    """
+
+    max_bytes: int = 4 * 1024**3
+    max_depth: int = field(default=64, validator=[validators.ge(1), validators.le(128)])
+    max_elements: int = 10_000_000
+    max_str_bytes: int = 64 * 1024**2
+    max_int_bytes: int = 1024 * 1024
+    max_dims: int = field(default=32, validator=[validators.ge(0), validators.le(64)])
+    dtypes: frozenset[str] = ALLOWED_DTYPES
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+log = logging.getLogger("fedpipe.codec")
+
+_MAX_DIM: Final = 2**62
+_TYPE_KEY: Final = b"\xa8__type__"
+_VALUE_KEY: Final = b"\xa5value"
+_BUFFER_KINDS: Final = frozenset({"np.ndarray", "torch.Tensor", "fedpipe.tensor"})
+_SPELLINGS_BY_BYTES: Final = {spelling.encode("ascii"): spelling for spelling in SPELLINGS}
+
+
+class Bad(Exception):
+    """Malformed or over-limit input (internal; surfaces as a DecodeError)."""
+
+
+def _bad(reason: str) -> NoReturn:
+    raise Bad(reason)
+
+
+_torch_module: list[Any] = []
+
+
+def _torch() -> Any:
+    # imported on first need only: decoding numpy-only payloads never loads torch
+    if not _torch_module:
+        _torch_module.append(importlib.import_module("torch"))
+    return _torch_module[0]
+
+
+class _Reader:
+    __slots__ = ("budget", "buf", "end", "limits", "pos", "unknown")
+
+    def __init__(self, buf: memoryview, limits: Limits) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.end = len(buf)
+        self.limits = limits
+        self.budget = limits.max_elements
+        self.unknown: set[str] = set()
+
+    def take(self, n: int) -> int:
+        """Advance past ``n`` bytes; return where they start."""
+        start = self.pos
+        if n > self.end - start:
+            _bad("truncated input")
+        self.pos = start + n
+        return start
+
+    def unpack(self, fmt: struct.Struct) -> Any:
+        start = self.take(fmt.size)
+        return fmt.unpack_from(self.buf, start)[0]
+
+    def spend(self, n: int) -> None:
+        self.budget -= n
+        if self.budget < 0:
+            _bad(f"more than {self.limits.max_elements} elements")
+
+    # values ------------------------------------------------------------------------------------
+
+    def value(self, depth: int) -> Any:
+        self.spend(1)
+        b = self.buf[self.take(1)]
+        if b <= 0x7F:
+            return b
+        if b >= 0xE0:
+            return b - 0x100
+        if b >= 0xA0 and b <= 0xBF:
+            return self.string(b & 0x1F)
+        if b >= 0x90 and b <= 0x9F:
+            return self.array(b & 0x0F, depth)
+        if b >= 0x80 and b <= 0x8F:
+            return self.map(b & 0x0F, depth)
+        handler = _HANDLERS.get(b)
+        if handler is None:
+            _bad(f"unsupported msgpack type byte 0x{b:02x}")
+        return handler(self, depth)
+
+    def string(self, n: int) -> str:
+        if n > self.limits.max_str_bytes:
+            _bad(f"string longer than {self.limits.max_str_bytes} bytes")
+        start = self.take(n)
+        try:
+            return str(self.buf[start : start + n], "utf-8")
+        except UnicodeDecodeError:
+            _bad("string is not valid UTF-8")
+
+    def binary(self, n: int) -> memoryview:
+        start = self.take(n)
+        return self.buf[start : start + n]
+
+    def container_depth(self, depth: int) -> int:
+        if depth >= self.limits.max_depth:
+            _bad(f"nesting deeper than {self.limits.max_depth}")
+        return depth + 1
+
+    def array(self, n: int, depth: int) -> list[Any]:
+        inner = self.container_depth(depth)
+        if n > self.end - self.pos:
+            _bad("array longer than the remaining input")
+        if n >= 16:
+            fast = self.homogeneous(n)
+            if fast is not None:
+                return fast
+        return [self.value(inner) for _ in range(n)]
+
+    def homogeneous(self, n: int) -> list[Any] | None:
+        """Lists of small non-negative ints or of float64: parsed by numpy, not one by one."""
+        buf, pos = self.buf, self.pos
+        first = buf[pos]
+        if first <= 0x7F:
+            run = np.frombuffer(buf, dtype=np.uint8, count=n, offset=pos)
+            if int(run.max()) > 0x7F:
+                return None
+            self.spend(n)
+            self.pos = pos + n
+            return run.tolist()  # type: ignore[no-any-return]
+        if first == 0xCB and 9 * n <= self.end - pos:
+            tags = np.ndarray(shape=(n,), dtype=np.uint8, buffer=buf, offset=pos, strides=(9,))
+            if not bool((tags == 0xCB).all()):
+                return None
+            self.spend(n)
+            values = np.ndarray(shape=(n,), dtype=">f8", buffer=buf, offset=pos + 1, strides=(9,))
+            self.pos = pos + 9 * n
+            return values.tolist()  # type: ignore[no-any-return]
+        return None
+
+    def map(self, n: int, depth: int) -> Any:
+        inner = self.container_depth(depth)
+        if 2 * n > self.end - self.pos:
+            _bad("map longer than the remaining input")
+        pos = self.pos
+        if n == 2 and bytes(self.buf[pos : pos + len(_TYPE_KEY)]) == _TYPE_KEY:
+            return self.extension(inner)
+        out: dict[Any, Any] = {}
+        for _ in range(n):
+            key = self.value(inner)
+            out[_hashable(key)] = self.value(inner)
+        return _apply_extension(out, self.limits, self.unknown) if n == 2 else out
+
+    def known_dtype(self) -> str | None:
+        """An allowed dtype spelling written as a fixstr, read by table lookup; else None."""
+        pos = self.pos
+        if pos >= self.end or not 0xA0 <= self.buf[pos] <= 0xBF:
+            return None
+        n = self.buf[pos] & 0x1F
+        spelling = _SPELLINGS_BY_BYTES.get(bytes(self.buf[pos + 1 : pos + 1 + n]))
+        if spelling is not None:
+            self.spend(1)
+            self.pos = pos + 1 + n
+        return spelling
+
+    def small_shape(self) -> list[int] | None:
+        """A shape written as a fixarray of fixints (nearly every shape), read in one go; else None."""
+        pos = self.pos
+        if pos >= self.end:
+            return None
+        head = self.buf[pos]
+        if not 0x90 <= head <= 0x9F:
+            return None
+        n = head & 0x0F
+        dims = self.buf[pos + 1 : pos + 1 + n].tolist()
+        if len(dims) != n or (n and max(dims) > 0x7F):
+            return None
+        self.spend(n + 1)
+        self.pos = pos + 1 + n
+        return dims
+
+    # extension dicts -------------------------------------------------------------------------
+
+    def extension(self, depth: int) -> Any:
+        self.pos += len(_TYPE_KEY)
+        self.spend(1)
+        kind = self.value(depth)
+        if bytes(self.buf[self.pos : self.pos + len(_VALUE_KEY)]) != _VALUE_KEY:
+            key = self.value(depth)  # not the reference's key order: a plain dict unless it is ext
+            return _apply_extension(
+                {"__type__": kind, _hashable(key): self.value(depth)}, self.limits, self.unknown
+            )
+        self.pos += len(_VALUE_KEY)
+        self.spend(1)
+        if (
+            isinstance(kind, str)
+            and kind in _BUFFER_KINDS
+            and self.end - self.pos >= 2
+            and self.buf[self.pos] == 0x93
+        ):
+            b = self.buf[self.pos + 1]
+            if b in _BIN_LENGTH:
+                self.pos += 2
+                self.spend(2)
+                raw = self.binary(self.unpack(_BIN_LENGTH[b]))
+                inner = self.container_depth(depth)
+                dtype = self.known_dtype()
+                if dtype is None:
+                    dtype = self.value(inner)
+                shape = self.small_shape()
+                if shape is None:
+                    shape = self.value(inner)
+                return _buffer(kind, raw, dtype, shape, self.limits)
+        return _apply_extension({"__type__": kind, "value": self.value(depth)}, self.limits, self.unknown)
+
+
+def _hashable(key: Any) -> Any:
+    try:
+        hash(key)
+    except TypeError:
+        _bad("unhashable map key")
+    return key
+
+
+def _extension_value(obj: dict[Any, Any]) -> tuple[Any, Any] | None:
+    if len(obj) != 2 or "__type__" not in obj or "value" not in obj:
+        return None
+    return obj["__type__"], obj["value"]
+
+
+def _apply_extension(obj: dict[Any, Any], limits: Limits, unknown: set[str]) -> Any:
+    """Turn an ext dict into its object; an unknown ``__type__`` keeps the dict, as the reference does."""
+    ext = _extension_value(obj)
+    if ext is None:
+        return obj
+    kind, value = ext
+    if not isinstance(kind, str):
+        return obj
+    if kind == "tuple":
+        if not isinstance(value, list):
+            _bad("tuple value must be a list")
+        return tuple(value)
+    if kind in ("int", "fedpipe.int"):
+        if not isinstance(value, bytes | memoryview):
+            _bad("int value must be bytes")
+        if len(value) > limits.max_int_bytes:
+            _bad(f"integer longer than {limits.max_int_bytes} bytes")
+        return int.from_bytes(value, "big", signed=kind == "fedpipe.int")
+    if kind in _BUFFER_KINDS:
+        if not isinstance(value, list) or len(value) != 3 or not isinstance(value[0], bytes | memoryview):
+            _bad(f"{kind} value must be [bytes, dtype, shape]")
+        return _buffer(kind, memoryview(value[0]), value[1], value[2], limits)
+    if kind == "np.generic":
+        if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], bytes | memoryview):
+            _bad("np.generic value must be [bytes, dtype]")
+        spec = parse_dtype(value[1], limits.dtypes - {BFLOAT16})
+        if spec is None:
+            _bad("np.generic dtype not allowed")
+        dt = np.dtype(spec[0]).newbyteorder(spec[1])
+        if len(value[0]) != dt.itemsize:
+            _bad("np.generic byte length does not match its dtype")
+        return np.frombuffer(value[0], dtype=dt).astype(dt.newbyteorder("="))[0]
+    if len(unknown) < 8:
+        unknown.add(kind[:64])
+    return obj
+
+
+def _shape(shape: Any, limits: Limits) -> tuple[tuple[int, ...], int]:
+    if not isinstance(shape, list) or len(shape) > limits.max_dims:
+        _bad("array shape must be a list of at most max_dims sizes")
+    count = bound = 1
+    for s in shape:
+        if type(s) is not int or s < 0 or s >= _MAX_DIM:
+            _bad("array shape sizes must be non-negative ints")
+        count *= s
+        bound *= max(s, 1)
+    if bound >= _MAX_DIM:  # numpy refuses such shapes even when empty
+        _bad("array shape too large")
+    return tuple(shape), count
+
+
+def _buffer(kind: str, raw: memoryview, dtype: Any, shape: Any, limits: Limits) -> Any:
+    """A fresh writable array or tensor from one copy of ``raw``, after checking its description."""
+    spec = parse_dtype(dtype, limits.dtypes)
+    if spec is None or (spec[0] == BFLOAT16 and kind != "fedpipe.tensor"):
+        _bad(f"{kind} dtype not allowed")
+    dims, count = _shape(shape, limits)
+    dt = _STORAGE[spec]
+    if count * dt.itemsize != len(raw):
+        _bad(f"{kind} byte length does not match shape and dtype")
+    # a byte copy is a memcpy whatever the alignment of ``raw`` in the input
+    arr = np.empty(dims, dtype=dt.newbyteorder("=") if not dt.isnative else dt)
+    arr.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
+    if not dt.isnative:
+        arr.byteswap(inplace=True)
+    if kind == "np.ndarray":
+        return arr
+    torch = _torch()
+    tensor = torch.from_numpy(arr)
+    return tensor.view(torch.bfloat16) if spec[0] == BFLOAT16 else tensor
+
+
+# (name, byte order) -> the numpy dtype that holds it (bfloat16 is stored as int16)
+_STORAGE: Final = {
+    (name, order): np.dtype("int16" if name == BFLOAT16 else name).newbyteorder(order)
+    for name in ALLOWED_DTYPES
+    for order in ("<", ">")
+}
+
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_I8 = struct.Struct(">b")
+_I16 = struct.Struct(">h")
+_I32 = struct.Struct(">i")
+_I64 = struct.Struct(">q")
+_F32 = struct.Struct(">f")
+_F64 = struct.Struct(">d")
+_BIN_LENGTH: Final = {0xC4: _U8, 0xC5: _U16, 0xC6: _U32}
+
+
+def _bin(fmt: struct.Struct) -> Any:
+    return lambda r, _d: bytes(r.binary(r.unpack(fmt)))
+
+
+def _str(fmt: struct.Struct) -> Any:
+    return lambda r, _d: r.string(r.unpack(fmt))
+
+
+def _num(fmt: struct.Struct) -> Any:
+    return lambda r, _d: r.unpack(fmt)
+
+
+_HANDLERS: Final[dict[int, Any]] = {
+    0xC0: lambda r, _d: None,
+    0xC2: lambda r, _d: False,
+    0xC3: lambda r, _d: True,
+    0xC4: _bin(_U8),
+    0xC5: _bin(_U16),
+    0xC6: _bin(_U32),
+    0xCA: _num(_F32),
+    0xCB: _num(_F64),
+    0xCC: _num(_U8),
+    0xCD: _num(_U16),
+    0xCE: _num(_U32),
+    0xCF: _num(_U64),
+    0xD0: _num(_I8),
+    0xD1: _num(_I16),
+    0xD2: _num(_I32),
+    0xD3: _num(_I64),
+    0xD9: _str(_U8),
+    0xDA: _str(_U16),
+    0xDB: _str(_U32),
+    0xDC: lambda r, d: r.array(r.unpack(_U16), d),
+    0xDD: lambda r, d: r.array(r.unpack(_U32), d),
+    0xDE: lambda r, d: r.map(r.unpack(_U16), d),
+    0xDF: lambda r, d: r.map(r.unpack(_U32), d),
+}
+
+
+def decode(buf: memoryview, limits: Limits) -> Any:
+    """Decode exactly one object filling ``buf``; raise Bad for anything malformed or over limits."""
+    reader = _Reader(buf, limits)
+    obj = reader.value(0)
+    if reader.pos != reader.end:
+        _bad("extra bytes after the object")
+    if reader.unknown:
+        log.warning("payload holds ext dicts of unknown __type__ %s; kept as dicts", sorted(reader.unknown))
+    return obj

@@ -1,0 +1,242 @@
+"""Encoder: objects to msgpack chunks, array memory passed through as views instead of copies.
+
+Small subtrees are packed by msgpack's C packer in one call; a subtree that holds a large array or
+tensor is walked here so that the array's memory becomes a chunk of its own (a ``memoryview``).
+``dumps`` joins the chunks (one copy of each array), ``dump_file`` writes them (no copy at all).
+"""
+
+import struct
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16
+
+__all__ = ["CodecError", "encode_chunks"]
+
+Chunk = bytes | memoryview
+
+# An array at least this large is written from its own memory rather than through tobytes().
+LARGE_BUFFER = 64 * 1024
+MAX_ENCODE_DEPTH = 256
+
+_INT64_MIN = -(2**63)
+_UINT64_MAX = 2**64 - 1
+_MAX_BIN = 2**32 - 1
+
+
+class CodecError(TypeError):
+    """An object that the codec cannot encode (a programming error, not bad input)."""
+
+
+class _Large(Exception):
+    """Raised inside msgpack's default hook: this subtree holds a large buffer, walk it instead."""
+
+
+def _big_int(value: int) -> dict[str, Any]:
+    if value >= 0:
+        return {"__type__": "int", "value": value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")}
+    # fedpipe extension: two's complement, so the reference reads an unknown ext dict, not a wrong int
+    length = (value.bit_length() + 8) // 8
+    return {"__type__": "fedpipe.int", "value": value.to_bytes(length, "big", signed=True)}
+
+
+def _torch_module() -> Any:
+    # never imported here: if torch is not loaded, no object can be a tensor
+    return sys.modules.get("torch")
+
+
+def _is_tensor(obj: object) -> bool:
+    torch = _torch_module()
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+# exact types that msgpack packs natively and that cannot hold a buffer (no default hook needed)
+_PLAIN = frozenset({str, float, bool, type(None), bytes})
+_plain_packer = msgpack.Packer(use_bin_type=True, strict_types=True, autoreset=True)
+
+
+# dtype -> name for the allowed dtypes in little-endian order (a dict lookup beats dtype.name)
+_LITTLE_NAMES: dict[np.dtype[Any], str] = {
+    np.dtype(name).newbyteorder("<"): name for name in ALLOWED_DTYPES if name != BFLOAT16
+}
+
+
+def _array_parts(arr: np.ndarray[Any, Any]) -> tuple[memoryview, str, list[int]]:
+    name = _LITTLE_NAMES.get(arr.dtype)
+    if name is None:
+        name = _LITTLE_NAMES.get(arr.dtype.newbyteorder("<"))
+        if name is None or arr.dtype.fields is not None:
+            raise CodecError(f"Cannot serialize an array of dtype {arr.dtype.str!r}")
+        arr = arr.astype(arr.dtype.newbyteorder("<"))  # big-endian: written little-endian
+    elif not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
+    if arr.nbytes > _MAX_BIN:
+        raise CodecError("Cannot serialize an array larger than 4 GiB (msgpack bin limit)")
+    flat: Any = arr.reshape(-1).view(np.uint8)
+    return memoryview(flat), name, list(arr.shape)
+
+
+def _is_large(obj: object) -> bool:
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes >= LARGE_BUFFER
+    return _is_tensor(obj) and obj.numel() * obj.element_size() >= LARGE_BUFFER  # type: ignore[attr-defined]
+
+
+def _tensor_parts(tensor: Any) -> tuple[str, memoryview, str, list[int]]:
+    """(ext type, little-endian memory, dtype name, shape) of a tensor, on the CPU, without grad."""
+    torch = _torch_module()
+    t = tensor.detach()
+    if t.layout != torch.strided:
+        raise CodecError(f"Cannot serialize a tensor with layout {t.layout}")
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.is_conj() or t.is_neg() or not t.is_contiguous():
+        t = t.resolve_conj().resolve_neg().contiguous()
+    if t.dtype == torch.bfloat16:
+        # numpy has no bfloat16: the raw 16-bit patterns travel under a fedpipe ext type
+        mem, _, shape = _array_parts(t.view(torch.int16).numpy())
+        return "fedpipe.tensor", mem, BFLOAT16, shape
+    try:
+        arr = t.numpy()
+    except TypeError as err:
+        raise CodecError(f"Cannot serialize a tensor of dtype {t.dtype}") from err
+    mem, name, shape = _array_parts(arr)
+    return "torch.Tensor", mem, name, shape
+
+
+def _small_default(obj: Any) -> Any:
+    """msgpack's default hook: every non-native type, except large buffers (raises _Large)."""
+    if isinstance(obj, tuple):
+        return {"__type__": "tuple", "value": list(obj)}
+    if isinstance(obj, np.ndarray):
+        if obj.nbytes >= LARGE_BUFFER:
+            raise _Large
+        mem, name, shape = _array_parts(obj)
+        return {"__type__": "np.ndarray", "value": [mem.tobytes(), name, shape]}
+    if isinstance(obj, np.generic):
+        mem, name, _ = _array_parts(np.asarray(obj))
+        return {"__type__": "np.generic", "value": [mem.tobytes(), name]}
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, int):
+        return int(obj) if _INT64_MIN <= obj <= _UINT64_MAX else _big_int(int(obj))
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, str):
+        return str.__str__(obj)
+    if isinstance(obj, bytes | bytearray):
+        return bytes(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, list):
+        return list(obj)
+    if _is_tensor(obj):
+        if obj.numel() * obj.element_size() >= LARGE_BUFFER:
+            raise _Large
+        kind, mem, name, shape = _tensor_parts(obj)
+        return {"__type__": kind, "value": [mem.tobytes(), name, shape]}
+    raise CodecError(f"Cannot serialize object of type {type(obj).__name__!r}")
+
+
+def _packb(obj: Any) -> bytes:
+    try:
+        return msgpack.packb(obj, default=_small_default, strict_types=True, use_bin_type=True)  # type: ignore[no-any-return]
+    except ValueError as err:  # msgpack: nesting deeper than its limit, or a str/bin over 4 GiB
+        raise CodecError(f"Cannot serialize: {err}") from err
+
+
+def _header(small: int, codes: tuple[int, int, int], n: int) -> bytes:
+    if n < 16 and small:
+        return bytes((small | n,))
+    if n <= 0xFFFF:
+        return struct.pack(">BH", codes[1], n)
+    return struct.pack(">BI", codes[2], n)
+
+
+def _map_header(n: int) -> bytes:
+    return _header(0x80, (0, 0xDE, 0xDF), n)
+
+
+def _array_header(n: int) -> bytes:
+    return _header(0x90, (0, 0xDC, 0xDD), n)
+
+
+def _bin_header(n: int) -> bytes:
+    if n <= 0xFF:
+        return struct.pack(">BB", 0xC4, n)
+    if n <= 0xFFFF:
+        return struct.pack(">BH", 0xC5, n)
+    return struct.pack(">BI", 0xC6, n)
+
+
+_EXT_HEAD = _map_header(2) + _packb("__type__")
+_VALUE_KEY = _packb("value")
+_ARRAY3 = _array_header(3)
+_PACKED = {text: _packb(text) for text in ALLOWED_DTYPES}
+# everything of a buffer's ext dict that comes before its bin header, per ext type
+_BUFFER_HEAD = {
+    kind: _EXT_HEAD + _packb(kind) + _VALUE_KEY + _ARRAY3
+    for kind in ("np.ndarray", "torch.Tensor", "fedpipe.tensor")
+}
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+
+    def node(self, obj: Any, depth: int) -> None:
+        kind = type(obj)
+        if kind in _PLAIN or (kind is int and _INT64_MIN <= obj <= _UINT64_MAX):
+            self.chunks.append(_plain_packer.pack(obj))
+            return
+        if depth > MAX_ENCODE_DEPTH:
+            raise CodecError(f"Cannot serialize: nesting deeper than {MAX_ENCODE_DEPTH}")
+        if isinstance(obj, np.ndarray) and obj.nbytes >= LARGE_BUFFER:
+            self.buffer("np.ndarray", *_array_parts(obj))
+            return
+        if _is_tensor(obj) and obj.numel() * obj.element_size() >= LARGE_BUFFER:
+            self.buffer(*_tensor_parts(obj))
+            return
+        children = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, list | tuple) else ()
+        if not any(_is_large(child) for child in children):
+            # one C call for the whole subtree; it bails out (_Large) on a large buffer deeper down
+            try:
+                self.chunks.append(_packb(obj))
+                return
+            except _Large:
+                pass
+        if isinstance(obj, Mapping):
+            self.chunks.append(_map_header(len(obj)))
+            for key, value in obj.items():
+                self.node(key, depth + 1)
+                self.node(value, depth + 1)
+        elif isinstance(obj, tuple):
+            self.chunks += (_EXT_HEAD, _packb("tuple"), _VALUE_KEY)
+            self.sequence(obj, depth)
+        else:  # a list: the only other container that can hold a large buffer
+            self.sequence(obj, depth)
+
+    def sequence(self, items: list[Any] | tuple[Any, ...], depth: int) -> None:
+        self.chunks.append(_array_header(len(items)))
+        for item in items:
+            self.node(item, depth + 1)
+
+    def buffer(self, kind: str, mem: memoryview, dtype: str, shape: list[int]) -> None:
+        self.chunks += (_BUFFER_HEAD[kind] + _bin_header(mem.nbytes), mem, _PACKED[dtype] + _packb(shape))
+
+
+def encode_chunks(obj: Any) -> list[Chunk]:
+    """The msgpack encoding of ``obj`` as a list of chunks; array memory is referenced, not copied.
+
+    Raises CodecError for a type the codec does not know.
+
+    >>> b"".join(encode_chunks({"a": (1, -(2**70))}))[:13]
+    b'\\x81\\xa1a\\x82\\xa8__type__'
+    """
+    walker = _Walker()
+    walker.node(obj, 0)
+    return walker.chunks

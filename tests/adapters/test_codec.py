@@ -1,0 +1,352 @@
+"""Codec: the reference's wire format byte for byte, fedpipe's extensions, and round-trip laws."""
+
+import logging
+import struct
+from collections import OrderedDict
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fedpipe.codec import CodecError, DecodeError, Limits, dump_file, dumps, load_file, loads
+from fedpipe.codec.dtypes import ALLOWED_DTYPES
+
+
+def fixstr(text: str) -> bytes:
+    raw = text.encode()
+    assert len(raw) < 32
+    return bytes([0xA0 | len(raw)]) + raw
+
+
+def ext(kind: str, value: bytes) -> bytes:
+    """An extension dict as the reference's msgpack writes it: {"__type__": kind, "value": ...}."""
+    return b"\x82" + fixstr("__type__") + fixstr(kind) + fixstr("value") + value
+
+
+def bin8(raw: bytes) -> bytes:
+    return b"\xc4" + bytes([len(raw)]) + raw
+
+
+# -- golden bytes, written by hand from the documented format -------------------------------------
+
+GOLDEN: list[tuple[str, Any, bytes]] = [
+    ("tuple", (1, "a"), ext("tuple", b"\x92\x01" + fixstr("a"))),
+    ("big int", 2**64, ext("int", bin8(b"\x01" + b"\x00" * 8))),
+    (
+        "float32 array",
+        np.array([[1.0, 2.0]], dtype=np.float32),
+        ext("np.ndarray", b"\x93" + bin8(struct.pack("<2f", 1.0, 2.0)) + fixstr("float32") + b"\x92\x01\x02"),
+    ),
+    (
+        "int64 0-d array",
+        np.array(-2, dtype=np.int64),
+        ext("np.ndarray", b"\x93" + bin8(struct.pack("<q", -2)) + fixstr("int64") + b"\x90"),
+    ),
+    (
+        "numpy scalar",
+        np.float64(0.5),
+        ext("np.generic", b"\x92" + bin8(struct.pack("<d", 0.5)) + fixstr("float64")),
+    ),
+    (
+        "torch tensor",
+        torch.tensor([3, 4], dtype=torch.int32),
+        ext("torch.Tensor", b"\x93" + bin8(struct.pack("<2i", 3, 4)) + fixstr("int32") + b"\x91\x02"),
+    ),
+    (
+        "bfloat16 tensor",
+        torch.tensor([1.0, -2.0], dtype=torch.bfloat16),
+        ext("fedpipe.tensor", b"\x93" + bin8(b"\x80\x3f\x00\xc0") + fixstr("bfloat16") + b"\x91\x02"),
+    ),
+    (
+        "negative big int",
+        -(2**64),
+        ext("fedpipe.int", bin8(b"\xff" + b"\x00" * 8)),
+    ),
+    (
+        "nested",
+        {"k": [None, True, 1.5]},
+        b"\x81" + fixstr("k") + b"\x93\xc0\xc3\xcb" + struct.pack(">d", 1.5),
+    ),
+]
+
+
+def same(a: Any, b: Any) -> bool:
+    """Structural identity: same types, dtypes, shapes and bytes (NaN-safe)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(
+                a.view(-1).view(torch.uint8) if a.numel() else a,
+                b.view(-1).view(torch.uint8) if b.numel() else b,
+            )
+        )
+    if isinstance(a, np.ndarray | np.generic):
+        return (
+            a.dtype == b.dtype
+            and np.shape(a) == np.shape(b)
+            and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+        )
+    if isinstance(a, float):
+        return struct.pack(">d", a) == struct.pack(">d", b)
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@pytest.mark.parametrize(("name", "obj", "wire"), GOLDEN, ids=[g[0] for g in GOLDEN])
+def test_golden_bytes_encode(name: str, obj: Any, wire: bytes) -> None:
+    assert dumps(obj) == wire
+
+
+@pytest.mark.parametrize(("name", "obj", "wire"), GOLDEN, ids=[g[0] for g in GOLDEN])
+def test_golden_bytes_decode(name: str, obj: Any, wire: bytes) -> None:
+    assert same(loads(wire).unwrap(), obj)
+
+
+# -- the reference's (de)serializer, rebuilt from its documented behaviour (§9.1) ---------------
+
+
+def reference_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return {"__type__": "np.ndarray", "value": [obj.tobytes(), obj.dtype.name, list(obj.shape)]}
+    if isinstance(obj, np.generic):
+        return {"__type__": "np.generic", "value": [obj.tobytes(), obj.dtype.name]}
+    if isinstance(obj, torch.Tensor):
+        arr = obj.cpu().numpy()
+        return {"__type__": "torch.Tensor", "value": [arr.tobytes(), arr.dtype.name, list(arr.shape)]}
+    if isinstance(obj, tuple):
+        return {"__type__": "tuple", "value": list(obj)}
+    if isinstance(obj, int):
+        return {"__type__": "int", "value": obj.to_bytes((obj.bit_length() + 7) // 8, "big")}
+    raise TypeError(type(obj))
+
+
+def reference_hook(obj: dict[Any, Any]) -> Any:
+    kind = obj.get("__type__")
+    if kind == "np.ndarray":
+        data, dtype, shape = obj["value"]
+        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    if kind == "torch.Tensor":
+        data, dtype, shape = obj["value"]
+        return torch.from_numpy(np.frombuffer(data, dtype=dtype).reshape(shape).copy())
+    if kind == "np.generic":
+        data, dtype = obj["value"]
+        return np.frombuffer(data, dtype=dtype)[0]
+    if kind == "tuple":
+        return tuple(obj["value"])
+    if kind == "int":
+        return int.from_bytes(obj["value"], "big")
+    return obj  # unknown __type__: kept as a dict
+
+
+def reference_dumps(obj: Any) -> bytes:
+    return msgpack.packb(obj, default=reference_default, strict_types=True, use_bin_type=True)
+
+
+def reference_loads(data: bytes) -> Any:
+    return msgpack.unpackb(data, object_hook=reference_hook, strict_map_key=False)
+
+
+REFERENCE_PAYLOAD = {
+    "researcher_id": "r1",
+    "model_weights": {"fc.weight": torch.randn(4, 3), "fc.bias": torch.zeros(4, dtype=torch.float64)},
+    "optim_aux_var": {"scaffold": {"n": (1, 2.0), "mask": np.array([True, False])}},
+    "sample_size": 12,
+    3: np.int64(7),
+    "big": 2**100,
+    "large": np.arange(70_000, dtype=np.float32),  # over the threshold where arrays are walked
+}
+
+
+def test_reference_files_are_read_identically() -> None:
+    ours = loads(reference_dumps(REFERENCE_PAYLOAD)).unwrap()
+    assert same(ours, reference_loads(reference_dumps(REFERENCE_PAYLOAD)))
+
+
+def test_our_files_are_byte_identical_to_the_reference_for_reference_types() -> None:
+    assert dumps(REFERENCE_PAYLOAD) == reference_dumps(REFERENCE_PAYLOAD)
+
+
+def test_reference_decoder_keeps_fedpipe_extensions_as_dicts() -> None:
+    decoded = reference_loads(dumps({"bf": torch.ones(2, dtype=torch.bfloat16), "neg": -(2**70)}))
+    assert decoded["bf"]["__type__"] == "fedpipe.tensor"
+    assert decoded["neg"]["__type__"] == "fedpipe.int"
+
+
+def test_unknown_extension_type_is_kept_as_a_dict_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    wire = reference_dumps([{"__type__": "toto", "value": "mock"}] * 3)
+    with caplog.at_level(logging.WARNING, logger="fedpipe.codec"):
+        assert loads(wire).unwrap() == [{"__type__": "toto", "value": "mock"}] * 3
+    assert len(caplog.records) == 1
+    assert "toto" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("spelling", ["float32", "<float32", "<f4"])
+def test_explicit_little_endian_spellings_are_accepted(spelling: str) -> None:
+    wire = ext("np.ndarray", b"\x93" + bin8(struct.pack("<f", 2.5)) + fixstr(spelling) + b"\x91\x01")
+    assert loads(wire).unwrap().tolist() == [2.5]
+
+
+@pytest.mark.parametrize("spelling", [">float32", ">f4"])
+def test_big_endian_arrays_decode_to_native_order(spelling: str) -> None:
+    wire = ext("np.ndarray", b"\x93" + bin8(struct.pack(">f", 2.5)) + fixstr(spelling) + b"\x91\x01")
+    arr = loads(wire).unwrap()
+    assert arr.tolist() == [2.5]
+    assert arr.dtype.isnative
+
+
+def test_big_endian_arrays_are_written_little_endian_under_the_plain_name() -> None:
+    assert dumps(np.array([1], dtype=">i4")) == dumps(np.array([1], dtype="<i4"))
+
+
+def test_subclasses_of_native_types_are_encoded_as_their_base() -> None:
+    import enum
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    class Name(enum.StrEnum):
+        A = "a"
+
+    obj = OrderedDict([("c", Color.RED), ("n", Name.A)])
+    assert loads(dumps(obj)).unwrap() == {"c": 1, "n": "a"}
+    assert type(loads(dumps(obj)).unwrap()["n"]) is str
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [object(), {1, 2}, np.array(["x"]), np.array([object()]), torch.zeros(2, dtype=torch.float8_e4m3fn)],
+)
+def test_unsupported_objects_raise_codec_error(obj: Any) -> None:
+    with pytest.raises(CodecError):
+        dumps(obj)
+
+
+def test_decoded_arrays_and_tensors_are_writable_copies() -> None:
+    wire = dumps({"a": np.zeros(3), "t": torch.zeros(100_000)})
+    out = loads(wire).unwrap()
+    out["a"][0] = 1.0
+    out["t"][0] = 1.0
+    assert out["a"].flags.writeable
+    assert out["a"].flags.aligned
+
+
+def test_tensors_requiring_grad_or_non_contiguous_are_encoded() -> None:
+    t = torch.randn(3, 4, requires_grad=True)
+    out = loads(dumps({"w": t, "wt": t.detach().T})).unwrap()
+    assert torch.equal(out["w"], t.detach())
+    assert torch.equal(out["wt"], t.detach().T)
+
+
+def test_file_roundtrip_is_atomic_and_leaves_no_temporary(tmp_path: Any) -> None:
+    obj = {"w": torch.randn(50_000), "tt": ((1, 2), (3,))}
+    dump_file(obj, tmp_path / "p.mpk")
+    assert same(load_file(tmp_path / "p.mpk").unwrap(), obj)
+    with pytest.raises(CodecError):
+        dump_file({"bad": object()}, tmp_path / "q.mpk")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.mpk"]
+
+
+def test_load_file_failures_are_values(tmp_path: Any) -> None:
+    assert isinstance(load_file(tmp_path / "missing").failure(), DecodeError)
+    (tmp_path / "big").write_bytes(b"\x00" * 100)
+    assert "larger" in load_file(tmp_path / "big", Limits(max_bytes=10)).failure().reason
+
+
+# -- round-trip law ---------------------------------------------------------------------------
+
+NUMPY_DTYPES = sorted(ALLOWED_DTYPES - {"bfloat16"})
+SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)
+
+
+@st.composite
+def numpy_arrays(draw: st.DrawFn) -> np.ndarray:
+    dtype = np.dtype(draw(st.sampled_from(NUMPY_DTYPES)))
+    return draw(hnp.arrays(dtype, SHAPES))
+
+
+@st.composite
+def tensors(draw: st.DrawFn) -> torch.Tensor:
+    if draw(st.booleans()):
+        return torch.from_numpy(draw(hnp.arrays(np.float32, SHAPES))).to(torch.bfloat16)
+    arr = draw(numpy_arrays())
+    return torch.from_numpy(arr.copy())
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**200), max_value=2**200),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    numpy_arrays().map(lambda a: a.reshape(-1)[0] if a.size else np.float32(0)),
+)
+leaves = st.one_of(scalars, numpy_arrays(), tensors())
+keys = st.one_of(st.text(max_size=6), st.integers(min_value=-5, max_value=2**70))
+payloads = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=4).map(tuple),
+        st.dictionaries(keys, inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(payloads)
+def test_codec_roundtrip(obj: Any) -> None:
+    assert same(loads(dumps(obj)).unwrap(), obj)
+
+
+@settings(max_examples=30, deadline=None)
+@given(payloads)
+def test_file_codec_roundtrip(tmp_path_factory: Any, obj: Any) -> None:
+    path = tmp_path_factory.mktemp("rt") / "x.mpk"
+    dump_file(obj, path)
+    assert same(load_file(path).unwrap(), obj)
+
+
+def test_large_homogeneous_lists_roundtrip() -> None:
+    obj = {
+        "floats": [float(i) / 3 for i in range(1000)],
+        "ints": list(range(100)) * 10,
+        "mixed": [1, 2.5] * 20,
+    }
+    assert same(loads(dumps(obj)).unwrap(), obj)
+
+
+def test_dump_file_on_a_full_disk_raises_oserror_and_leaves_nothing(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        from pathlib import Path
+        import numpy as np
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        from fedpipe.codec import dump_file
+        try:
+            dump_file({{"w": np.zeros(1_000_000)}}, Path({str(tmp_path / "state.mpk")!r}))
+        except OSError as err:
+            print("OSError", err.errno)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split()[0] == "OSError", out.stderr
+    assert list(tmp_path.iterdir()) == []

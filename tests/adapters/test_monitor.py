@@ -1,0 +1,150 @@
+"""Monitor contract (HTTP, callback, fake) and HttpMonitor under an unreachable or slow researcher."""
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from attrs import frozen
+
+from fedpipe.adapters.clock import SystemClock
+from fedpipe.adapters.monitor import CallbackMonitor, HttpMonitor
+from fedpipe.ports import Clock, MetricEvent, Monitor
+from fedpipe.server import create_app
+from fedpipe.server.testing import running_app
+from fedpipe.testing.fakes import FakeClock, RecordingMonitor
+from tests.adapters.conftest import Fault, FaultProxy
+
+
+def event(i: int, **metric: float) -> MetricEvent:
+    return MetricEvent(
+        node_id="node-1",
+        job_id="job-1",
+        researcher_id="r",
+        round=2,
+        metric=metric or {"loss": 1.0 / (i + 1)},
+        iteration=i,
+        epoch=1,
+        train=True,
+        batch_samples=8,
+        num_batches=10,
+        total_samples=80,
+    )
+
+
+@frozen
+class Subject:
+    monitor: Monitor
+    received: Callable[[], list[dict[str, Any]]]
+
+
+@pytest.fixture(params=["http", "callback", "fake"])
+def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]:
+    if request.param == "fake":
+        fake = RecordingMonitor()
+        yield Subject(fake, lambda: [e.to_dict() for e in fake.events])
+    elif request.param == "callback":
+        got: list[dict[str, Any]] = []
+        yield Subject(CallbackMonitor(lambda e: got.append(e.to_dict())), lambda: got)
+    else:
+        app = create_app(tmp_path)
+        with running_app(app) as url, HttpMonitor(f"{url}/monitor") as monitor:
+
+            def received() -> list[dict[str, Any]]:
+                assert monitor.flush(10)
+                return httpx.get(f"{url}/monitor").json()
+
+            yield Subject(monitor, received)
+
+
+def test_reported_events_reach_the_researcher_in_order(subject: Subject) -> None:
+    events = [event(i) for i in range(20)]
+    for e in events:
+        subject.monitor.report(e)
+    assert subject.received() == [e.to_dict() for e in events]
+
+
+def test_every_reference_field_is_forwarded(subject: Subject) -> None:
+    subject.monitor.report(event(0))
+    (got,) = subject.received()
+    assert got["command"] == "add_scalar"
+    assert set(got) >= {"node_id", "job_id", "researcher_id", "train", "test", "metric", "iteration", "epoch"}
+
+
+def test_numpy_scalars_in_metrics_are_sent_as_numbers(tmp_path: Path) -> None:
+    with running_app(create_app(tmp_path)) as url, HttpMonitor(f"{url}/monitor") as monitor:
+        monitor.report(event(0, loss=np.float32(0.25), n=np.int64(3)))  # type: ignore[arg-type]
+        assert monitor.flush(10)
+        assert httpx.get(f"{url}/monitor").json()[0]["metric"] == {"loss": 0.25, "n": 3}
+
+
+def test_unreachable_researcher_drops_without_blocking_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.WARNING, logger="fedpipe.node")
+    with HttpMonitor(f"http://127.0.0.1:{port}/monitor", queue_size=4, timeout=0.5) as monitor:
+        start = time.perf_counter()
+        for i in range(200):
+            monitor.report(event(i))
+        assert time.perf_counter() - start < 0.5
+        assert monitor.flush(10)
+    assert monitor.dropped == 200
+    assert monitor.sent == 0
+    warnings = [r for r in caplog.records if r.name == "fedpipe.node" and "dropping" in r.getMessage()]
+    assert len(warnings) == 1  # once per outage, not once per event
+
+
+def test_slow_researcher_never_blocks_training(proxy: FaultProxy) -> None:
+    proxy.always = Fault("delay", seconds=0.3)
+    with HttpMonitor(f"{proxy.url}/monitor", queue_size=2, timeout=5) as monitor:
+        start = time.perf_counter()
+        for i in range(50):
+            monitor.report(event(i))
+        assert time.perf_counter() - start < 0.2
+        assert monitor.flush(15)
+    assert monitor.dropped >= 45
+    assert monitor.sent + monitor.dropped == 50
+
+
+def test_recovery_is_logged_with_the_count_of_dropped_events(
+    proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="fedpipe.node")
+    proxy.script(Fault("status", status=503), Fault("status", status=503))
+    with HttpMonitor(f"{proxy.url}/monitor") as monitor:
+        for i in range(3):
+            monitor.report(event(i))
+        assert monitor.flush(10)
+    assert (monitor.dropped, monitor.sent) == (2, 1)
+    assert any("2 metric event(s) were dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_report_after_close_is_dropped_not_raised() -> None:
+    monitor = HttpMonitor("http://127.0.0.1:1/monitor")
+    monitor.close()
+    monitor.report(event(0))
+    assert monitor.dropped == 1
+
+
+def test_raising_callback_is_logged_and_swallowed(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(e: MetricEvent) -> None:
+        raise RuntimeError("plot window closed")
+
+    caplog.set_level(logging.WARNING, logger="fedpipe.node")
+    CallbackMonitor(broken).report(event(0))
+    assert any("callback raised" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("clock", [SystemClock(), FakeClock()], ids=["system", "fake"])
+def test_clock_readings_never_go_backwards(clock: Clock) -> None:
+    wall = [clock.perf_counter() for _ in range(5)]
+    cpu = [clock.process_time() for _ in range(5)]
+    assert wall == sorted(wall)
+    assert cpu == sorted(cpu)
