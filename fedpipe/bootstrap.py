@@ -283,6 +283,15 @@ def open_owner(root: Path | str, *, node_id: str | None = None, gpu: bool = Fals
     return Node.open(settings, exchange=_OfflineExchange())
 
 
+def _default_crypter() -> SecaggCrypter:
+    """The Joye-Libert crypter when the secagg extra is installed, else one that refuses to encrypt."""
+    try:
+        from fedpipe.secagg import JoyeLibertCrypter
+    except ImportError:
+        return UnconfiguredCrypter()
+    return JoyeLibertCrypter()
+
+
 def run_node_agent(
     root: Path | str,
     *,
@@ -299,7 +308,6 @@ def run_node_agent(
     from fedpipe.adapters.http_exchange import HttpFileExchange
     from fedpipe.adapters.monitor import HttpMonitor
     from fedpipe.adapters.task_client import HttpTaskClient, TaskBoardUnavailable
-    from fedpipe.secagg import JoyeLibertCrypter
 
     log = logging.getLogger("fedpipe.node")
     stop = stop or threading.Event()
@@ -312,7 +320,7 @@ def run_node_agent(
     monitor = HttpMonitor(f"{server}/monitor")
     client = HttpTaskClient(server, settings.node_id, poll_wait=poll_wait)
     backoff = 0.5
-    with Node.open(settings, exchange=exchange, monitor=monitor, crypter=JoyeLibertCrypter()) as node:
+    with Node.open(settings, exchange=exchange, monitor=monitor, crypter=_default_crypter()) as node:
         removed = node.clean_workspaces()
         if removed:
             log.warning("removed %d round workspace(s) left by an earlier run", removed)

@@ -51,8 +51,8 @@ class BoardClient:
         if response.status_code != 200:
             return []
         body = response.json()
-        events = body.get("events", []) if isinstance(body, dict) else []
-        return [e for e in events if isinstance(e, dict)]
+        events = body if isinstance(body, list) else []
+        return [e for e in events if isinstance(e, dict) and e.get("job_id") == job_id]
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -82,7 +82,6 @@ def _prepare_nodes(options: DemoOptions, roots: list[Path], source: str, secagg:
     from fedpipe.bootstrap import open_owner
     from fedpipe.plan import DatasetRecord
     from fedpipe.ports import Approval
-    from fedpipe.request import freeze_mapping
 
     shard_paths = _write_shards(options, roots)
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
@@ -96,7 +95,6 @@ def _prepare_nodes(options: DemoOptions, roots: list[Path], source: str, secagg:
                     path=str(shard),
                     data_type="csv",
                     description="non-IID shard written by fedpipe demo",
-                    dataset_parameters=freeze_mapping({"standardize": True}),
                 )
             )
             if owner.approvals.find(source) is None:
@@ -125,9 +123,18 @@ class _NodeSupervisor:
         with open(root / "node.log", "ab") as log:
             proc = subprocess.Popen(
                 [
-                    sys.executable, "-m", "fedpipe", "node",
-                    "--server", self.server_url, "--root", str(root),
-                    "--node-id", f"node-{i + 1}", "--poll-wait", "2",
+                    sys.executable,
+                    "-m",
+                    "fedpipe",
+                    "node",
+                    "--server",
+                    self.server_url,
+                    "--root",
+                    str(root),
+                    "--node-id",
+                    f"node-{i + 1}",
+                    "--poll-wait",
+                    "2",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -140,7 +147,10 @@ class _NodeSupervisor:
         while not self._stop.wait(0.2):
             for i, proc in enumerate(self.procs):
                 if proc.poll() is not None and not self._stop.is_set():
-                    _say(self.options, f"  ! node-{i + 1} exited (code {proc.returncode}): restarted node-{i + 1}")
+                    _say(
+                        self.options,
+                        f"  ! node-{i + 1} exited (code {proc.returncode}): restarted node-{i + 1}",
+                    )
                     self.procs[i] = self._spawn(i)
 
     def __enter__(self) -> "_NodeSupervisor":
@@ -167,12 +177,20 @@ def _fmt(value: float | None, pct: bool = True) -> str:
 
 
 def _print_round(options: DemoOptions, record: RoundRecord, total: int) -> None:
-    _say(options, f"round {record.round + 1:>2} {_bar(record.round + 1, total)}  ({record.seconds:.1f} s)")
+    title = f"round {record.round + 1:>2}" if record.training else "final   "
+    _say(
+        options,
+        f"{title} {_bar(record.round + 1, total)}  ({record.seconds:.1f} s)"
+        + ("" if record.training else "  validation of the final global model"),
+    )
     _say(options, "    node      samples   loss    acc(global)  acc(local)")
     for result in record.results:
         m = record.metrics.get(result.node_id)
         if not result.success:
             _say(options, f"    {result.node_id:<9} FAILED: {result.msg}")
+            continue
+        if not record.training:
+            _say(options, f"    {result.node_id:<9} {'':>7}  {'':>6}   {_fmt(m.before if m else None)}")
             continue
         _say(
             options,
@@ -222,6 +240,18 @@ def _plot(result: ExperimentResult, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def reference_statistics() -> tuple[list[float], list[float]]:
+    """Mean and standard deviation of ``log1p`` of each feature: the study protocol's fixed scaling.
+
+    In a real study these come from published reference data; the demo derives them from the
+    shipped copy of the data set, which every party of the protocol has.
+    """
+    from fedpipe.training import load_breast_cancer
+
+    logs = np.log1p(load_breast_cancer().features.astype(np.float64))
+    return [float(x) for x in logs.mean(axis=0)], [float(x) for x in logs.std(axis=0)]
 
 
 def initial_params(seed: int, hidden: int = 16) -> dict[str, torch.Tensor]:
@@ -274,6 +304,7 @@ def run_experiment(options: DemoOptions) -> ExperimentResult:
                 "use_gpu": options.gpu,
                 "log_interval": 5,
             }
+            mean, std = reference_statistics()
             experiment = Experiment(
                 board=board,
                 exchange=exchange,
@@ -282,7 +313,7 @@ def run_experiment(options: DemoOptions) -> ExperimentResult:
                 plan_class=DEMO_PLAN_CLASS,
                 dataset_id=DATASET_ID,
                 training_args=training_args,
-                model_args={"hidden": 16},
+                model_args={"hidden": 16, "feature_mean": mean, "feature_std": std},
                 initial_params=initial_params(options.seed),
                 strategy=strategy,
                 workdir=out / "researcher",

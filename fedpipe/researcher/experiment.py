@@ -62,6 +62,7 @@ class RoundRecord:
     results: tuple[NodeResult, ...]
     metrics: Mapping[str, NodeMetrics]
     seconds: float
+    training: bool = True
 
     def weighted(self, attribute: str) -> float | None:
         """The test-sample-weighted mean of a metric attribute over the nodes that reported it."""

@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from fedpipe.server.multipart import MultipartError, boundary_of, stream_file_part
 from fedpipe.server.store import BlobStore, TooLarge, is_blob_id
+from fedpipe.server.tasks import TaskBoard, task_routes
 
 __all__ = ["DEFAULT_MAX_BYTES", "create_app", "digest_headers"]
 
@@ -120,7 +121,9 @@ class _Exchange:
         return Response(status_code=204)
 
     async def list_events(self, request: Request) -> Response:
-        return JSONResponse(list(self.events))
+        job_id = request.query_params.get("job_id")
+        events = [e for e in self.events if job_id is None or e.get("job_id") == job_id]
+        return JSONResponse(events)
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -133,12 +136,14 @@ def create_app(
     public_url: str | None = None,
     routes: Sequence[BaseRoute] = (),
     monitor_capacity: int = 100_000,
+    board: TaskBoard | None = None,
 ) -> Starlette:
     """The file-exchange app storing files under ``root``.
 
     ``public_url`` is the base of the download URLs it hands out (default: the URL the request
     came to); ``max_bytes`` bounds one file; ``routes`` are added after the exchange's own.
-    ``app.state.exchange.events`` holds the monitor events received.
+    ``app.state.exchange.events`` holds the monitor events received; ``app.state.board`` is the
+    task board nodes pull their train requests from (see ``fedpipe.server.tasks``).
     """
     exchange = _Exchange(BlobStore(Path(root), max_bytes), public_url, monitor_capacity)
     own = [
@@ -149,6 +154,8 @@ def create_app(
         Route("/monitor", exchange.list_events, methods=["GET"]),
         Route("/health", exchange.health, methods=["GET"]),
     ]
-    app = Starlette(routes=[*own, *routes])
+    board = board or TaskBoard()
+    app = Starlette(routes=[*own, *task_routes(board), *routes])
     app.state.exchange = exchange
+    app.state.board = board
     return app

@@ -36,7 +36,9 @@ def test_demo_command_exits_zero_and_reaches_the_stated_accuracy(tmp_path: Path)
 def test_secure_demo_matches_plain_run(tmp_path: Path) -> None:
     """With --secagg the final global model equals the plain run's within the quantization step."""
     plain = run_experiment(DemoOptions(rounds=2, nodes=3, output=tmp_path / "plain", quiet=True))
-    secure = run_experiment(DemoOptions(rounds=2, nodes=3, output=tmp_path / "secure", secagg=True, quiet=True))
+    secure = run_experiment(
+        DemoOptions(rounds=2, nodes=3, output=tmp_path / "secure", secagg=True, quiet=True)
+    )
     assert plain.final_metric is not None and secure.final_metric is not None
     # quantization step 2c/T = 6/8192 per value, accumulated over 2 rounds of training on slightly different weights
     for name, value in plain.params.items():
