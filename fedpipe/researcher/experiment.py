@@ -265,6 +265,7 @@ class Experiment:
             results=tuple(results),
             metrics=self._metrics(round_number),
             seconds=time.monotonic() - started,
+            training=training,
         )
         if self.on_round is not None:
             self.on_round(record)
