@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -275,7 +276,9 @@ def run_experiment(options: DemoOptions) -> ExperimentResult:
     for root in roots:
         root.mkdir(parents=True)
     source = demo_plan_source()
-    strategy, secagg = make_strategy(options, initial_params(options.seed))
+    node_ids = [f"node-{i + 1}" for i in range(options.nodes)]
+    job_id = f"job-demo-{uuid.uuid4().hex[:8]}"
+    strategy, secagg = make_strategy(options, initial_params(options.seed), node_ids=node_ids, job_id=job_id)
     _say(
         options,
         f"fedpipe demo: {options.nodes} nodes, {options.rounds} rounds, "
@@ -308,7 +311,8 @@ def run_experiment(options: DemoOptions) -> ExperimentResult:
             experiment = Experiment(
                 board=board,
                 exchange=exchange,
-                node_ids=[f"node-{i + 1}" for i in range(options.nodes)],
+                node_ids=node_ids,
+                job_id=job_id,
                 plan_source_url=plan_url,
                 plan_class=DEMO_PLAN_CLASS,
                 dataset_id=DATASET_ID,

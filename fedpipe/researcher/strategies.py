@@ -72,16 +72,13 @@ class ScaffoldStrategy:
         return new_params
 
 
-def make_strategy(options: Any, initial: Params) -> tuple[Any, Any]:
-    """The strategy (and secure-aggregation helper, or None) for the demo's options."""
-    n_nodes = int(options.nodes)
-    if options.secagg:
-        from fedpipe.researcher.secure import SecureAggregation
+def make_strategy(options: Any, initial: Params, *, node_ids: Sequence[str], job_id: str) -> tuple[Any, Any]:
+    """The strategy (and secure-aggregation context, or None) for the demo's options."""
+    n_nodes = len(node_ids)
+    inner: Any = ScaffoldStrategy.starting_from(initial, n_nodes) if options.scaffold else FedAvg()
+    if not options.secagg:
+        return inner, None
+    from fedpipe.researcher.secure import SecureAggregation
 
-        secagg = SecureAggregation.for_nodes(n_nodes, seed=options.seed)
-        if options.scaffold:
-            return secagg.wrap(ScaffoldStrategy.starting_from(initial, n_nodes), initial), secagg
-        return secagg.wrap(FedAvg(), initial), secagg
-    if options.scaffold:
-        return ScaffoldStrategy.starting_from(initial, n_nodes), None
-    return FedAvg(), None
+    secagg = SecureAggregation.for_nodes(node_ids, job_id=job_id, seed=options.seed)
+    return secagg.wrap(inner, initial), secagg
