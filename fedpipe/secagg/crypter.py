@@ -16,7 +16,7 @@ from fedpipe.ports import Biprime, ServerKeyShare
 from fedpipe.secagg.jl import MAX_ROUND, protect
 from fedpipe.secagg.masks import MaskPool
 from fedpipe.secagg.pack import pack
-from fedpipe.secagg.params import CLIPPING_RANGE, Encoding, checksum_modulus
+from fedpipe.secagg.params import CLIPPING_RANGE, PLAINTEXT_BITS, Encoding, PackingMode, checksum_modulus
 from fedpipe.secagg.quantize import quantize
 
 __all__ = ["JoyeLibertCrypter", "encode"]
@@ -66,6 +66,8 @@ class JoyeLibertCrypter:
             return "the secagg context has no node party"
         if self.encoding.slot_bits(key.num_nodes) > 64:
             return "too many parties for the slot layout"
+        if self.encoding.mode is PackingMode.COMPATIBLE and n.bit_length() < PLAINTEXT_BITS:
+            return f"the compatible packing needs a biprime of at least {PLAINTEXT_BITS} bits"
         if self.encoding.slots(key.num_nodes, n) < 2:
             return f"the {n.bit_length()}-bit biprime is too small for the {self.encoding.mode} packing"
         if not 0 <= round_number <= MAX_ROUND:

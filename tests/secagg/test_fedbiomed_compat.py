@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 
 from fedpipe.ports import Biprime, ServerKeyShare
-from fedpipe.secagg import Encoding, JoyeLibertCrypter, MaskPool, decrypt_sums, make_key_material, weighted_mean
+from fedpipe.secagg import (
+    Encoding,
+    JoyeLibertCrypter,
+    MaskPool,
+    decrypt_sums,
+    make_key_material,
+    weighted_mean,
+)
 from fedpipe.secagg.jl import fdh, masks, protect, tau
 from fedpipe.secagg.pack import pack
 from fedpipe.secagg.quantize import step_size
@@ -36,7 +43,8 @@ def _load(root: str) -> tuple[Any, Any]:
 
     def mod(name: str, path: str) -> Any:
         spec = importlib.util.spec_from_file_location(name, Path(root) / path)
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         m = importlib.util.module_from_spec(spec)
         sys.modules[name] = m
         spec.loader.exec_module(m)
@@ -113,7 +121,9 @@ def test_fedbiomed_researcher_decrypts_fedpipe_nodes(fb: tuple[Any, Any], bits: 
     for i in range(n_nodes):
         key, bp = _records(km, i)
         cipher.append(
-            ours.encrypt(list(values[i]), key=key, biprime=bp, round_number=4, weight=sizes[i], clipping_range=None).unwrap()
+            ours.encrypt(
+                list(values[i]), key=key, biprime=bp, round_number=4, weight=sizes[i], clipping_range=None
+            ).unwrap()
         )
     mean = crypter.SecaggCrypter().aggregate(
         current_round=4,
@@ -137,14 +147,24 @@ def test_fedpipe_decrypts_fedbiomed_nodes(fb: tuple[Any, Any]) -> None:
     sizes = [17, 400, 3]
     cipher = [
         crypter.SecaggCrypter().encrypt(
-            num_nodes=3, current_round=9, params=[float(v) for v in values[i]], key=km.node_keys[i],
-            biprime=km.biprime, weight=sizes[i],
+            num_nodes=3,
+            current_round=9,
+            params=[float(v) for v in values[i]],
+            key=km.node_keys[i],
+            biprime=km.biprime,
+            weight=sizes[i],
         )
         for i in range(3)
     ]
     sums = decrypt_sums(
-        cipher, server_key=km.server_key, biprime=km.biprime, round_number=9, n_values=70, n_nodes=3,
-        encoding=Encoding(checksum=False), total_weight=sum(sizes),
+        cipher,
+        server_key=km.server_key,
+        biprime=km.biprime,
+        round_number=9,
+        n_values=70,
+        n_nodes=3,
+        encoding=Encoding(checksum=False),
+        total_weight=sum(sizes),
     ).unwrap()
     mean = weighted_mean(sums, sum(sizes))
     truth = np.average(values, axis=0, weights=sizes)
