@@ -163,7 +163,9 @@ class MaskPool:
         with self._lock:
             entry = self._entry(key, biprime, round_number)
             if count > entry.submitted_until:
-                self._submit(entry, count, self.chunk)
+                # small enough chunks that every worker gets several: the last ones finish together
+                per = max(1, min(self.chunk, -(-(count - entry.submitted_until) // (4 * self.n_workers))))
+                self._submit(entry, count, per)
 
     def get(self, key: int, biprime: int, round_number: int, start: int, stop: int) -> list[Mask]:
         """The masks of indices ``start .. stop - 1``; waits for the workers, computes what is missing."""
