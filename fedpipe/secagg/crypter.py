@@ -74,24 +74,29 @@ class JoyeLibertCrypter:
             return f"round {round_number} is out of the range tau can encode"
         return None
 
-    def _remember(self, secagg_id: str, round_number: int, n_values: int) -> None:
-        last = self._planned.get(secagg_id)
+    def _remember(self, key: ServerKeyShare, biprime: Biprime, round_number: int, n_values: int) -> None:
+        last = self._planned.get(key.secagg_id)
+        if last is not None and last[0] != round_number:
+            # a new round of this key: the masks of the previous one will never be used again
+            self.pool.forget(key.key, biprime.biprime, last[0])
         if last is None or last[0] != round_number or last[1] < n_values:
-            self._planned[secagg_id] = (round_number, n_values)
+            self._planned[key.secagg_id] = (round_number, n_values)
 
     def start_masks(
         self, *, key: ServerKeyShare, biprime: Biprime, round_number: int, n_values: int | None
     ) -> None:
-        """Start computing the masks of ``n_values`` values and of the one-value factor that follows them."""
-        if n_values is None:
-            last = self._planned.get(key.secagg_id)
-            if last is None:
-                return
-            n_values = last[1]
-        if n_values < 0 or self._material_problem(key, biprime, round_number) is not None:
-            return  # encrypt reports the problem
-        self._remember(key.secagg_id, round_number, n_values)
-        count = self.encoding.ciphertexts(n_values, key.num_nodes, biprime.biprime) + 1
+        """Start computing the masks of ``n_values`` values and of the one-value factor that follows them.
+
+        The count is at least that of this key's previous round, which included the aux vars the
+        parameter count does not show; ``None`` uses the previous count alone (nothing when unknown).
+        """
+        last = self._planned.get(key.secagg_id)
+        known = [v for v in (n_values, None if last is None else last[1]) if v is not None and v >= 0]
+        if not known or self._material_problem(key, biprime, round_number) is not None:
+            return  # encrypt computes what is missing, and reports any problem
+        count_values = max(known)
+        self._remember(key, biprime, round_number, count_values)
+        count = self.encoding.ciphertexts(count_values, key.num_nodes, biprime.biprime) + 1
         self.pool.start(key.key, biprime.biprime, round_number, count)
 
     def encrypt(
@@ -156,7 +161,7 @@ class JoyeLibertCrypter:
                 )
             )
         if first_index == 0:
-            self._remember(key.secagg_id, round_number, arr.size)
+            self._remember(key, biprime, round_number, arr.size)
         masks = self.pool.get(key.key, n, round_number, first_index, first_index + len(plaintexts))
         return Success(protect(plaintexts, masks, n))
 

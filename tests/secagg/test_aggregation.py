@@ -315,3 +315,18 @@ def test_masks_started_early_are_used(worker_pool: MaskPool) -> None:
     worker_pool.get(key.key, km.biprime, 7, 0, expected)
     assert (s := worker_pool.stats(key.key, km.biprime, 7)) is not None
     assert s.computed == expected
+
+
+def test_next_round_precomputes_as_many_masks_as_the_last_encryption(worker_pool: MaskPool) -> None:
+    """The parameter count misses the aux vars; the count of the key's previous round does not."""
+    km = fast_keys(2, seed=12)
+    key, bp = records(km, 0)
+    crypter = JoyeLibertCrypter(pool=worker_pool)
+    crypter.encrypt([0.1] * 300, key=key, biprime=bp, round_number=1, weight=1, clipping_range=None).unwrap()
+    crypter.start_masks(key=key, biprime=bp, round_number=2, n_values=100)
+    expected = Encoding().ciphertexts(300, 2, km.biprime) + 1
+    worker_pool.get(key.key, km.biprime, 2, 0, expected)
+    stats = worker_pool.stats(key.key, km.biprime, 2)
+    assert stats is not None
+    assert stats.computed == expected
+    assert worker_pool.stats(key.key, km.biprime, 1) is None  # the old round's masks were dropped

@@ -262,6 +262,7 @@ def test_start_masks_runs_before_training_with_the_parameter_count(tmp_path: Pat
     node = make_node(tmp_path, km, 0, None)
     reply = run_round(node.request(**SECAGG, round=2, params={"w": [0.0] * 7}), node.ports, node.settings)
     assert node.crypter.started == [("sk", 2, 7)]
+    assert node.crypter.first_indices == [0, 7]  # the factor follows the update: no tau index twice
     assert reply.success, reply.error
     plain = make_node(tmp_path / "plain", km, 0, None)
     assert run_round(plain.request(round=2), plain.ports, plain.settings).success
