@@ -71,7 +71,9 @@ def decrypt_sums(
     """The per-value sums of the nodes' weighted quantized values (the checks above, in order).
 
     ``n_nodes`` is the number of nodes the key material was made for; it also fixes the slot width.
-    The server key's masks come from ``pool`` (all cores; a fresh inline computation without one).
+    The server key's masks come from ``pool`` (all cores; a fresh inline computation without one);
+    ``pool.start(server_key, biprime, round_number, count)`` when the train requests go out computes
+    them while the nodes train, leaving only the products and the checks for the decryption.
     """
     if len(vectors) != n_nodes:
         return _mismatch(f"expected {n_nodes} encrypted updates, got {len(vectors)}")
