@@ -6,7 +6,7 @@ translate their library's exceptions at the edge.
 """
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -158,15 +158,30 @@ class SecaggCrypter(Protocol):
 
     def encrypt(
         self,
-        values: list[float],
+        values: Sequence[float],
         *,
         key: ServerKeyShare,
         biprime: Biprime,
         round_number: int,
         weight: int,
         clipping_range: float | None,
+        first_index: int = 0,
     ) -> Result[list[int], RoundError]:
-        """Encrypt ``values`` weighted by ``weight`` (the sample size) for ``round_number``."""
+        """Encrypt ``values`` weighted by ``weight`` (the sample size) for ``round_number``.
+
+        Ciphertext k uses the tau index ``first_index + k``: two vectors of one round must use
+        disjoint index ranges (an index used twice reveals the difference of the plaintexts).
+        """
+        ...
+
+    def start_masks(
+        self, *, key: ServerKeyShare, biprime: Biprime, round_number: int, n_values: int | None
+    ) -> None:
+        """Start computing, in the background, the masks that encrypting ``n_values`` values (and the
+        one-value encryption factor after them) will need; ``None``: as many as this key's last round.
+
+        Never raises and never blocks; a crypter without precomputation does nothing.
+        """
         ...
 
 

@@ -38,6 +38,7 @@ from fedpipe.steps import (
     save_state,
     set_params,
     split_data,
+    start_masks,
     train_model,
     upload_results,
     validate_global,
@@ -58,6 +59,7 @@ def standard_round(ports: Ports) -> Round:
         NamedStep("fetch_plan", fetch_plan(ports.exchange)),
         NamedStep("check_approval", check_approval(ports.approvals)),
         NamedStep("fetch_params", fetch_params(ports.exchange)),
+        NamedStep("start_masks", start_masks(ports.crypter)),
         NamedStep("fetch_aggregator_args", fetch_aggregator_args(ports.exchange)),
         NamedStep("fetch_aux_vars", fetch_aux_vars(ports.exchange)),
         NamedStep("load_plan", load_plan(ports.plans)),
@@ -84,6 +86,7 @@ STANDARD_STEPS: tuple[str, ...] = (
     "fetch_plan",
     "check_approval",
     "fetch_params",
+    "start_masks",
     "fetch_aggregator_args",
     "fetch_aux_vars",
     "load_plan",
@@ -103,6 +106,7 @@ STANDARD_STEPS: tuple[str, ...] = (
 )
 
 TRAINING_ONLY_STEPS: tuple[str, ...] = (
+    "start_masks",
     "train_model",
     "collect_aux_vars",
     "validate_local",

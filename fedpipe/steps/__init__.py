@@ -3,7 +3,7 @@
 from fedpipe.steps.approval import check_approval
 from fedpipe.steps.arguments import find_dataset, parse_training_args
 from fedpipe.steps.data import split_data, split_indices
-from fedpipe.steps.encrypt import encrypt_update
+from fedpipe.steps.encrypt import encrypt_update, start_masks
 from fedpipe.steps.evaluate import validate_global, validate_local
 from fedpipe.steps.fetch import fetch_aggregator_args, fetch_aux_vars, fetch_params, fetch_plan
 from fedpipe.steps.plan import collect_aux_vars, ingest_aux_vars, init_plan, load_plan, set_params
@@ -33,6 +33,7 @@ __all__ = [
     "set_params",
     "split_data",
     "split_indices",
+    "start_masks",
     "train_model",
     "upload_results",
     "validate_global",

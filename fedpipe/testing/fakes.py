@@ -292,23 +292,33 @@ class FakeCrypter:
 
     calls: int = 0
     fail_next: int = 0
+    first_indices: list[int] = field(factory=list)
+    started: list[tuple[str, int, int | None]] = field(factory=list)
 
     def encrypt(
         self,
-        values: list[float],
+        values: Sequence[float],
         *,
         key: ServerKeyShare,
         biprime: Biprime,
         round_number: int,
         weight: int,
         clipping_range: float | None,
+        first_index: int = 0,
     ) -> Result[list[int], RoundError]:
-        """Return ``round(v * weight * 1e6)`` for each value."""
+        """Return ``round(v * weight * 1e6)`` for each value (``first_index`` is recorded, not used)."""
         self.calls += 1
+        self.first_indices.append(first_index)
         if self.fail_next > 0:
             self.fail_next -= 1
             return Failure(_error(ErrorCode.ENCRYPTION_FAILED, "injected encryption failure"))
         return Success([round(v * weight * 1_000_000) for v in values])
+
+    def start_masks(
+        self, *, key: ServerKeyShare, biprime: Biprime, round_number: int, n_values: int | None
+    ) -> None:
+        """Record the request (secagg id, round, value count); there is nothing to precompute."""
+        self.started.append((key.secagg_id, round_number, n_values))
 
 
 class PlanFault(RuntimeError):
