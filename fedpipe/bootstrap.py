@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -85,15 +85,21 @@ class NullMonitor:
 class UnconfiguredCrypter:
     """Stands in until a secure-aggregation crypter is configured: every encryption fails clearly."""
 
+    def start_masks(
+        self, *, key: ServerKeyShare, biprime: Biprime, round_number: int, n_values: int | None
+    ) -> None:
+        """Nothing to precompute."""
+
     def encrypt(
         self,
-        values: list[float],
+        values: Sequence[float],
         *,
         key: ServerKeyShare,
         biprime: Biprime,
         round_number: int,
         weight: int,
         clipping_range: float | None,
+        first_index: int = 0,
     ) -> Result[list[int], RoundError]:
         """Always ENCRYPTION_FAILED."""
         return Failure(
@@ -172,7 +178,7 @@ class Node:
             db,
             exchange=exchange,
             monitor=monitor or NullMonitor(),
-            crypter=crypter or UnconfiguredCrypter(),
+            crypter=crypter or _default_crypter(),
             clock=clock or SystemClock(),
             algorithm=algorithm,
         )

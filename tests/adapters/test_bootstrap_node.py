@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attrs import evolve
 
 from fedpipe.adapters.sqlite import NodeAdminError
 from fedpipe.bootstrap import Node, NullMonitor, SystemClock, UnconfiguredCrypter
@@ -12,6 +13,7 @@ from fedpipe.codec import loads
 from fedpipe.errors import ErrorCode, is_public_safe
 from fedpipe.plan import DatasetRecord
 from fedpipe.ports import Approval, Biprime, ServerKeyShare
+from fedpipe.secagg import JoyeLibertCrypter
 from fedpipe.settings import NodeSettings
 from fedpipe.testing import InMemoryFileExchange, RecordingMonitor
 
@@ -209,9 +211,10 @@ def test_unknown_dataset_and_previous_state(node: Node, exchange: InMemoryFileEx
 def test_secure_round_without_a_crypter_fails_clearly_and_uses_the_key(
     node: Node, exchange: InMemoryFileExchange
 ) -> None:
+    node.ports = evolve(node.ports, crypter=UnconfiguredCrypter())
     node.approvals.register(TINY_PLAN, name="tiny")
     node.secagg_keys.add_server_key(
-        ServerKeyShare(secagg_id="sk", job_id=JOB, parties=("r", "node-1"), key=7)
+        ServerKeyShare(secagg_id="sk", job_id=JOB, parties=("r", "node-1", "node-2"), key=7)
     )
     node.secagg_keys.add_biprime(Biprime(secagg_id="bp", biprime=(1 << 1023) + 1))
     request = _request(exchange, secagg_servkey_id="sk", secagg_biprime_id="bp", secagg_random=0.5)
@@ -224,7 +227,7 @@ def test_secure_round_without_a_crypter_fails_clearly_and_uses_the_key(
 def test_node_defaults_and_reopening(settings: NodeSettings, exchange: InMemoryFileExchange) -> None:
     with Node.open(settings, exchange=exchange) as node:
         assert isinstance(node.ports.monitor, NullMonitor)
-        assert isinstance(node.ports.crypter, UnconfiguredCrypter)
+        assert isinstance(node.ports.crypter, JoyeLibertCrypter)
         assert isinstance(node.ports.clock, SystemClock)
         assert node.ports.new_id() != node.ports.new_id()
         node.approvals.register(TINY_PLAN, name="tiny")
