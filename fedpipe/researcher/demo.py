@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -277,7 +276,7 @@ def run_experiment(options: DemoOptions) -> ExperimentResult:
         root.mkdir(parents=True)
     source = demo_plan_source()
     node_ids = [f"node-{i + 1}" for i in range(options.nodes)]
-    job_id = f"job-demo-{uuid.uuid4().hex[:8]}"
+    job_id = f"job-demo-seed{options.seed}"  # deterministic: the split (and so the run) depends on it
     strategy, secagg = make_strategy(options, initial_params(options.seed), node_ids=node_ids, job_id=job_id)
     _say(
         options,

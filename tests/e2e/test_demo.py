@@ -34,15 +34,17 @@ def test_demo_command_exits_zero_and_reaches_the_stated_accuracy(tmp_path: Path)
 
 
 def test_secure_demo_matches_plain_run(tmp_path: Path) -> None:
-    """With --secagg the final global model equals the plain run's within the quantization step."""
-    plain = run_experiment(DemoOptions(rounds=2, nodes=3, output=tmp_path / "plain", quiet=True))
-    secure = run_experiment(
-        DemoOptions(rounds=2, nodes=3, output=tmp_path / "secure", secagg=True, quiet=True)
-    )
+    """With --secagg the global model equals the plain run's within the quantization step.
+
+    One round, so both runs aggregate the very same local updates (training is seeded): the only
+    difference left is quantization, at most half a step 2c/(T-1) per value, i.e. < 3.7e-4.
+    """
+    plain = run_experiment(DemoOptions(rounds=1, nodes=3, output=tmp_path / "plain", quiet=True))
+    secure = run_experiment(DemoOptions(rounds=1, nodes=3, output=tmp_path / "secure", secagg=True, quiet=True))
+    step = 2 * 3 / (2**13 - 1)
+    worst = max(float((plain.params[k].float() - secure.params[k].float()).abs().max()) for k in plain.params)
+    assert worst <= step, worst
     assert plain.final_metric is not None and secure.final_metric is not None
-    # quantization step 2c/T = 6/8192 per value, accumulated over 2 rounds of training on slightly different weights
-    for name, value in plain.params.items():
-        assert torch.allclose(value.float(), secure.params[name].float(), atol=0.02), name
     assert abs(plain.final_metric - secure.final_metric) <= 0.02
 
 
