@@ -207,7 +207,10 @@ class Node:
         return removed
 
     def close(self) -> None:
-        """Close the database (idempotent)."""
+        """Close the database and stop the crypter's mask workers (idempotent)."""
+        stop = getattr(self.ports.crypter, "close", None)
+        if callable(stop):
+            stop()
         self._db.close()
 
     def __enter__(self) -> "Node":

@@ -37,7 +37,9 @@ class SecureAggregation:
     _rng: random.Random = field(factory=lambda: random.Random(0))
 
     @classmethod
-    def for_nodes(cls, node_ids: Sequence[str], *, job_id: str, seed: int = 0, bits: int = 2048) -> "SecureAggregation":
+    def for_nodes(
+        cls, node_ids: Sequence[str], *, job_id: str, seed: int = 0, bits: int = 2048
+    ) -> "SecureAggregation":
         """Fresh test key material for ``node_ids`` (production keys come from a key-setup protocol)."""
         material = make_key_material(len(node_ids), bits=bits, seed=seed)
         return cls(material=material, node_ids=tuple(node_ids), job_id=job_id, rng=random.Random(seed))
@@ -51,7 +53,11 @@ class SecureAggregation:
         """What a node owner stores: this node's key share and the biprime (through the owner API)."""
         index = self.node_ids.index(node_id)
         share, biprime = self.material.node_records(
-            index, secagg_id=self.secagg_id, biprime_id=self.biprime_id, job_id=self.job_id, parties=self.parties
+            index,
+            secagg_id=self.secagg_id,
+            biprime_id=self.biprime_id,
+            job_id=self.job_id,
+            parties=self.parties,
         )
         owner.secagg_keys.add_server_key(share)
         owner.secagg_keys.add_biprime(biprime, parties=self.parties)
@@ -78,7 +84,9 @@ class SecureAggregation:
             clipping_range=self.clipping_range,
         )
         if isinstance(outcome, Failure):
-            raise ExperimentStopped(f"secure aggregation of round {round_number} failed: {outcome.failure().reason}")
+            raise ExperimentStopped(
+                f"secure aggregation of round {round_number} failed: {outcome.failure().reason}"
+            )
         update = outcome.unwrap()
         return update.weights, update.aux_vars
 
@@ -103,7 +111,9 @@ class SecureStrategy:
         """As the inner strategy."""
         return self.inner.aux_vars_for(node_id)
 
-    def aggregate(self, params: Params, results: Sequence[NodeResult], round_number: int) -> dict[str, torch.Tensor]:
+    def aggregate(
+        self, params: Params, results: Sequence[NodeResult], round_number: int
+    ) -> dict[str, torch.Tensor]:
         """Decrypt the weighted mean; with SCAFFOLD, move the control variate by the mean delta."""
         weights, aux = self.secagg.decrypt(results, round_number)
         new_params = unflatten([float(x) for x in weights], self.template)

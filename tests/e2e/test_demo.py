@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from fedpipe.researcher.demo import DemoOptions, run_demo, run_experiment
 
@@ -40,7 +39,9 @@ def test_secure_demo_matches_plain_run(tmp_path: Path) -> None:
     difference left is quantization, at most half a step 2c/(T-1) per value, i.e. < 3.7e-4.
     """
     plain = run_experiment(DemoOptions(rounds=1, nodes=3, output=tmp_path / "plain", quiet=True))
-    secure = run_experiment(DemoOptions(rounds=1, nodes=3, output=tmp_path / "secure", secagg=True, quiet=True))
+    secure = run_experiment(
+        DemoOptions(rounds=1, nodes=3, output=tmp_path / "secure", secagg=True, quiet=True)
+    )
     step = 2 * 3 / (2**13 - 1)
     worst = max(float((plain.params[k].float() - secure.params[k].float()).abs().max()) for k in plain.params)
     assert worst <= step, worst

@@ -20,10 +20,20 @@ def test_notebook_runs(path: Path) -> None:
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     )
     client.execute()
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors
 
 
 def test_there_are_three_notebooks() -> None:
     """Quickstart, custom round and secure aggregation."""
-    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_custom_round.ipynb", "03_secure_aggregation.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_quickstart.ipynb",
+        "02_custom_round.ipynb",
+        "03_secure_aggregation.ipynb",
+    ]
