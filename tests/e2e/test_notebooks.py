@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Execute every cell in a fresh kernel; any error fails the test."""
     root = str(path.parents[1])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    )
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
