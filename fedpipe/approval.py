@@ -22,6 +22,7 @@ Every digest records its algorithm and canonical form; registries store both and
 
 import ast
 import enum
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -169,6 +170,7 @@ def _emit(tree: ast.AST) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=16)  # a node sees the same few plans every round; parsing is the cost
 def canonical_source(source: str) -> Result[str, PlanSyntaxError]:
     """The canonical form of ``source`` (see the module docstring), or where it fails to parse.
 

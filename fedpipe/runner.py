@@ -27,9 +27,21 @@ log = logging.getLogger("fedpipe.node")
 RoundSelector = Callable[[Ports, TrainRequest], Sequence[NamedStep]]
 
 
+_BUILT: dict[int, tuple[Ports, Sequence[NamedStep], Sequence[NamedStep]]] = {}
+
+
 def default_round(ports: Ports, request: TrainRequest) -> Sequence[NamedStep]:
-    """The standard round for training requests, the validation round otherwise."""
-    return standard_round(ports) if request.training else validation_round(ports)
+    """The standard round for training requests, the validation round otherwise.
+
+    Both are built once per ports bundle (rounds are immutable data) and reused.
+    """
+    built = _BUILT.get(id(ports))
+    if built is None or built[0] is not ports:
+        if len(_BUILT) > 32:
+            _BUILT.clear()
+        built = (ports, standard_round(ports), validation_round(ports))
+        _BUILT[id(ports)] = built
+    return built[1] if request.training else built[2]
 
 
 @frozen(kw_only=True)

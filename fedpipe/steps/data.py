@@ -1,5 +1,6 @@
 """Local data: load the dataset through the plan and split it, stably across the rounds of a job."""
 
+import functools
 import hashlib
 import math
 import random
@@ -26,6 +27,7 @@ def split_seed(job_id: str, dataset_id: str, salt: str = "") -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+@functools.lru_cache(maxsize=64)  # pure; the same job asks for the same split round after round
 def split_indices(n_samples: int, test_ratio: float, seed: int) -> DataSplit:
     """Split ``range(n_samples)``: ``floor(n * ratio)`` test samples drawn with ``seed``, the rest train.
 
