@@ -21,6 +21,7 @@ __all__ = [
     "GpuPolicy",
     "Metric",
     "NamedStep",
+    "Node",
     "NodeSettings",
     "Ports",
     "Round",
@@ -43,3 +44,12 @@ __all__ = [
     "validation_round",
     "without",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``fedpipe.Node`` is loaded on first use: the composition root pulls in every adapter."""
+    if name == "Node":
+        from fedpipe.bootstrap import Node
+
+        return Node
+    raise AttributeError(f"module 'fedpipe' has no attribute {name!r}")
