@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from attrs import evolve
 from returns.result import Failure, Result
 
+from fedpipe.adapters.clock import SystemClock
 from fedpipe.adapters.plan_loader import ModulePlanLoader
 from fedpipe.adapters.sqlite import (
     Database,
@@ -61,18 +61,6 @@ __all__ = [
     "run_node_agent",
     "save_settings",
 ]
-
-
-class SystemClock:
-    """The process's clocks (``time.perf_counter`` and ``time.process_time``)."""
-
-    def perf_counter(self) -> float:
-        """Wall-clock seconds from an arbitrary origin."""
-        return time.perf_counter()
-
-    def process_time(self) -> float:
-        """CPU seconds of this process."""
-        return time.process_time()
 
 
 class NullMonitor:
@@ -343,6 +331,7 @@ def run_node_agent(
                 log.info("task %s: round started", task.task_id)
                 reply = node.run_round(task.request)
                 log.info("task %s: %s", task.task_id, "success" if reply.success else f"failed ({reply.msg})")
+                monitor.flush()  # the round's metrics reach the researcher before its reply does
                 while True:
                     try:
                         client.post_reply(task.task_id, reply.to_dict())

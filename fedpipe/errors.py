@@ -28,7 +28,7 @@ Wire strings are stable: append new codes, never rename one.
 import enum
 import re
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 __all__ = ["ErrorCode", "RoundError", "is_public_safe", "public_text"]
 
@@ -140,14 +140,7 @@ class RoundError:
 
     def with_step(self, step: str) -> "RoundError":
         """Return this error attributed to ``step`` (used by NamedStep when a step left it empty)."""
-        return RoundError(
-            code=self.code,
-            step=step,
-            detail=self.detail,
-            public=self.public,
-            retryable=self.retryable,
-            cause=self.cause,
-        )
+        return evolve(self, step=step)
 
     def log_line(self) -> str:
         """One line for the node log: code, step and the full detail."""

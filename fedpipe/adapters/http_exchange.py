@@ -215,6 +215,15 @@ class _Partial:
         self.path.unlink(missing_ok=True)
 
 
+def _storage_error(detail: str) -> RoundError:
+    return RoundError(
+        code=ErrorCode.DOWNLOAD_FAILED,
+        step="",
+        detail=detail,
+        public="The node could not store a downloaded file.",
+    )
+
+
 class HttpFileExchange:
     """A ``FileExchange`` talking to an HTTP file exchange (the reference's, or ``fedpipe serve``).
 
@@ -313,14 +322,7 @@ class HttpFileExchange:
         try:
             partial = _Partial(dest)
         except OSError as err:
-            return Failure(
-                RoundError(
-                    code=ErrorCode.DOWNLOAD_FAILED,
-                    step="",
-                    detail=f"cannot create a download file next to {dest}: {err}",
-                    public="The node could not store a downloaded file.",
-                )
-            )
+            return Failure(_storage_error(f"cannot create a download file next to {dest}: {err}"))
         pinned = expected_digest(url)
         target = _strip_fragment(url)
         try:
@@ -337,14 +339,7 @@ class HttpFileExchange:
                 return Success(dest)
             return result
         except OSError as err:
-            return Failure(
-                RoundError(
-                    code=ErrorCode.DOWNLOAD_FAILED,
-                    step="",
-                    detail=f"cannot store the download of {url} at {dest}: {err}",
-                    public="The node could not store a downloaded file.",
-                )
-            )
+            return Failure(_storage_error(f"cannot store the download of {url} at {dest}: {err}"))
         finally:
             partial.discard()
 

@@ -259,7 +259,6 @@ class Experiment:
             if not ok:
                 raise ExperimentStopped(f"round {round_number}: no node succeeded")
             params = self.strategy.aggregate(params, ok, round_number)
-        time.sleep(0.2)  # let the last monitor events land
         record = RoundRecord(
             round=round_number,
             results=tuple(results),

@@ -341,6 +341,9 @@ class ScriptedPlan:
     aux_out: dict[str, Any] = field(factory=dict)
     calls: list[str] = field(factory=list)
     args: TrainingArgs | None = None
+    model_args: Mapping[str, Any] | None = None
+    aggregator_args: Mapping[str, Any] | None = None
+    dataset: DatasetRecord | None = None
     split: DataSplit | None = None
     restored: Mapping[str, Any] | None = None
     aux_in: Mapping[str, Any] | None = None
@@ -359,7 +362,7 @@ class ScriptedPlan:
         aggregator_args: Mapping[str, Any],
     ) -> None:
         self._enter("post_init")
-        self.args = training_args
+        self.args, self.model_args, self.aggregator_args = training_args, model_args, aggregator_args
 
     def load_state(self, state: Mapping[str, Any]) -> Sequence[str]:
         self._enter("load_state")
@@ -377,6 +380,7 @@ class ScriptedPlan:
 
     def load_data(self, dataset: DatasetRecord) -> int:
         self._enter("load_data")
+        self.dataset = dataset
         return self.n_samples
 
     def set_split(self, split: DataSplit) -> None:

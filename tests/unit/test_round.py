@@ -10,7 +10,6 @@ from attrs import evolve
 from returns.result import Failure, Success
 
 from fedpipe import ErrorCode, execute_round, run_round, standard_round
-from fedpipe.args import TrainingArgs
 from fedpipe.codec import loads
 from fedpipe.compose import NamedStep, names, replace
 from fedpipe.context import RoundContext
@@ -63,24 +62,9 @@ def test_normal_training_round_succeeds(node: FakeNode) -> None:
 
 def test_model_args_reach_post_init(node: FakeNode) -> None:
     """§12.1 item 2: a round with model_args succeeds and the plan receives them."""
-    seen: list[Mapping[str, Any]] = []
-
-    class ArgsPlan(ScriptedPlan):
-        def post_init(
-            self,
-            *,
-            model_args: Mapping[str, Any],
-            training_args: TrainingArgs,
-            aggregator_args: Mapping[str, Any],
-        ) -> None:
-            seen.append(model_args)
-            super().post_init(
-                model_args=model_args, training_args=training_args, aggregator_args=aggregator_args
-            )
-
-    reply = run_round(node.request(plan=ArgsPlan, model_args={"hidden": [8, 4]}), node.ports, node.settings)
+    reply = run_round(node.request(model_args={"hidden": [8, 4]}), node.ports, node.settings)
     assert reply.success
-    assert seen == [{"hidden": [8, 4]}]
+    assert last_plan(node).model_args == {"hidden": [8, 4]}
 
 
 def test_results_file_has_reference_layout(node: FakeNode) -> None:
@@ -210,18 +194,11 @@ def test_dataset_record_reaches_the_plan(node: FakeNode) -> None:
     from fedpipe.plan import DatasetRecord
     from fedpipe.request import freeze_mapping
 
-    got: list[DatasetRecord] = []
-
-    class Recording(ScriptedPlan):
-        def load_data(self, dataset: DatasetRecord) -> int:
-            got.append(dataset)
-            return super().load_data(dataset)
-
     record = DatasetRecord(
         dataset_id="ds-dlp", path="/d", data_loading_plan=freeze_mapping({"map": {"a": "b"}})
     )
-    assert run_round(node.request(plan=Recording, dataset=record), node.ports, node.settings).success
-    assert got == [record]
+    assert run_round(node.request(dataset=record), node.ports, node.settings).success
+    assert last_plan(node).dataset == record
 
 
 def test_no_aggregator_args_no_download(node: FakeNode) -> None:
@@ -233,21 +210,6 @@ def test_no_aggregator_args_no_download(node: FakeNode) -> None:
 
 def test_aggregator_args_with_urls_are_resolved(node: FakeNode) -> None:
     """§12.1 item 16 and D7: object args with a url are replaced by the file content; others are untouched."""
-    got: list[Mapping[str, Any]] = []
-
-    class Recording(ScriptedPlan):
-        def post_init(
-            self,
-            *,
-            model_args: Mapping[str, Any],
-            training_args: TrainingArgs,
-            aggregator_args: Mapping[str, Any],
-        ) -> None:
-            got.append(aggregator_args)
-            super().post_init(
-                model_args=model_args, training_args=training_args, aggregator_args=aggregator_args
-            )
-
     url3 = node.exchange.publish_object("var3", {"x": (1, 2)})
     url4 = node.exchange.publish_object("var4", [1.5])
     args = {
@@ -257,8 +219,10 @@ def test_aggregator_args_with_urls_are_resolved(node: FakeNode) -> None:
         "var4": {"url": url4, "arg_name": "var4"},
         "var5": {"no": "url"},
     }
-    assert run_round(node.request(plan=Recording, aggregator_args=args), node.ports, node.settings).success
-    assert got == [{"var1": 1, "var2": [1, 2], "var3": {"x": (1, 2)}, "var4": [1.5], "var5": {"no": "url"}}]
+    assert run_round(node.request(aggregator_args=args), node.ports, node.settings).success
+    assert [last_plan(node).aggregator_args] == [
+        {"var1": 1, "var2": [1, 2], "var3": {"x": (1, 2)}, "var4": [1.5], "var5": {"no": "url"}}
+    ]
 
 
 SECAGG = {"secagg_servkey_id": "sk", "secagg_biprime_id": "bp", "secagg_random": 0.25}

@@ -148,27 +148,20 @@ class SqliteSecaggKeys:
         Its used-round records stay: were the same share stored again under the same id, a
         round it already encrypted must still be refused.
         """
-        try:
-            with self._db.transaction() as conn:
-                deleted = conn.execute(
-                    "DELETE FROM secagg_server_keys WHERE secagg_id = ?", (secagg_id,)
-                ).rowcount
-        except sqlite3.Error as err:
-            raise NodeAdminError(f"cannot remove key share {secagg_id!r}: {err}") from err
-        if deleted == 0:
-            raise NodeAdminError(f"no key share {secagg_id!r}")
+        self._delete("secagg_server_keys", secagg_id, "key share")
 
     def remove_biprime(self, secagg_id: str) -> None:
         """Delete a biprime; raise ``NodeAdminError`` if absent."""
+        self._delete("secagg_biprimes", secagg_id, "biprime")
+
+    def _delete(self, table: str, secagg_id: str, what: str) -> None:
         try:
             with self._db.transaction() as conn:
-                deleted = conn.execute(
-                    "DELETE FROM secagg_biprimes WHERE secagg_id = ?", (secagg_id,)
-                ).rowcount
+                deleted = conn.execute(f"DELETE FROM {table} WHERE secagg_id = ?", (secagg_id,)).rowcount  # noqa: S608  # table is one of two constants
         except sqlite3.Error as err:
-            raise NodeAdminError(f"cannot remove biprime {secagg_id!r}: {err}") from err
+            raise NodeAdminError(f"cannot remove {what} {secagg_id!r}: {err}") from err
         if deleted == 0:
-            raise NodeAdminError(f"no biprime {secagg_id!r}")
+            raise NodeAdminError(f"no {what} {secagg_id!r}")
 
     def claimed_rounds(self, secagg_id: str) -> tuple[int, ...]:
         """The rounds key ``secagg_id`` has encrypted, ascending."""
