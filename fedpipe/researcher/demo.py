@@ -256,8 +256,10 @@ def reference_statistics() -> tuple[list[float], list[float]]:
 
 def initial_params(seed: int, hidden: int = 16) -> dict[str, torch.Tensor]:
     """The researcher's initial global model (the demo plan's MLP built with ``seed``)."""
+    from fedpipe.researcher.demo_plan import build_model
+
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(30, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    model = build_model(hidden)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -9,6 +9,11 @@ import torch
 from fedpipe.training import DataManager, TabularDataset, TorchTrainingPlan
 
 
+def build_model(hidden: int = 16) -> torch.nn.Module:
+    """30 features -> ``hidden`` -> 1 logit (the researcher builds the initial model with it too)."""
+    return torch.nn.Sequential(torch.nn.Linear(30, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+
+
 class BreastCancerMlp(TorchTrainingPlan):
     """30 features -> hidden -> 1 logit, trained with binary cross-entropy.
 
@@ -21,8 +26,7 @@ class BreastCancerMlp(TorchTrainingPlan):
         args = self.model_args
         self._mean = torch.tensor(args.get("feature_mean", [0.0] * 30), dtype=torch.float32)
         self._std = torch.tensor(args.get("feature_std", [1.0] * 30), dtype=torch.float32).clamp_min(1e-6)
-        hidden = int(args.get("hidden", 16))
-        return torch.nn.Sequential(torch.nn.Linear(30, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        return build_model(int(args.get("hidden", 16)))
 
     def _scaled(self, data: torch.Tensor) -> torch.Tensor:
         return (torch.log1p(data) - self._mean.to(data.device)) / self._std.to(data.device)
