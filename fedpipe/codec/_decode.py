@@ -9,6 +9,7 @@ named by the input: extension dicts map to a fixed set of constructors.
 import importlib
 import logging
 import struct
+import sys
 from typing import Any, Final, NoReturn
 
 import numpy as np
@@ -42,7 +43,13 @@ DEFAULT_LIMITS: Final = Limits()
 log = logging.getLogger("fedpipe.codec")
 
 _MAX_DIM: Final = 2**62
+# payloads at least this large are copied into numpy-allocated memory (numpy advises huge pages
+# from 4 MiB on, which saves most page faults), smaller ones into a bytearray
+_NUMPY_ALLOCATED: Final = 4 * 1024**2
+# the buffers of one payload at least this large share one block when they add up to the above
+_SHARED_MIN: Final = 64 * 1024
 _TYPE_KEY: Final = b"\xa8__type__"
+_TYPE_KEY_VIEW: Final = memoryview(_TYPE_KEY)
 _VALUE_KEY: Final = b"\xa5value"
 _BUFFER_KINDS: Final = frozenset({"np.ndarray", "torch.Tensor", "fedpipe.tensor"})
 _SPELLINGS_BY_BYTES: Final = {spelling.encode("ascii"): spelling for spelling in SPELLINGS}
@@ -66,8 +73,19 @@ def _torch() -> Any:
     return _torch_module[0]
 
 
+_torch_dtypes: dict[str, Any] = {}
+
+
+def _torch_dtype(name: str) -> Any:
+    """The torch dtype of an allowed dtype name (``torch.float32`` for ``"float32"``)."""
+    dtype = _torch_dtypes.get(name)
+    if dtype is None:
+        dtype = _torch_dtypes[name] = getattr(_torch(), name)
+    return dtype
+
+
 class _Reader:
-    __slots__ = ("budget", "buf", "end", "limits", "pos", "unknown")
+    __slots__ = ("budget", "buf", "end", "limits", "pending", "pos", "unknown")
 
     def __init__(self, buf: memoryview, limits: Limits) -> None:
         self.buf = buf
@@ -76,6 +94,8 @@ class _Reader:
         self.limits = limits
         self.budget = limits.max_elements
         self.unknown: set[str] = set()
+        # buffers of map entries whose copy is left for after the parse: (map, key, placeholder)
+        self.pending: list[tuple[dict[Any, Any], Any, _Buffer]] = []
 
     def take(self, n: int) -> int:
         """Advance past ``n`` bytes; return where they start."""
@@ -97,8 +117,15 @@ class _Reader:
     # values ------------------------------------------------------------------------------------
 
     def value(self, depth: int) -> Any:
-        self.spend(1)
-        b = self.buf[self.take(1)]
+        # spend(1) and take(1), inlined: this runs once per value
+        self.budget -= 1
+        if self.budget < 0:
+            _bad(f"more than {self.limits.max_elements} elements")
+        pos = self.pos
+        if pos >= self.end:
+            _bad("truncated input")
+        self.pos = pos + 1
+        b = self.buf[pos]
         if b <= 0x7F:
             return b
         if b >= 0xE0:
@@ -168,12 +195,38 @@ class _Reader:
         if 2 * n > self.end - self.pos:
             _bad("map longer than the remaining input")
         pos = self.pos
-        if n == 2 and bytes(self.buf[pos : pos + len(_TYPE_KEY)]) == _TYPE_KEY:
+        if n == 2 and self.buf[pos : pos + len(_TYPE_KEY)] == _TYPE_KEY_VIEW:
+            fast = self.plain_buffer(pos, depth, 0)
+            if fast is not _NOT_PLAIN:
+                return fast.materialize(self.buf)
             return self.extension(inner)
         out: dict[Any, Any] = {}
+        buf, end = self.buf, self.end
         for _ in range(n):
-            key = self.value(inner)
-            out[_hashable(key)] = self.value(inner)
+            pos = self.pos
+            b = buf[pos] if pos < end else 0
+            if 0xA0 <= b <= 0xBF and b & 0x1F <= self.limits.max_str_bytes:
+                # a short str key (nearly every key), read here
+                self.spend(1)
+                stop = pos + 1 + (b & 0x1F)
+                if stop > end:
+                    _bad("truncated input")
+                try:
+                    key: Any = str(buf[pos + 1 : stop], "utf-8")
+                except UnicodeDecodeError:
+                    _bad("string is not valid UTF-8")
+                self.pos = stop
+            else:
+                key = _hashable(self.value(inner))
+            pos = self.pos
+            if pos < end and buf[pos] == 0x82 and buf[pos + 1 : pos + 1 + len(_TYPE_KEY)] == _TYPE_KEY_VIEW:
+                # a state dict's entry: checked now, copied once the whole input is parsed
+                value = self.plain_buffer(pos + 1, inner, 1)
+                if value is not _NOT_PLAIN:
+                    out[key] = value
+                    self.pending.append((out, key, value))
+                    continue
+            out[key] = self.value(inner)
         return _apply_extension(out, self.limits, self.unknown) if n == 2 else out
 
     def known_dtype(self) -> str | None:
@@ -206,6 +259,73 @@ class _Reader:
 
     # extension dicts -------------------------------------------------------------------------
 
+    def plain_buffer(self, key_pos: int, depth: int, spent: int) -> Any:
+        """An array or tensor ext dict in the form that encoders write (fixstr keys and names, a
+        bin payload, a fixstr dtype in native byte order, a fixarray shape of unsigned ints), read
+        with a handful of slices instead of value by value; ``_NOT_PLAIN`` (and nothing consumed)
+        for any other form, which the general path then reads with the same checks.
+
+        ``key_pos`` is where its ``__type__`` key starts, ``depth`` the depth of the map, ``spent``
+        the elements to count for the map header (0 when the caller has counted it)."""
+        buf = self.buf
+        try:  # reading past the end raises IndexError or struct.error: not the plain form then
+            pos = key_pos + len(_TYPE_KEY)
+            head = _BUFFER_PREFIXES.get(buf[pos])
+            if head is None:
+                return _NOT_PLAIN
+            kind, prefix = head
+            if buf[pos : pos + len(prefix)] != prefix:
+                return _NOT_PLAIN
+            pos += len(prefix)
+            fmt = _BIN_LENGTH.get(buf[pos])
+            if fmt is None:
+                return _NOT_PLAIN
+            nbytes = fmt.unpack_from(buf, pos + 1)[0]
+            start = pos + 1 + fmt.size
+            pos = start + nbytes
+            dtype = _NATIVE_DTYPE_BYTES.get(bytes(buf[pos : pos + 1 + (buf[pos] & 0x1F)]))
+            if dtype is None:
+                return _NOT_PLAIN
+            name, dt = dtype
+            pos += 1 + len(name)
+            head_byte = buf[pos]
+            if not 0x90 <= head_byte <= 0x9F:
+                return _NOT_PLAIN
+            pos += 1
+            dims: list[int] = []
+            count = 1
+            for _ in range(head_byte & 0x0F):
+                b = buf[pos]
+                if b <= 0x7F:
+                    pos += 1
+                else:
+                    width = _UINT_WIDTH.get(b)
+                    if width is None:
+                        return _NOT_PLAIN
+                    b = width.unpack_from(buf, pos + 1)[0]
+                    pos += 1 + width.size
+                dims.append(b)
+                count *= b
+        except (IndexError, struct.error):
+            return _NOT_PLAIN
+        if pos > self.end:  # the shape ran past the end (slices do not raise)
+            return _NOT_PLAIN
+        # the form is plain: the checks below fail as the general path would
+        limits = self.limits
+        if depth + 1 >= limits.max_depth:  # the map, and the value array inside it
+            self.container_depth(depth + 1)
+        self.budget -= spent + 8 + len(dims)
+        if self.budget < 0:
+            self.spend(0)
+        if name not in limits.dtypes or (name == BFLOAT16) != (kind == "fedpipe.tensor"):
+            _bad(f"{kind} dtype not allowed")
+        if count * dt.itemsize != nbytes:
+            _bad(f"{kind} byte length does not match shape and dtype")
+        if len(dims) > limits.max_dims or count == 0:
+            _shape(dims, limits)  # an empty array may still claim absurd sizes
+        self.pos = pos
+        return _Buffer(kind, name, dt, dims, start, nbytes)
+
     def extension(self, depth: int) -> Any:
         self.pos += len(_TYPE_KEY)
         self.spend(1)
@@ -237,6 +357,39 @@ class _Reader:
                     shape = self.value(inner)
                 return _buffer(kind, raw, dtype, shape, self.limits)
         return _apply_extension({"__type__": kind, "value": self.value(depth)}, self.limits, self.unknown)
+
+
+class _Buffer(tuple[str, str, np.dtype[Any], list[int], int, int]):
+    """A checked array or tensor ext dict, not yet copied out of the input:
+    (ext type, dtype name, storage dtype, shape, start in the input, byte length)."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls, kind: str, name: str, dt: np.dtype[Any], dims: list[int], start: int, nbytes: int
+    ) -> "_Buffer":
+        return tuple.__new__(cls, (kind, name, dt, dims, start, nbytes))
+
+    def materialize(self, buf: memoryview) -> Any:
+        """The array or tensor, from one copy of its bytes in ``buf``."""
+        kind, name, dt, dims, start, nbytes = self
+        if nbytes == 0:
+            arr = np.empty(dims, dtype=dt)
+        elif nbytes >= _NUMPY_ALLOCATED:
+            # into memory that numpy allocates (it asks for huge pages when large)
+            arr = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=start).copy().view(dt)
+            if len(dims) != 1:
+                arr = arr.reshape(dims)
+        else:
+            # into a fresh bytearray (malloc-aligned, writable) that the array or tensor then
+            # wraps: fewer calls than through numpy, which counts on small payloads
+            memory = bytearray(buf[start : start + nbytes])
+            if kind != "np.ndarray" and len(dims) == 1:
+                return _torch().frombuffer(memory, dtype=_torch_dtype(name))
+            arr = np.frombuffer(memory, dtype=dt)
+            if len(dims) != 1:
+                arr = arr.reshape(dims)
+        return _wrap(kind, name, arr)
 
 
 def _hashable(key: Any) -> Any:
@@ -344,6 +497,31 @@ _I64 = struct.Struct(">q")
 _F32 = struct.Struct(">f")
 _F64 = struct.Struct(">d")
 _BIN_LENGTH: Final = {0xC4: _U8, 0xC5: _U16, 0xC6: _U32}
+_UINT_WIDTH: Final = {0xCC: _U8, 0xCD: _U16, 0xCE: _U32, 0xCF: _U64}
+
+_NOT_PLAIN: Final = object()
+
+
+def _fixstr(text: str) -> bytes:
+    raw = text.encode("ascii")
+    return bytes((0xA0 | len(raw),)) + raw
+
+
+# the kind's fixstr header byte (their lengths differ) -> (kind, everything up to the bin header)
+_BUFFER_PREFIXES: Final = {
+    0xA0 | len(kind): (kind, _fixstr(kind) + _VALUE_KEY + b"\x93") for kind in _BUFFER_KINDS
+}
+# dtype names as encoders write them (fixstr, little-endian) -> (name, native storage dtype);
+# only on a little-endian host, where no byte swap is needed
+_NATIVE_DTYPE_BYTES: Final = (
+    {
+        _fixstr(spelling): (spec[0], _STORAGE[spec].newbyteorder("="))
+        for spelling, spec in ((s, parse_dtype(s)) for s in SPELLINGS)
+        if spec is not None and spec[1] == "<" and len(spelling) < 32 and spelling == spec[0]
+    }
+    if sys.byteorder == "little"
+    else {}
+)
 
 
 def _bin(fmt: struct.Struct) -> Any:
@@ -385,12 +563,56 @@ _HANDLERS: Final[dict[int, Any]] = {
 }
 
 
+def _materialize(pending: list[tuple[dict[Any, Any], Any, _Buffer]], buf: memoryview) -> None:
+    """Copy the pending buffers out of ``buf``, back to back once the whole input is read and
+    checked (so a bad input costs no copy), into their maps.
+
+    When the large ones add up to a model's worth of memory they share one block that numpy
+    allocates (with huge pages where the kernel gives them): one allocation instead of one per
+    layer, and a fraction of the page faults. Each array or tensor is a distinct, writable,
+    aligned view of it; the block is freed with the last of them."""
+    live = [(target, key, item) for target, key, item in pending if target.get(key) is item]
+    large = [entry for entry in live if entry[2][5] >= _SHARED_MIN]
+    if len(large) < 2 or sum(entry[2][5] for entry in large) < _NUMPY_ALLOCATED:
+        large = []
+    block_size = sum(_aligned(entry[2][5]) for entry in large)
+    block = np.empty(block_size, dtype=np.uint8) if large else None
+    offset = 0
+    for target, key, item in large:
+        kind, name, dt, dims, start, nbytes = item
+        view = block[offset : offset + nbytes]  # type: ignore[index]
+        view[:] = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=start)
+        offset += _aligned(nbytes)
+        arr = view.view(dt)
+        if len(dims) != 1:
+            arr = arr.reshape(dims)
+        target[key] = _wrap(kind, name, arr)
+    shared = {id(entry[2]) for entry in large}
+    for target, key, item in live:
+        if id(item) not in shared:
+            target[key] = item.materialize(buf)
+
+
+def _aligned(nbytes: int) -> int:
+    return (nbytes + 63) & ~63
+
+
+def _wrap(kind: str, name: str, arr: np.ndarray[Any, Any]) -> Any:
+    """``arr`` as its ext type: itself, or a tensor over its memory."""
+    if kind == "np.ndarray":
+        return arr
+    torch = _torch()
+    tensor = torch.from_numpy(arr)
+    return tensor.view(torch.bfloat16) if name == BFLOAT16 else tensor
+
+
 def decode(buf: memoryview, limits: Limits) -> Any:
     """Decode exactly one object filling ``buf``; raise Bad for anything malformed or over limits."""
     reader = _Reader(buf, limits)
     obj = reader.value(0)
     if reader.pos != reader.end:
         _bad("extra bytes after the object")
+    _materialize(reader.pending, buf)
     if reader.unknown:
         log.warning("payload holds ext dicts of unknown __type__ %s; kept as dicts", sorted(reader.unknown))
     return obj

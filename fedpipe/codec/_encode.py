@@ -8,6 +8,7 @@ tensor is walked here so that the array's memory becomes a chunk of its own (a `
 import struct
 import sys
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any
 
 import msgpack
@@ -49,6 +50,28 @@ def _torch_module() -> Any:
     return sys.modules.get("torch")
 
 
+class _TorchDtypes(frozenset[Any]):
+    """The torch dtypes that the encoder views through numpy (bfloat16 as int16 patterns);
+    ``plain``: those that ``Tensor.numpy()`` converts as they are."""
+
+    plain: frozenset[Any]
+    bfloat16: Any
+    int16: Any
+
+
+_TORCH_DTYPES: list[_TorchDtypes] = []
+
+
+def _numpy_dtypes() -> _TorchDtypes:
+    if not _TORCH_DTYPES:
+        torch = _torch_module()
+        kinds = _TorchDtypes(getattr(torch, name) for name in ALLOWED_DTYPES if hasattr(torch, name))
+        kinds.bfloat16, kinds.int16 = torch.bfloat16, torch.int16
+        kinds.plain = kinds - {torch.bfloat16}
+        _TORCH_DTYPES.append(kinds)
+    return _TORCH_DTYPES[0]
+
+
 def _is_tensor(obj: object) -> bool:
     torch = _torch_module()
     return torch is not None and isinstance(obj, torch.Tensor)
@@ -57,6 +80,8 @@ def _is_tensor(obj: object) -> bool:
 # exact types that msgpack packs natively and that cannot hold a buffer (no default hook needed)
 _PLAIN = frozenset({str, float, bool, type(None), bytes})
 _plain_packer = msgpack.Packer(use_bin_type=True, strict_types=True, autoreset=True)
+# shapes: a list or tuple of ints below 2**63, packed as an array either way
+_shape_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 
 
 # dtype -> name for the allowed dtypes in little-endian order (a dict lookup beats dtype.name)
@@ -84,6 +109,20 @@ def _is_large(obj: object) -> bool:
     if isinstance(obj, np.ndarray):
         return obj.nbytes >= LARGE_BUFFER
     return _is_tensor(obj) and obj.numel() * obj.element_size() >= LARGE_BUFFER  # type: ignore[attr-defined]
+
+
+# a child container up to this size is looked into before trying to pack its parent in one C call
+_PEEK = 256
+
+
+def _holds_large(obj: object) -> bool:
+    """A large buffer, or a small container with a large buffer right inside (a state dict in a
+    payload): either way the parent is walked here rather than packed in C and abandoned."""
+    if isinstance(obj, dict | list | tuple):
+        if len(obj) > _PEEK:
+            return False
+        return any(_is_large(child) for child in (obj.values() if isinstance(obj, dict) else obj))
+    return _is_large(obj)
 
 
 def _tensor_parts(tensor: Any) -> tuple[str, memoryview, str, list[int]]:
@@ -184,6 +223,25 @@ _BUFFER_HEAD = {
 }
 
 
+# (ext type, dtype, shape) -> the bytes before and after the array's memory in its ext dict;
+# a model's layers repeat few shapes, and building these is a good part of encoding a layer
+_FRAMES: dict[tuple[str, np.dtype[Any], tuple[int, ...]], tuple[bytes, bytes]] = {}
+_MAX_FRAMES = 4096
+
+
+def _frame(kind: str, arr: np.ndarray[Any, Any]) -> tuple[bytes, bytes]:
+    """The head and tail of the ext dict of ``arr``: little-endian, of an allowed dtype."""
+    key = (kind, arr.dtype, arr.shape)
+    frame = _FRAMES.get(key)
+    if frame is None:
+        name = _LITTLE_NAMES[arr.dtype]
+        frame = (_BUFFER_HEAD[kind] + _bin_header(arr.nbytes), _PACKED[name] + _shape_packer.pack(arr.shape))
+        if len(_FRAMES) >= _MAX_FRAMES:
+            _FRAMES.clear()
+        _FRAMES[key] = frame
+    return frame
+
+
 class _Walker:
     def __init__(self) -> None:
         self.chunks: list[Chunk] = []
@@ -195,38 +253,111 @@ class _Walker:
             return
         if depth > MAX_ENCODE_DEPTH:
             raise CodecError(f"Cannot serialize: nesting deeper than {MAX_ENCODE_DEPTH}")
-        if isinstance(obj, np.ndarray) and obj.nbytes >= LARGE_BUFFER:
-            self.buffer("np.ndarray", *_array_parts(obj))
+        if kind is dict:
+            self.mapping(obj, depth)
+        elif kind is list or kind is tuple:
+            self.sequence(obj, depth)
+        elif isinstance(obj, np.ndarray) and obj.nbytes >= LARGE_BUFFER:
+            self.array("np.ndarray", obj)
+        elif _is_tensor(obj):
+            self.tensor(obj)
+        elif isinstance(obj, Mapping):
+            self.mapping(obj, depth)
+        elif isinstance(obj, list | tuple):
+            self.sequence(obj, depth)
+        else:  # scalars of other types, small arrays: msgpack's C packer with our default hook
+            self.chunks.append(_packb(obj))
+
+    def packed_whole(self, obj: Any, children: Any) -> bool:
+        """Pack ``obj`` in one C call unless one of its first children holds a large buffer; the
+        packer bails out (_Large) on a large buffer further in, and the caller walks ``obj``."""
+        if any(map(_holds_large, islice(children, _PEEK))):
+            return False
+        try:
+            self.chunks.append(_packb(obj))
+        except _Large:
+            return False
+        return True
+
+    def mapping(self, obj: Mapping[Any, Any], depth: int) -> None:
+        if self.packed_whole(obj, obj.values()):
             return
-        if _is_tensor(obj) and obj.numel() * obj.element_size() >= LARGE_BUFFER:
-            self.buffer(*_tensor_parts(obj))
-            return
-        children = obj.values() if isinstance(obj, Mapping) else obj if isinstance(obj, list | tuple) else ()
-        if not any(_is_large(child) for child in children):
-            # one C call for the whole subtree; it bails out (_Large) on a large buffer deeper down
-            try:
-                self.chunks.append(_packb(obj))
-                return
-            except _Large:
-                pass
-        if isinstance(obj, Mapping):
-            self.chunks.append(_map_header(len(obj)))
-            for key, value in obj.items():
+        chunks = self.chunks
+        chunks.append(_map_header(len(obj)))
+        torch = _torch_module()
+        tensor_type = torch.Tensor if torch is not None else ()
+        plain = _numpy_dtypes().plain if torch is not None else frozenset()
+        for key, value in obj.items():
+            if type(key) is str:
+                chunks.append(_plain_packer.pack(key))
+            else:
                 self.node(key, depth + 1)
+            if not isinstance(value, tensor_type):
                 self.node(value, depth + 1)
-        elif isinstance(obj, tuple):
-            self.chunks += (_EXT_HEAD, _packb("tuple"), _VALUE_KEY)
-            self.sequence(obj, depth)
-        else:  # a list: the only other container that can hold a large buffer
-            self.sequence(obj, depth)
+                continue
+            # a state dict's entry: a large, contiguous CPU tensor of a numpy dtype goes out
+            # through its numpy view and a cached header, without further dispatch
+            if value.is_cpu and not value.requires_grad and value.dtype in plain:
+                arr = value.numpy()
+                if arr.flags.c_contiguous and LARGE_BUFFER <= arr.nbytes <= _MAX_BIN:
+                    frame = _frame("torch.Tensor", arr)
+                    chunks += (frame[0], arr.data, frame[1])
+                    continue
+            self.tensor(value)
 
     def sequence(self, items: list[Any] | tuple[Any, ...], depth: int) -> None:
+        if self.packed_whole(items, items):
+            return
+        if isinstance(items, tuple):
+            self.chunks += (_EXT_HEAD, _packb("tuple"), _VALUE_KEY)
         self.chunks.append(_array_header(len(items)))
         for item in items:
             self.node(item, depth + 1)
 
+    def tensor(self, tensor: Any) -> None:
+        """A tensor of any size."""
+        dtype = tensor.dtype
+        kinds = _numpy_dtypes()
+        # the common case (CPU, strided, a numpy dtype or bfloat16) takes a numpy view here;
+        # the rest goes to the general path without trying, as torch's refusals (raised C++
+        # exceptions) cost tens of microseconds each
+        if tensor.is_cpu and dtype in kinds and tensor.numel() * tensor.element_size() >= LARGE_BUFFER:
+            t = tensor.detach() if tensor.requires_grad else tensor
+            try:
+                if dtype is kinds.bfloat16:
+                    self.array("fedpipe.tensor", t.view(kinds.int16).numpy(), BFLOAT16)
+                else:
+                    self.array("torch.Tensor", t.numpy())
+                return
+            except RuntimeError:  # a conjugate or negative view, a sparse or quantized tensor
+                pass
+        self.node_slow_tensor(tensor)
+
+    def node_slow_tensor(self, tensor: Any) -> None:
+        if tensor.numel() * tensor.element_size() >= LARGE_BUFFER:
+            self.buffer(*_tensor_parts(tensor))
+        else:
+            self.chunks.append(_packb(tensor))
+
+    def array(self, kind: str, arr: np.ndarray[Any, Any], name: str | None = None) -> None:
+        """A large array (or a tensor's numpy view): its memory becomes a chunk, uncopied.
+
+        ``name``: the dtype name to write when it is not the array's own (bfloat16 as int16)."""
+        found = _LITTLE_NAMES.get(arr.dtype)
+        if found is None or not arr.flags.c_contiguous or arr.nbytes > _MAX_BIN:
+            mem, found, shape = _array_parts(arr)  # converted, copied or refused there
+            self.buffer(kind, mem, name or found, shape)
+            return
+        if name is None:
+            head, tail = _frame(kind, arr)
+        else:
+            head = _BUFFER_HEAD[kind] + _bin_header(arr.nbytes)
+            tail = _PACKED[name] + _shape_packer.pack(arr.shape)
+        self.chunks += (head, arr.data, tail)  # C-contiguous: joined or written as is
+
     def buffer(self, kind: str, mem: memoryview, dtype: str, shape: list[int]) -> None:
-        self.chunks += (_BUFFER_HEAD[kind] + _bin_header(mem.nbytes), mem, _PACKED[dtype] + _packb(shape))
+        tail = _PACKED[dtype] + _shape_packer.pack(shape)
+        self.chunks += (_BUFFER_HEAD[kind] + _bin_header(mem.nbytes), mem, tail)
 
 
 def encode_chunks(obj: Any) -> list[Chunk]:

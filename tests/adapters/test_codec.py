@@ -350,3 +350,120 @@ def test_dump_file_on_a_full_disk_raises_oserror_and_leaves_nothing(tmp_path: An
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.stdout.split()[0] == "OSError", out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# -- large buffers: the fast paths for state dicts ------------------------------------------------
+
+TORCH_DTYPES = [getattr(torch, name) for name in sorted(ALLOWED_DTYPES)]
+
+
+@st.composite
+def large_tensors(draw: st.DrawFn) -> Any:
+    """A tensor or array over the size where the encoder passes memory through (64 KiB), of any
+    allowed dtype and 1 to 3 dims, sometimes non-contiguous or requiring grad."""
+    dtype = draw(st.sampled_from(TORCH_DTYPES))
+    dims = draw(st.lists(st.integers(1, 40), min_size=0, max_size=2))
+    lead = -(-70_000 // max(1, int(np.prod(dims)) * torch.empty(0, dtype=dtype).element_size()))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    base = torch.randint(0, 100, (lead, *dims), generator=gen).to(dtype)
+    if draw(st.booleans()) and base.dim() > 1:
+        base = base.transpose(0, -1)  # non-contiguous
+    if dtype.is_floating_point and draw(st.booleans()):
+        base = base.requires_grad_()
+    if dtype != torch.bfloat16 and draw(st.booleans()):
+        return base.detach().numpy()
+    return base
+
+
+large_payloads = st.one_of(
+    st.dictionaries(st.text(min_size=1, max_size=8), large_tensors(), min_size=1, max_size=4),
+    st.lists(large_tensors(), max_size=3),
+    st.tuples(large_tensors(), st.integers()),
+    st.dictionaries(
+        st.sampled_from(["model_weights", "aux"]),
+        st.dictionaries(st.text(max_size=5), large_tensors(), max_size=3),
+    ),
+)
+
+
+def expected(obj: Any) -> Any:
+    """What decoding gives back: tensors detached, arrays and tensors contiguous."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().contiguous()
+    if isinstance(obj, np.ndarray):
+        return np.ascontiguousarray(obj)
+    if isinstance(obj, dict):
+        return {k: expected(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(expected(v) for v in obj)
+    return obj
+
+
+@settings(max_examples=40, deadline=None)
+@given(large_payloads)
+def test_large_buffers_roundtrip_through_bytes_and_files(tmp_path_factory: Any, obj: Any) -> None:
+    assert same(loads(dumps(obj)).unwrap(), expected(obj))
+    path = tmp_path_factory.mktemp("large") / "p.mpk"
+    dump_file(obj, path)
+    assert same(load_file(path).unwrap(), expected(obj))
+
+
+def _reference_typed(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.dtype != torch.bfloat16
+    if isinstance(obj, dict):
+        return all(_reference_typed(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return all(_reference_typed(v) for v in obj)
+    return True
+
+
+@settings(max_examples=25, deadline=None)
+@given(large_payloads.filter(_reference_typed))
+def test_large_buffers_are_written_byte_for_byte_as_the_reference_writes_them(obj: Any) -> None:
+    assert dumps(obj) == reference_dumps(expected(obj))
+
+
+def test_a_decoded_state_dict_is_made_of_independent_writable_tensors() -> None:
+    # over 4 MiB of layers of at least 64 KiB: decoded into one shared block (see _materialize)
+    state: dict[str, Any] = {f"layer{i}.weight": torch.randn(300_000) for i in range(4)}
+    state["conv.weight"] = torch.randn(64, 3, 7, 7, dtype=torch.float64)
+    state["embed.weight"] = torch.randn(600, 500).to(torch.bfloat16)
+    state["table"] = np.arange(20_000, dtype=np.int64).reshape(100, 200)
+    state["bias"] = torch.randn(3)
+    out = loads(dumps({"model_weights": state})).unwrap()["model_weights"]
+    assert same(out, state)
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else v.copy() for k, v in out.items()}
+    out["layer1.weight"].fill_(7.0)
+    out["embed.weight"].fill_(-1.0)
+    out["table"][:] = 0
+    out["bias"].zero_()
+    for name, value in out.items():
+        if name not in ("layer1.weight", "embed.weight", "table", "bias"):
+            assert same(value, before[name]), name
+    assert bool((out["layer1.weight"] == 7.0).all()) and bool((out["embed.weight"] == -1.0).all())
+    assert all(t.data_ptr() % 16 == 0 for t in out.values() if isinstance(t, torch.Tensor))
+    assert out["table"].flags.aligned and out["table"].flags.writeable
+
+
+def test_a_duplicate_key_keeps_the_last_value_also_for_buffers() -> None:
+    tensor = dumps(torch.arange(20_000, dtype=torch.float32))  # over 64 KiB: the fast path
+    first_tensor = b"\x82" + fixstr("a") + tensor + fixstr("a") + b"\x05"
+    last_tensor = b"\x82" + fixstr("a") + b"\x05" + fixstr("a") + tensor
+    assert loads(first_tensor).unwrap() == {"a": 5}
+    assert torch.equal(loads(last_tensor).unwrap()["a"], torch.arange(20_000, dtype=torch.float32))
+
+
+def test_every_cut_and_header_byte_change_of_a_large_payload_fails_cleanly() -> None:
+    wire = dumps({"w": torch.ones(20_000), "b": torch.zeros(20_000, dtype=torch.bfloat16), "n": 3})
+    ones = torch.ones(20_000).numpy().tobytes()
+    payload = [(wire.find(ones), len(ones)), (wire.find(bytes(40_000)), 40_000)]
+    headers = [i for i in range(len(wire)) if not any(p <= i < p + n for p, n in payload)]
+    assert len(headers) < 200
+    for i in headers:
+        assert loads(wire[:i]).failure().reason
+        for value in (0x00, 0x7F, 0x91, 0xA5, 0xC6, 0xCE, 0xFF):
+            mutated = bytearray(wire)
+            mutated[i] = value
+            result = loads(bytes(mutated))  # a Result either way, never an exception
+            assert result.__class__.__name__ in ("Success", "Failure")
