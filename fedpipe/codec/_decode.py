@@ -2,8 +2,14 @@
 
 Every length read from the input is checked against the bytes that remain before anything is
 allocated, so a small input cannot ask for a large allocation. Array payloads are copied once, from
-the input buffer straight into a fresh aligned writable array. Nothing here imports or runs code
+the input buffer straight into fresh aligned writable memory. Nothing here imports or runs code
 named by the input: extension dicts map to a fixed set of constructors.
+
+Arrays and tensors in the form that encoders write (nearly all of them) are read by a fast path
+(``_Reader.plain_buffer``) that checks the same things as the general one. Those that are entries
+of a map (a state dict's layers) are copied only once the whole input has been read and checked,
+back to back; when the large ones add up to at least 4 MiB they share one numpy-allocated block
+(one allocation, huge pages where the kernel gives them), each a distinct writable view of it.
 """
 
 import importlib

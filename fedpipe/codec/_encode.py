@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from attrs import frozen
 
 from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16
 
@@ -50,10 +51,12 @@ def _torch_module() -> Any:
     return sys.modules.get("torch")
 
 
-class _TorchDtypes(frozenset[Any]):
-    """The torch dtypes that the encoder views through numpy (bfloat16 as int16 patterns);
-    ``plain``: those that ``Tensor.numpy()`` converts as they are."""
+@frozen
+class _TorchDtypes:
+    """The torch dtypes that the encoder views through numpy (``viewable``, bfloat16 as int16
+    patterns) and those that ``Tensor.numpy()`` converts as they are (``plain``)."""
 
+    viewable: frozenset[Any]
     plain: frozenset[Any]
     bfloat16: Any
     int16: Any
@@ -65,10 +68,9 @@ _TORCH_DTYPES: list[_TorchDtypes] = []
 def _numpy_dtypes() -> _TorchDtypes:
     if not _TORCH_DTYPES:
         torch = _torch_module()
-        kinds = _TorchDtypes(getattr(torch, name) for name in ALLOWED_DTYPES if hasattr(torch, name))
-        kinds.bfloat16, kinds.int16 = torch.bfloat16, torch.int16
-        kinds.plain = kinds - {torch.bfloat16}
-        _TORCH_DTYPES.append(kinds)
+        viewable = frozenset(getattr(torch, name) for name in ALLOWED_DTYPES if hasattr(torch, name))
+        plain = viewable - {torch.bfloat16}
+        _TORCH_DTYPES.append(_TorchDtypes(viewable, plain, torch.bfloat16, torch.int16))
     return _TORCH_DTYPES[0]
 
 
@@ -321,7 +323,11 @@ class _Walker:
         # the common case (CPU, strided, a numpy dtype or bfloat16) takes a numpy view here;
         # the rest goes to the general path without trying, as torch's refusals (raised C++
         # exceptions) cost tens of microseconds each
-        if tensor.is_cpu and dtype in kinds and tensor.numel() * tensor.element_size() >= LARGE_BUFFER:
+        if (
+            tensor.is_cpu
+            and dtype in kinds.viewable
+            and tensor.numel() * tensor.element_size() >= LARGE_BUFFER
+        ):
             t = tensor.detach() if tensor.requires_grad else tensor
             try:
                 if dtype is kinds.bfloat16:

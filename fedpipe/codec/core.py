@@ -63,7 +63,8 @@ def dumps(obj: Any) -> bytes:
 def loads(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Result[Any, DecodeError]:
     """Decode one object; any malformed or over-limit input is a Failure, never an exception.
 
-    Arrays and tensors come back as fresh writable copies (one copy from ``data``).
+    Arrays and tensors come back as fresh writable copies (one copy from ``data``); the large
+    layers of one state dict may be views of one shared block (see ``fedpipe.codec._decode``).
 
     >>> loads(b"\\x92\\x01\\xa1x").unwrap()
     [1, 'x']
