@@ -378,7 +378,7 @@ def large_tensors(draw: st.DrawFn) -> Any:
 large_payloads = st.one_of(
     st.dictionaries(st.text(min_size=1, max_size=8), large_tensors(), min_size=1, max_size=4),
     st.lists(large_tensors(), max_size=3),
-    st.tuples(large_tensors(), st.integers()),
+    st.tuples(large_tensors(), st.integers(min_value=-(2**63), max_value=2**64 - 1)),
     st.dictionaries(
         st.sampled_from(["model_weights", "aux"]),
         st.dictionaries(st.text(max_size=5), large_tensors(), max_size=3),
