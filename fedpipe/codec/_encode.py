@@ -60,6 +60,7 @@ class _TorchDtypes:
     plain: frozenset[Any]
     bfloat16: Any
     int16: Any
+    strided: Any
 
 
 _TORCH_DTYPES: list[_TorchDtypes] = []
@@ -70,7 +71,7 @@ def _numpy_dtypes() -> _TorchDtypes:
         torch = _torch_module()
         viewable = frozenset(getattr(torch, name) for name in ALLOWED_DTYPES if hasattr(torch, name))
         plain = viewable - {torch.bfloat16}
-        _TORCH_DTYPES.append(_TorchDtypes(viewable, plain, torch.bfloat16, torch.int16))
+        _TORCH_DTYPES.append(_TorchDtypes(viewable, plain, torch.bfloat16, torch.int16, torch.strided))
     return _TORCH_DTYPES[0]
 
 
@@ -231,12 +232,15 @@ _FRAMES: dict[tuple[str, np.dtype[Any], tuple[int, ...]], tuple[bytes, bytes]] =
 _MAX_FRAMES = 4096
 
 
-def _frame(kind: str, arr: np.ndarray[Any, Any]) -> tuple[bytes, bytes]:
-    """The head and tail of the ext dict of ``arr``: little-endian, of an allowed dtype."""
+def _frame(kind: str, arr: np.ndarray[Any, Any]) -> tuple[bytes, bytes] | None:
+    """The head and tail of the ext dict of ``arr``; None unless it is little-endian, of an
+    allowed dtype (the caller then takes the general path)."""
     key = (kind, arr.dtype, arr.shape)
     frame = _FRAMES.get(key)
     if frame is None:
-        name = _LITTLE_NAMES[arr.dtype]
+        name = _LITTLE_NAMES.get(arr.dtype)
+        if name is None:
+            return None
         frame = (_BUFFER_HEAD[kind] + _bin_header(arr.nbytes), _PACKED[name] + _shape_packer.pack(arr.shape))
         if len(_FRAMES) >= _MAX_FRAMES:
             _FRAMES.clear()
@@ -289,6 +293,7 @@ class _Walker:
         torch = _torch_module()
         tensor_type = torch.Tensor if torch is not None else ()
         plain = _numpy_dtypes().plain if torch is not None else frozenset()
+        strided = torch.strided if torch is not None else None
         for key, value in obj.items():
             if type(key) is str:
                 chunks.append(_plain_packer.pack(key))
@@ -299,12 +304,16 @@ class _Walker:
                 continue
             # a state dict's entry: a large, contiguous CPU tensor of a numpy dtype goes out
             # through its numpy view and a cached header, without further dispatch
-            if value.is_cpu and not value.requires_grad and value.dtype in plain:
-                arr = value.numpy()
-                if arr.flags.c_contiguous and LARGE_BUFFER <= arr.nbytes <= _MAX_BIN:
+            if value.is_cpu and value.layout is strided and not value.requires_grad and value.dtype in plain:
+                try:
+                    arr = value.numpy()
+                except RuntimeError:  # a conjugate or negative view: resolved in tensor()
+                    arr = None
+                if arr is not None and arr.flags.c_contiguous and LARGE_BUFFER <= arr.nbytes <= _MAX_BIN:
                     frame = _frame("torch.Tensor", arr)
-                    chunks += (frame[0], arr.data, frame[1])
-                    continue
+                    if frame is not None:
+                        chunks += (frame[0], arr.data, frame[1])
+                        continue
             self.tensor(value)
 
     def sequence(self, items: list[Any] | tuple[Any, ...], depth: int) -> None:
@@ -325,6 +334,7 @@ class _Walker:
         # exceptions) cost tens of microseconds each
         if (
             tensor.is_cpu
+            and tensor.layout is kinds.strided
             and dtype in kinds.viewable
             and tensor.numel() * tensor.element_size() >= LARGE_BUFFER
         ):
@@ -335,7 +345,7 @@ class _Walker:
                 else:
                     self.array("torch.Tensor", t.numpy())
                 return
-            except RuntimeError:  # a conjugate or negative view, a sparse or quantized tensor
+            except RuntimeError:  # a conjugate or negative view: resolved on the general path
                 pass
         self.node_slow_tensor(tensor)
 
@@ -354,11 +364,12 @@ class _Walker:
             mem, found, shape = _array_parts(arr)  # converted, copied or refused there
             self.buffer(kind, mem, name or found, shape)
             return
-        if name is None:
-            head, tail = _frame(kind, arr)
+        frame = _frame(kind, arr) if name is None else None
+        if frame is not None:
+            head, tail = frame
         else:
             head = _BUFFER_HEAD[kind] + _bin_header(arr.nbytes)
-            tail = _PACKED[name] + _shape_packer.pack(arr.shape)
+            tail = _PACKED[name or found] + _shape_packer.pack(arr.shape)
         self.chunks += (head, arr.data, tail)  # C-contiguous: joined or written as is
 
     def buffer(self, kind: str, mem: memoryview, dtype: str, shape: list[int]) -> None:

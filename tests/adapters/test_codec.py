@@ -467,3 +467,14 @@ def test_every_cut_and_header_byte_change_of_a_large_payload_fails_cleanly() -> 
             mutated[i] = value
             result = loads(bytes(mutated))  # a Result either way, never an exception
             assert result.__class__.__name__ in ("Success", "Failure")
+
+
+def test_unusual_large_tensors_in_a_state_dict_take_the_general_path() -> None:
+    z = torch.randn(20_000, dtype=torch.complex64)
+    state = {"conj": z.conj(), "neg": z._neg_view(), "t": torch.randn(300, 300).T}
+    out = loads(dumps(state)).unwrap()
+    assert torch.equal(out["conj"], z.conj().resolve_conj())
+    assert torch.equal(out["neg"], -z)
+    assert torch.equal(out["t"], state["t"].contiguous())
+    with pytest.raises(CodecError):
+        dumps({"sparse": torch.eye(200).to_sparse()})
