@@ -293,7 +293,6 @@ class _Walker:
         torch = _torch_module()
         tensor_type = torch.Tensor if torch is not None else ()
         plain = _numpy_dtypes().plain if torch is not None else frozenset()
-        strided = torch.strided if torch is not None else None
         for key, value in obj.items():
             if type(key) is str:
                 chunks.append(_plain_packer.pack(key))
@@ -303,11 +302,14 @@ class _Walker:
                 self.node(value, depth + 1)
                 continue
             # a state dict's entry: a large, contiguous CPU tensor of a numpy dtype goes out
-            # through its numpy view and a cached header, without further dispatch
-            if value.is_cpu and value.layout is strided and not value.requires_grad and value.dtype in plain:
+            # through its numpy view and a cached header, without further dispatch. Few torch
+            # calls: each costs microseconds when torch's code is not in the CPU's caches (the
+            # usual case, a payload being encoded once per round), so numpy() is left to refuse
+            # the rare tensors it cannot view (on a GPU, sparse, requiring grad, conjugate)
+            if value.dtype in plain:
                 try:
                     arr = value.numpy()
-                except RuntimeError:  # a conjugate or negative view: resolved in tensor()
+                except (TypeError, RuntimeError):
                     arr = None
                 if arr is not None and arr.flags.c_contiguous and LARGE_BUFFER <= arr.nbytes <= _MAX_BIN:
                     frame = _frame("torch.Tensor", arr)
