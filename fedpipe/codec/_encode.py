@@ -305,8 +305,9 @@ class _Walker:
             # through its numpy view and a cached header, without further dispatch. Few torch
             # calls: each costs microseconds when torch's code is not in the CPU's caches (the
             # usual case, a payload being encoded once per round), so numpy() is left to refuse
-            # the rare tensors it cannot view (on a GPU, sparse, requiring grad, conjugate)
-            if value.dtype in plain:
+            # the rare tensors it cannot view (on a GPU, sparse, conjugate); parameters that
+            # require grad are common enough to be sent to tensor() without that refusal
+            if value.dtype in plain and not value.requires_grad:
                 try:
                     arr = value.numpy()
                 except (TypeError, RuntimeError):
