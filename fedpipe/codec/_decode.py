@@ -16,7 +16,7 @@ import importlib
 import logging
 import struct
 import sys
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NamedTuple, NoReturn
 
 import numpy as np
 from attrs import field, frozen, validators
@@ -318,11 +318,8 @@ class _Reader:
             return _NOT_PLAIN
         # the form is plain: the checks below fail as the general path would
         limits = self.limits
-        if depth + 1 >= limits.max_depth:  # the map, and the value array inside it
-            self.container_depth(depth + 1)
-        self.budget -= spent + 8 + len(dims)
-        if self.budget < 0:
-            self.spend(0)
+        self.container_depth(depth + 1)  # the map, and the value array inside it
+        self.spend(spent + 8 + len(dims))
         if name not in limits.dtypes or (name == BFLOAT16) != (kind == "fedpipe.tensor"):
             _bad(f"{kind} dtype not allowed")
         if count * dt.itemsize != nbytes:
@@ -365,16 +362,15 @@ class _Reader:
         return _apply_extension({"__type__": kind, "value": self.value(depth)}, self.limits, self.unknown)
 
 
-class _Buffer(tuple[str, str, np.dtype[Any], list[int], int, int]):
-    """A checked array or tensor ext dict, not yet copied out of the input:
-    (ext type, dtype name, storage dtype, shape, start in the input, byte length)."""
+class _Buffer(NamedTuple):
+    """A checked array or tensor ext dict, not yet copied out of the input."""
 
-    __slots__ = ()
-
-    def __new__(
-        cls, kind: str, name: str, dt: np.dtype[Any], dims: list[int], start: int, nbytes: int
-    ) -> "_Buffer":
-        return tuple.__new__(cls, (kind, name, dt, dims, start, nbytes))
+    kind: str  # its ext type
+    name: str  # its dtype name
+    dt: np.dtype[Any]  # the native dtype that holds it (int16 for bfloat16)
+    dims: list[int]
+    start: int  # where its bytes start in the input
+    nbytes: int
 
     def materialize(self, buf: memoryview) -> Any:
         """The array or tensor, from one copy of its bytes in ``buf``."""
@@ -578,10 +574,10 @@ def _materialize(pending: list[tuple[dict[Any, Any], Any, _Buffer]], buf: memory
     layer, and a fraction of the page faults. Each array or tensor is a distinct, writable,
     aligned view of it; the block is freed with the last of them."""
     live = [(target, key, item) for target, key, item in pending if target.get(key) is item]
-    large = [entry for entry in live if entry[2][5] >= _SHARED_MIN]
-    if len(large) < 2 or sum(entry[2][5] for entry in large) < _NUMPY_ALLOCATED:
+    large = [entry for entry in live if entry[2].nbytes >= _SHARED_MIN]
+    if len(large) < 2 or sum(entry[2].nbytes for entry in large) < _NUMPY_ALLOCATED:
         large = []
-    block_size = sum(_aligned(entry[2][5]) for entry in large)
+    block_size = sum(_aligned(entry[2].nbytes) for entry in large)
     block = np.empty(block_size, dtype=np.uint8) if large else None
     offset = 0
     for target, key, item in large:

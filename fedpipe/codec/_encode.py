@@ -350,9 +350,10 @@ class _Walker:
                 return
             except RuntimeError:  # a conjugate or negative view: resolved on the general path
                 pass
-        self.node_slow_tensor(tensor)
+        self.general_tensor(tensor)
 
-    def node_slow_tensor(self, tensor: Any) -> None:
+    def general_tensor(self, tensor: Any) -> None:
+        """Any other tensor: moved, detached, resolved or refused by ``_tensor_parts``."""
         if tensor.numel() * tensor.element_size() >= LARGE_BUFFER:
             self.buffer(*_tensor_parts(tensor))
         else:
