@@ -6,8 +6,9 @@ target is >= 0.8) for fedpipe's codec and for the reference's approach (msgpack'
 default (``--wall`` for wall time). Two regimes:
 
 - cold (default): the round trips take turns one call at a time, as a node encodes or decodes a
-  payload once per round among other work; each call pays the page faults that its allocations
-  meet after the others' (at 1M parameters these faults are a good part of the time);
+  payload once per round among other work; each call meets the CPU caches, and the allocator,
+  as the others left them (cache misses, and at times page faults, are a good part of the time
+  at 1M parameters);
 - ``--hot``: each round trip runs in bursts of calls with glibc told to keep freed memory, so
   every call after the first reuses warm memory and takes no page fault: CPU work alone, which
   is the harder comparison for a codec whose parser is Python.
