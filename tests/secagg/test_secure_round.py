@@ -56,6 +56,22 @@ def make_node(tmp_path: Path, km: KeyMaterial, i: int, crypter: Any, *, n_partie
     return node
 
 
+def aggregate(
+    results: list[dict[str, Any]], km: KeyMaterial, pool: MaskPool, *, round_number: int = 1, **options: Any
+) -> Any:
+    """The researcher's aggregation of ``results`` with this module's key material: 3 nodes,
+    secagg_random 0.25 unless ``options`` say otherwise."""
+    settings: dict[str, Any] = {"n_nodes": 3, "secagg_random": 0.25, **options}
+    return aggregate_results(
+        results,
+        server_key=km.server_key,
+        biprime=km.biprime,
+        round_number=round_number,
+        pool=pool,
+        **settings,
+    )
+
+
 def results_of(node: FakeNode, reply: TrainReply) -> dict[str, Any]:
     assert reply.success, reply.error
     content = loads(node.exchange.uploads[reply.params_url]).unwrap()
@@ -114,16 +130,7 @@ def test_secure_round_decrypts_to_the_weighted_mean(
         tmp_path, km, lambda _: JoyeLibertCrypter(encoding=encoding, pool=pool), sizes, secure=True
     )
     assert all(r["encrypted"] is True and all(isinstance(c, int) for c in r["model_weights"]) for r in secure)
-    agg = aggregate_results(
-        secure,
-        server_key=km.server_key,
-        biprime=km.biprime,
-        round_number=1,
-        n_nodes=3,
-        secagg_random=0.25,
-        encoding=encoding,
-        pool=pool,
-    ).unwrap()
+    agg = aggregate(secure, km, pool, encoding=encoding).unwrap()
     assert agg.total_weight == sum(sizes)
     assert agg.out_of_range == 0
     assert agg.factor is not None
@@ -138,15 +145,7 @@ def test_aux_vars_are_encrypted_in_the_same_pass(tmp_path: Path, km: KeyMaterial
     for r in secure:
         assert r["optim_aux_var"] == {"scaffold": {"name": "sgd"}}
         assert r["metadata"]["secagg"]["n_values"] == 3 + 5
-    agg = aggregate_results(
-        secure,
-        server_key=km.server_key,
-        biprime=km.biprime,
-        round_number=1,
-        n_nodes=3,
-        secagg_random=0.25,
-        pool=pool,
-    ).unwrap()
+    agg = aggregate(secure, km, pool).unwrap()
     deltas = [np.full((2, 2), 0.5 * i - 0.5) for i in range(3)]
     scaffold = agg.aux_vars["scaffold"]
     assert scaffold["name"] == "sgd"
@@ -211,24 +210,18 @@ def test_researcher_refuses_a_wrong_factor_and_a_missing_node(
     tmp_path: Path, km: KeyMaterial, pool: MaskPool
 ) -> None:
     secure = run_nodes(tmp_path, km, lambda _: JoyeLibertCrypter(pool=pool), [5, 6, 7], secure=True)
-    common: dict[str, Any] = {
-        "server_key": km.server_key,
-        "biprime": km.biprime,
-        "round_number": 1,
-        "pool": pool,
-    }
-    wrong_factor = aggregate_results(secure, n_nodes=3, secagg_random=0.5, **common)
+    wrong_factor = aggregate(secure, km, pool, secagg_random=0.5)
     assert isinstance(wrong_factor, Failure)
     assert "secagg_random" in wrong_factor.failure().reason
-    missing = aggregate_results(secure[:2], n_nodes=3, secagg_random=0.25, **common)
+    missing = aggregate(secure[:2], km, pool)
     assert isinstance(missing, Failure)
     assert "expected 3" in missing.failure().reason
-    wrong_round = aggregate_results(secure, n_nodes=3, secagg_random=0.25, **{**common, "round_number": 2})
+    wrong_round = aggregate(secure, km, pool, round_number=2)
     assert isinstance(wrong_round, Failure)
     assert "do not decrypt" in wrong_round.failure().reason
     edited = [dict(r) for r in secure]
     edited[0] = {**edited[0], "sample_size": 500}  # a node lying about its weight
-    lie = aggregate_results(edited, n_nodes=3, secagg_random=0.25, **common)
+    lie = aggregate(edited, km, pool)
     assert isinstance(lie, Failure)
     assert "secagg_random" in lie.failure().reason
 
@@ -245,15 +238,7 @@ def test_fedbiomed_factor_option_uses_index_zero(tmp_path: Path, km: KeyMaterial
         request = node.request(plan=plan_factory(n, i), **SECAGG, round=3)
         results.append(results_of(node, run_round(request, node.ports, node.settings, rnd)))
     assert all(r["metadata"]["secagg"]["factor_index"] == 0 for r in results)
-    agg = aggregate_results(
-        results,
-        server_key=km.server_key,
-        biprime=km.biprime,
-        round_number=3,
-        n_nodes=3,
-        secagg_random=0.25,
-        pool=pool,
-    ).unwrap()
+    agg = aggregate(results, km, pool, round_number=3).unwrap()
     assert agg.factor is not None
     assert abs(agg.factor - 0.25) <= STEP
 
