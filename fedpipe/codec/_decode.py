@@ -21,7 +21,7 @@ from typing import Any, Final, NamedTuple, NoReturn
 import numpy as np
 from attrs import field, frozen, validators
 
-from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16, SPELLINGS, parse_dtype
+from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16, parse_dtype
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "decode"]
 
@@ -58,7 +58,6 @@ _TYPE_KEY: Final = b"\xa8__type__"
 _TYPE_KEY_VIEW: Final = memoryview(_TYPE_KEY)
 _VALUE_KEY: Final = b"\xa5value"
 _BUFFER_KINDS: Final = frozenset({"np.ndarray", "torch.Tensor", "fedpipe.tensor"})
-_SPELLINGS_BY_BYTES: Final = {spelling.encode("ascii"): spelling for spelling in SPELLINGS}
 
 
 class Bad(Exception):
@@ -235,34 +234,6 @@ class _Reader:
             out[key] = self.value(inner)
         return _apply_extension(out, self.limits, self.unknown) if n == 2 else out
 
-    def known_dtype(self) -> str | None:
-        """An allowed dtype spelling written as a fixstr, read by table lookup; else None."""
-        pos = self.pos
-        if pos >= self.end or not 0xA0 <= self.buf[pos] <= 0xBF:
-            return None
-        n = self.buf[pos] & 0x1F
-        spelling = _SPELLINGS_BY_BYTES.get(bytes(self.buf[pos + 1 : pos + 1 + n]))
-        if spelling is not None:
-            self.spend(1)
-            self.pos = pos + 1 + n
-        return spelling
-
-    def small_shape(self) -> list[int] | None:
-        """A shape written as a fixarray of fixints (nearly every shape), read in one go; else None."""
-        pos = self.pos
-        if pos >= self.end:
-            return None
-        head = self.buf[pos]
-        if not 0x90 <= head <= 0x9F:
-            return None
-        n = head & 0x0F
-        dims = self.buf[pos + 1 : pos + 1 + n].tolist()
-        if len(dims) != n or (n and max(dims) > 0x7F):
-            return None
-        self.spend(n + 1)
-        self.pos = pos + 1 + n
-        return dims
-
     # extension dicts -------------------------------------------------------------------------
 
     def plain_buffer(self, key_pos: int, depth: int, spent: int) -> Any:
@@ -351,13 +322,11 @@ class _Reader:
                 self.pos += 2
                 self.spend(2)
                 raw = self.binary(self.unpack(_BIN_LENGTH[b]))
+                # the payload as a view of the input (not a bytes copy); plain_buffer has
+                # already declined this form, so dtype and shape are read value by value
                 inner = self.container_depth(depth)
-                dtype = self.known_dtype()
-                if dtype is None:
-                    dtype = self.value(inner)
-                shape = self.small_shape()
-                if shape is None:
-                    shape = self.value(inner)
+                dtype = self.value(inner)
+                shape = self.value(inner)
                 return _buffer(kind, raw, dtype, shape, self.limits)
         return _apply_extension({"__type__": kind, "value": self.value(depth)}, self.limits, self.unknown)
 
@@ -516,11 +485,7 @@ _BUFFER_PREFIXES: Final = {
 # dtype names as encoders write them (fixstr, little-endian) -> (name, native storage dtype);
 # only on a little-endian host, where no byte swap is needed
 _NATIVE_DTYPE_BYTES: Final = (
-    {
-        _fixstr(spelling): (spec[0], _STORAGE[spec].newbyteorder("="))
-        for spelling, spec in ((s, parse_dtype(s)) for s in SPELLINGS)
-        if spec is not None and spec[1] == "<" and len(spelling) < 32 and spelling == spec[0]
-    }
+    {_fixstr(name): (name, _STORAGE[name, "<"].newbyteorder("=")) for name in ALLOWED_DTYPES}
     if sys.byteorder == "little"
     else {}
 )

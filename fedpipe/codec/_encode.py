@@ -53,14 +53,11 @@ def _torch_module() -> Any:
 
 @frozen
 class _TorchDtypes:
-    """The torch dtypes that the encoder views through numpy (``viewable``, bfloat16 as int16
-    patterns) and those that ``Tensor.numpy()`` converts as they are (``plain``)."""
+    """The torch dtypes that the encoder views through numpy (bfloat16 as int16 patterns)."""
 
     viewable: frozenset[Any]
-    plain: frozenset[Any]
     bfloat16: Any
     int16: Any
-    strided: Any
 
 
 _TORCH_DTYPES: list[_TorchDtypes] = []
@@ -70,8 +67,7 @@ def _numpy_dtypes() -> _TorchDtypes:
     if not _TORCH_DTYPES:
         torch = _torch_module()
         viewable = frozenset(getattr(torch, name) for name in ALLOWED_DTYPES if hasattr(torch, name))
-        plain = viewable - {torch.bfloat16}
-        _TORCH_DTYPES.append(_TorchDtypes(viewable, plain, torch.bfloat16, torch.int16, torch.strided))
+        _TORCH_DTYPES.append(_TorchDtypes(viewable, torch.bfloat16, torch.int16))
     return _TORCH_DTYPES[0]
 
 
@@ -226,22 +222,18 @@ _BUFFER_HEAD = {
 }
 
 
-# (ext type, dtype, shape) -> the bytes before and after the array's memory in its ext dict;
+# (ext type, dtype name, shape) -> the bytes before and after the array's memory in its ext dict;
 # a model's layers repeat few shapes, and building these is a good part of encoding a layer
-_FRAMES: dict[tuple[str, np.dtype[Any], tuple[int, ...]], tuple[bytes, bytes]] = {}
+_FRAMES: dict[tuple[str, str, tuple[int, ...]], tuple[bytes, bytes]] = {}
 _MAX_FRAMES = 4096
 
 
-def _frame(kind: str, arr: np.ndarray[Any, Any]) -> tuple[bytes, bytes] | None:
-    """The head and tail of the ext dict of ``arr``; None unless it is little-endian, of an
-    allowed dtype (the caller then takes the general path)."""
-    key = (kind, arr.dtype, arr.shape)
+def _frame(kind: str, name: str, shape: tuple[int, ...], nbytes: int) -> tuple[bytes, bytes]:
+    """The head and tail of the ext dict of an array of ``nbytes`` bytes."""
+    key = (kind, name, shape)
     frame = _FRAMES.get(key)
     if frame is None:
-        name = _LITTLE_NAMES.get(arr.dtype)
-        if name is None:
-            return None
-        frame = (_BUFFER_HEAD[kind] + _bin_header(arr.nbytes), _PACKED[name] + _shape_packer.pack(arr.shape))
+        frame = (_BUFFER_HEAD[kind] + _bin_header(nbytes), _PACKED[name] + _shape_packer.pack(shape))
         if len(_FRAMES) >= _MAX_FRAMES:
             _FRAMES.clear()
         _FRAMES[key] = frame
@@ -292,32 +284,15 @@ class _Walker:
         chunks.append(_map_header(len(obj)))
         torch = _torch_module()
         tensor_type = torch.Tensor if torch is not None else ()
-        plain = _numpy_dtypes().plain if torch is not None else frozenset()
         for key, value in obj.items():
             if type(key) is str:
                 chunks.append(_plain_packer.pack(key))
             else:
                 self.node(key, depth + 1)
-            if not isinstance(value, tensor_type):
+            if isinstance(value, tensor_type):
+                self.tensor(value)  # a state dict's entry, without the dispatch of node()
+            else:
                 self.node(value, depth + 1)
-                continue
-            # a state dict's entry: a large, contiguous CPU tensor of a numpy dtype goes out
-            # through its numpy view and a cached header, without further dispatch. Few torch
-            # calls: each costs microseconds when torch's code is not in the CPU's caches (the
-            # usual case, a payload being encoded once per round), so numpy() is left to refuse
-            # the rare tensors it cannot view (on a GPU, sparse, conjugate); parameters that
-            # require grad are common enough to be sent to tensor() without that refusal
-            if value.dtype in plain and not value.requires_grad:
-                try:
-                    arr = value.numpy()
-                except (TypeError, RuntimeError):
-                    arr = None
-                if arr is not None and arr.flags.c_contiguous and LARGE_BUFFER <= arr.nbytes <= _MAX_BIN:
-                    frame = _frame("torch.Tensor", arr)
-                    if frame is not None:
-                        chunks += (frame[0], arr.data, frame[1])
-                        continue
-            self.tensor(value)
 
     def sequence(self, items: list[Any] | tuple[Any, ...], depth: int) -> None:
         if self.packed_whole(items, items):
@@ -329,27 +304,27 @@ class _Walker:
             self.node(item, depth + 1)
 
     def tensor(self, tensor: Any) -> None:
-        """A tensor of any size."""
-        dtype = tensor.dtype
+        """A tensor of any size.
+
+        The common case (a large CPU tensor of a numpy dtype or bfloat16) goes out through its
+        numpy view with few torch calls: each costs microseconds when torch's code is not in the
+        CPU's caches, the usual state when a payload is encoded once per round. What ``numpy()``
+        refuses (on a GPU, sparse, conjugate or negative views) and small tensors take the
+        general path."""
         kinds = _numpy_dtypes()
-        # the common case (CPU, strided, a numpy dtype or bfloat16) takes a numpy view here;
-        # the rest goes to the general path without trying, as torch's refusals (raised C++
-        # exceptions) cost tens of microseconds each
-        if (
-            tensor.is_cpu
-            and tensor.layout is kinds.strided
-            and dtype in kinds.viewable
-            and tensor.numel() * tensor.element_size() >= LARGE_BUFFER
-        ):
+        dtype = tensor.dtype
+        if dtype in kinds.viewable:
             t = tensor.detach() if tensor.requires_grad else tensor
             try:
+                arr = t.view(kinds.int16).numpy() if dtype is kinds.bfloat16 else t.numpy()
+            except (TypeError, RuntimeError):
+                arr = None
+            if arr is not None and arr.nbytes >= LARGE_BUFFER:
                 if dtype is kinds.bfloat16:
-                    self.array("fedpipe.tensor", t.view(kinds.int16).numpy(), BFLOAT16)
+                    self.array("fedpipe.tensor", arr, BFLOAT16)
                 else:
-                    self.array("torch.Tensor", t.numpy())
+                    self.array("torch.Tensor", arr)
                 return
-            except RuntimeError:  # a conjugate or negative view: resolved on the general path
-                pass
         self.general_tensor(tensor)
 
     def general_tensor(self, tensor: Any) -> None:
@@ -368,17 +343,12 @@ class _Walker:
             mem, found, shape = _array_parts(arr)  # converted, copied or refused there
             self.buffer(kind, mem, name or found, shape)
             return
-        frame = _frame(kind, arr) if name is None else None
-        if frame is not None:
-            head, tail = frame
-        else:
-            head = _BUFFER_HEAD[kind] + _bin_header(arr.nbytes)
-            tail = _PACKED[name or found] + _shape_packer.pack(arr.shape)
+        head, tail = _frame(kind, name or found, arr.shape, arr.nbytes)
         self.chunks += (head, arr.data, tail)  # C-contiguous: joined or written as is
 
     def buffer(self, kind: str, mem: memoryview, dtype: str, shape: list[int]) -> None:
-        tail = _PACKED[dtype] + _shape_packer.pack(shape)
-        self.chunks += (_BUFFER_HEAD[kind] + _bin_header(mem.nbytes), mem, tail)
+        head, tail = _frame(kind, dtype, tuple(shape), mem.nbytes)
+        self.chunks += (head, mem, tail)
 
 
 def encode_chunks(obj: Any) -> list[Chunk]:
