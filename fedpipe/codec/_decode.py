@@ -10,12 +10,17 @@ Arrays and tensors in the form that encoders write (nearly all of them) are read
 of a map (a state dict's layers) are copied only once the whole input has been read and checked,
 back to back; when the large ones add up to at least 4 MiB they share one numpy-allocated block
 (one allocation, huge pages where the kernel gives them), each a distinct writable view of it.
+
+An input whose layout repeats one decoded before (same size, same bytes outside its state-dict
+payloads, same limits) is not parsed again: its structure is rebuilt from a small record of the
+earlier one (see "skeletons" below) and only its payloads are copied.
 """
 
 import importlib
 import logging
 import struct
 import sys
+import threading
 from typing import Any, Final, NamedTuple, NoReturn
 
 import numpy as np
@@ -26,7 +31,7 @@ from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16, parse_dtype
 __all__ = ["DEFAULT_LIMITS", "Limits", "decode"]
 
 
-@frozen(kw_only=True)
+@frozen(kw_only=True, cache_hash=True)
 class Limits:
     """Bounds on what decoding untrusted bytes may read and allocate.
 
@@ -342,25 +347,28 @@ class _Buffer(NamedTuple):
     nbytes: int
 
     def materialize(self, buf: memoryview) -> Any:
-        """The array or tensor, from one copy of its bytes in ``buf``."""
-        kind, name, dt, dims, start, nbytes = self
+        """The array or tensor, from one copy of its bytes in ``buf`` into memory of its own."""
+        nbytes = self.nbytes
         if nbytes == 0:
-            arr = np.empty(dims, dtype=dt)
-        elif nbytes >= _NUMPY_ALLOCATED:
-            # into memory that numpy allocates (it asks for huge pages when large)
-            arr = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=start).copy().view(dt)
-            if len(dims) != 1:
-                arr = arr.reshape(dims)
+            arr = np.empty(self.dims, dtype=self.dt)
+            return _wrap(self.kind, self.name, arr)
+        start = self.start
+        if nbytes >= _NUMPY_ALLOCATED:
+            # memory that numpy allocates (it asks for huge pages when large)
+            memory = np.empty(nbytes, dtype=np.uint8).data
+            memory[:] = buf[start : start + nbytes]
         else:
-            # into a fresh bytearray (malloc-aligned, writable) that the array or tensor then
-            # wraps: fewer calls than through numpy, which counts on small payloads
-            memory = bytearray(buf[start : start + nbytes])
-            if kind != "np.ndarray" and len(dims) == 1:
-                return _torch().frombuffer(memory, dtype=_torch_dtype(name))
-            arr = np.frombuffer(memory, dtype=dt)
-            if len(dims) != 1:
-                arr = arr.reshape(dims)
-        return _wrap(kind, name, arr)
+            memory = memoryview(bytearray(buf[start : start + nbytes]))  # malloc-aligned, writable
+        return self.over(memory)
+
+    def over(self, memory: memoryview) -> Any:
+        """The array or tensor over ``memory`` (its bytes, writable, aligned; not empty)."""
+        dims = self.dims
+        if self.kind == "np.ndarray":
+            arr = np.frombuffer(memory, dtype=self.dt)
+            return arr if len(dims) == 1 else arr.reshape(dims)
+        tensor = _torch().frombuffer(memory, dtype=_torch_dtype(self.name))
+        return tensor if len(dims) == 1 else tensor.view(dims)
 
 
 def _hashable(key: Any) -> Any:
@@ -538,26 +546,29 @@ def _materialize(pending: list[tuple[dict[Any, Any], Any, _Buffer]], buf: memory
     allocates (with huge pages where the kernel gives them): one allocation instead of one per
     layer, and a fraction of the page faults. Each array or tensor is a distinct, writable,
     aligned view of it; the block is freed with the last of them."""
-    live = [(target, key, item) for target, key, item in pending if target.get(key) is item]
-    large = [entry for entry in live if entry[2].nbytes >= _SHARED_MIN]
-    if len(large) < 2 or sum(entry[2].nbytes for entry in large) < _NUMPY_ALLOCATED:
-        large = []
-    block_size = sum(_aligned(entry[2].nbytes) for entry in large)
-    block = np.empty(block_size, dtype=np.uint8) if large else None
-    offset = 0
-    for target, key, item in large:
-        kind, name, dt, dims, start, nbytes = item
-        view = block[offset : offset + nbytes]  # type: ignore[index]
-        view[:] = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=start)
-        offset += _aligned(nbytes)
-        arr = view.view(dt)
-        if len(dims) != 1:
-            arr = arr.reshape(dims)
-        target[key] = _wrap(kind, name, arr)
-    shared = {id(entry[2]) for entry in large}
-    for target, key, item in live:
-        if id(item) not in shared:
+    live = [entry for entry in pending if entry[0].get(entry[1]) is entry[2]]
+    shared = block_size = count = 0
+    for entry in live:
+        nbytes = entry[2].nbytes
+        if nbytes >= _SHARED_MIN:
+            shared += nbytes
+            block_size += _aligned(nbytes)
+            count += 1
+    if count < 2 or shared < _NUMPY_ALLOCATED:
+        for target, key, item in live:
             target[key] = item.materialize(buf)
+        return
+    block = np.empty(block_size, dtype=np.uint8).data
+    offset = 0
+    for target, key, item in live:
+        nbytes = item.nbytes
+        if nbytes < _SHARED_MIN:
+            target[key] = item.materialize(buf)
+            continue
+        part = block[offset : offset + nbytes]
+        part[:] = buf[item.start : item.start + nbytes]
+        offset += _aligned(nbytes)
+        target[key] = item.over(part)
 
 
 def _aligned(nbytes: int) -> int:
@@ -573,12 +584,113 @@ def _wrap(kind: str, name: str, arr: np.ndarray[Any, Any]) -> Any:
     return tensor.view(torch.bfloat16) if name == BFLOAT16 else tensor
 
 
+# skeletons -----------------------------------------------------------------------------------
+#
+# A node decodes payloads of the same layout round after round: the same keys, dtypes and shapes,
+# only the parameter bytes change. A skeleton records, for one (input size, limits), every byte of
+# a decoded input except the payloads of its state-dict buffers, with the decoded structure. An
+# input of that size whose bytes outside those payloads are exactly the recorded ones decodes to
+# the same structure under the same limits (the parser never looks inside a buffer's payload, and
+# the payloads lie where the recorded bin headers put them), so its structure is rebuilt from the
+# record instead of parsed again; only the payloads are then copied from it.
+
+# only small structures are recorded: elements counted (values and entries), skeleton bytes kept
+_SKELETON_MAX_ELEMENTS: Final = 4096
+_SKELETON_MAX_BYTES: Final = 64 * 1024
+_SKELETON_SLOTS: Final = 16
+# the exact types a recorded structure may hold: containers are rebuilt fresh on each use, the
+# other values are immutable and shared
+_IMMUTABLE: Final = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+class _Skeleton(NamedTuple):
+    segments: tuple[tuple[int, bytes], ...]  # (offset, exact bytes) of all but the payloads
+    template: Any  # the decoded structure, its state-dict buffers as _Buffer placeholders
+
+    def matches(self, buf: memoryview) -> bool:
+        return all(buf[start : start + len(expected)] == expected for start, expected in self.segments)
+
+
+_SKELETONS: dict[tuple[int, Limits], _Skeleton] = {}
+_SKELETONS_LOCK: Final = threading.Lock()
+
+
+def _rebuild(node: Any, pending: list[tuple[dict[Any, Any], Any, "_Buffer"]]) -> Any:
+    """Fresh containers over ``node``'s structure; its _Buffer entries are listed in ``pending``."""
+    kind = type(node)
+    if kind is dict:
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            if type(value) is _Buffer:
+                out[key] = value
+                pending.append((out, key, value))
+            elif type(value) in _IMMUTABLE:
+                out[key] = value
+            else:
+                out[key] = _rebuild(value, pending)
+        return out
+    if kind is list:
+        return [_rebuild(item, pending) for item in node]
+    if kind is tuple:
+        return tuple(_rebuild(item, pending) for item in node)
+    return node
+
+
+def _recordable(node: Any, depth: int = 0) -> bool:
+    """Whether ``node`` holds only containers, immutable scalars and pending buffers in maps."""
+    kind = type(node)
+    if kind in _IMMUTABLE:
+        return True
+    if depth > 128:
+        return False
+    if kind is dict:
+        return all(
+            type(value) is _Buffer or _recordable(value, depth + 1) for value in node.values()
+        ) and all(type(key) in _IMMUTABLE for key in node)
+    if kind is list or kind is tuple:
+        return all(_recordable(item, depth + 1) for item in node)
+    return False
+
+
+def _remember(buf: memoryview, limits: Limits, obj: Any, reader: "_Reader") -> None:
+    """Record the skeleton of a just-parsed input (before its buffers are materialized)."""
+    if reader.unknown or limits.max_elements - reader.budget > _SKELETON_MAX_ELEMENTS:
+        return
+    live = sorted(
+        (item.start, item.start + item.nbytes)
+        for target, key, item in reader.pending
+        if target.get(key) is item
+    )
+    segments: list[tuple[int, bytes]] = []
+    offset = kept = 0
+    for start, stop in [*live, (len(buf), len(buf))]:
+        if start > offset:
+            segments.append((offset, bytes(buf[offset:start])))
+            kept += start - offset
+        offset = stop
+    if kept > _SKELETON_MAX_BYTES or not _recordable(obj):
+        return
+    template = _rebuild(obj, [])
+    with _SKELETONS_LOCK:
+        if len(_SKELETONS) >= _SKELETON_SLOTS:
+            _SKELETONS.pop(next(iter(_SKELETONS)))
+        _SKELETONS[len(buf), limits] = _Skeleton(tuple(segments), template)
+
+
 def decode(buf: memoryview, limits: Limits) -> Any:
     """Decode exactly one object filling ``buf``; raise Bad for anything malformed or over limits."""
+    skeleton = _SKELETONS.get((len(buf), limits))
+    if skeleton is not None and skeleton.matches(buf):
+        pending: list[tuple[dict[Any, Any], Any, _Buffer]] = []
+        obj = _rebuild(skeleton.template, pending)
+        _materialize(pending, buf)
+        return obj
     reader = _Reader(buf, limits)
     obj = reader.value(0)
     if reader.pos != reader.end:
         _bad("extra bytes after the object")
+    if reader.pending:
+        _remember(buf, limits, obj, reader)
     _materialize(reader.pending, buf)
     if reader.unknown:
         log.warning("payload holds ext dicts of unknown __type__ %s; kept as dicts", sorted(reader.unknown))

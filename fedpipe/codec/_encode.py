@@ -7,6 +7,7 @@ tensor is walked here so that the array's memory becomes a chunk of its own (a `
 
 import struct
 import sys
+import threading
 from collections.abc import Mapping
 from itertools import islice
 from typing import Any
@@ -53,10 +54,11 @@ def _torch_module() -> Any:
 
 @frozen
 class _TorchDtypes:
-    """The torch dtypes that the encoder views through numpy (bfloat16 as int16 patterns)."""
+    """The torch dtypes that the encoder views through numpy, with the dtype name each is written
+    under (bfloat16 goes through numpy as int16 patterns); none on a big-endian host, where
+    every tensor takes the general path that writes it little-endian."""
 
-    viewable: frozenset[Any]
-    bfloat16: Any
+    names: dict[Any, str]
     int16: Any
 
 
@@ -66,8 +68,8 @@ _TORCH_DTYPES: list[_TorchDtypes] = []
 def _numpy_dtypes() -> _TorchDtypes:
     if not _TORCH_DTYPES:
         torch = _torch_module()
-        viewable = frozenset(getattr(torch, name) for name in ALLOWED_DTYPES if hasattr(torch, name))
-        _TORCH_DTYPES.append(_TorchDtypes(viewable, torch.bfloat16, torch.int16))
+        names = {getattr(torch, name): name for name in ALLOWED_DTYPES if hasattr(torch, name)}
+        _TORCH_DTYPES.append(_TorchDtypes(names if sys.byteorder == "little" else {}, torch.int16))
     return _TORCH_DTYPES[0]
 
 
@@ -180,11 +182,27 @@ def _small_default(obj: Any) -> Any:
     raise CodecError(f"Cannot serialize object of type {type(obj).__name__!r}")
 
 
+# one packer with our default hook per thread, kept between calls (creating one allocates its
+# 256 KiB buffer) unless it has grown past this: a packer never gives back its grown buffer
+_packers = threading.local()
+_KEEP_PACKER_BELOW = 1024 * 1024
+
+
 def _packb(obj: Any) -> bytes:
+    # taken from the thread while in use, so that a nested call (a hook that encodes) makes its own
+    packer = _packers.__dict__.pop("packer", None)
+    if packer is None:
+        packer = msgpack.Packer(default=_small_default, strict_types=True, use_bin_type=True, autoreset=True)
     try:
-        return msgpack.packb(obj, default=_small_default, strict_types=True, use_bin_type=True)  # type: ignore[no-any-return]
+        packed: bytes = packer.pack(obj)
     except ValueError as err:  # msgpack: nesting deeper than its limit, or a str/bin over 4 GiB
         raise CodecError(f"Cannot serialize: {err}") from err
+    except BaseException:
+        _packers.packer = packer  # an exception empties the packer's buffer
+        raise
+    if len(packed) < _KEEP_PACKER_BELOW:
+        _packers.packer = packer
+    return packed
 
 
 def _header(small: int, codes: tuple[int, int, int], n: int) -> bytes:
@@ -222,21 +240,28 @@ _BUFFER_HEAD = {
 }
 
 
-# (ext type, dtype name, shape) -> the bytes before and after the array's memory in its ext dict;
-# a model's layers repeat few shapes, and building these is a good part of encoding a layer
-_FRAMES: dict[tuple[str, str, tuple[int, ...]], tuple[bytes, bytes]] = {}
+# (map key or None, ext type, dtype name, shape) -> the bytes before and after the array's memory
+# in its ext dict, the packed key first when the array is a map's entry; a model's layers keep
+# their names and shapes from round to round, and building these is a good part of encoding a layer
+_FRAMES: dict[tuple[str | None, str, str, tuple[int, ...]], tuple[bytes, bytes]] = {}
 _MAX_FRAMES = 4096
 
 
-def _frame(kind: str, name: str, shape: tuple[int, ...], nbytes: int) -> tuple[bytes, bytes]:
-    """The head and tail of the ext dict of an array of ``nbytes`` bytes."""
-    key = (kind, name, shape)
-    frame = _FRAMES.get(key)
+def _frame(
+    kind: str, name: str, shape: tuple[int, ...], nbytes: int, key: str | None = None
+) -> tuple[bytes, bytes]:
+    """The head and tail of the ext dict of an array of ``nbytes`` bytes, preceded by ``key``
+    (a str map key) when given."""
+    cache_key = (key, kind, name, shape)
+    frame = _FRAMES.get(cache_key)
     if frame is None:
-        frame = (_BUFFER_HEAD[kind] + _bin_header(nbytes), _PACKED[name] + _shape_packer.pack(shape))
+        head = _BUFFER_HEAD[kind] + _bin_header(nbytes)
+        if key is not None:
+            head = _plain_packer.pack(key) + head
+        frame = (head, _PACKED[name] + _shape_packer.pack(shape))
         if len(_FRAMES) >= _MAX_FRAMES:
             _FRAMES.clear()
-        _FRAMES[key] = frame
+        _FRAMES[cache_key] = frame
     return frame
 
 
@@ -286,13 +311,13 @@ class _Walker:
         tensor_type = torch.Tensor if torch is not None else ()
         for key, value in obj.items():
             if type(key) is str:
+                if isinstance(value, tensor_type):
+                    self.tensor(value, key)  # a state dict's entry, its key written with it
+                    continue
                 chunks.append(_plain_packer.pack(key))
             else:
                 self.node(key, depth + 1)
-            if isinstance(value, tensor_type):
-                self.tensor(value)  # a state dict's entry, without the dispatch of node()
-            else:
-                self.node(value, depth + 1)
+            self.node(value, depth + 1)
 
     def sequence(self, items: list[Any] | tuple[Any, ...], depth: int) -> None:
         if self.packed_whole(items, items):
@@ -303,28 +328,31 @@ class _Walker:
         for item in items:
             self.node(item, depth + 1)
 
-    def tensor(self, tensor: Any) -> None:
-        """A tensor of any size.
+    def tensor(self, tensor: Any, key: str | None = None) -> None:
+        """A tensor of any size, preceded by ``key`` when it is the entry of a map.
 
-        The common case (a large CPU tensor of a numpy dtype or bfloat16) goes out through its
-        numpy view with few torch calls: each costs microseconds when torch's code is not in the
-        CPU's caches, the usual state when a payload is encoded once per round. What ``numpy()``
-        refuses (on a GPU, sparse, conjugate or negative views) and small tensors take the
-        general path."""
+        The common case (a large contiguous CPU tensor of a numpy dtype or bfloat16) goes out
+        through its numpy view with few torch calls: each costs microseconds when torch's code is
+        not in the CPU's caches, the usual state when a payload is encoded once per round. What
+        ``numpy()`` refuses (on a GPU, sparse, conjugate or negative views), non-contiguous and
+        small tensors take the general path."""
         kinds = _numpy_dtypes()
-        dtype = tensor.dtype
-        if dtype in kinds.viewable:
+        name = kinds.names.get(tensor.dtype)
+        if name is not None:
             t = tensor.detach() if tensor.requires_grad else tensor
             try:
-                arr = t.view(kinds.int16).numpy() if dtype is kinds.bfloat16 else t.numpy()
+                arr = t.view(kinds.int16).numpy() if name == BFLOAT16 else t.numpy()
             except (TypeError, RuntimeError):
                 arr = None
-            if arr is not None and arr.nbytes >= LARGE_BUFFER:
-                if dtype is kinds.bfloat16:
-                    self.array("fedpipe.tensor", arr, BFLOAT16)
-                else:
-                    self.array("torch.Tensor", arr)
-                return
+            if arr is not None:
+                mem = arr.data
+                if mem.c_contiguous and LARGE_BUFFER <= mem.nbytes <= _MAX_BIN:
+                    kind = "fedpipe.tensor" if name == BFLOAT16 else "torch.Tensor"
+                    head, tail = _frame(kind, name, mem.shape, mem.nbytes, key)
+                    self.chunks += (head, mem, tail)
+                    return
+        if key is not None:
+            self.chunks.append(_plain_packer.pack(key))
         self.general_tensor(tensor)
 
     def general_tensor(self, tensor: Any) -> None:

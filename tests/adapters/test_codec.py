@@ -3,6 +3,7 @@
 import logging
 import struct
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgpack
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedpipe.codec import CodecError, DecodeError, Limits, dump_file, dumps, load_file, loads
+from fedpipe.codec import CodecError, DecodeError, Limits, _decode, dump_file, dumps, load_file, loads
 from fedpipe.codec.dtypes import ALLOWED_DTYPES
 
 
@@ -478,3 +479,136 @@ def test_unusual_large_tensors_in_a_state_dict_take_the_general_path() -> None:
     assert torch.equal(out["t"], state["t"].contiguous())
     with pytest.raises(CodecError):
         dumps({"sparse": torch.eye(200).to_sparse()})
+
+
+# -- skeletons: a repeated layout is rebuilt, not parsed again -------------------------------------
+
+
+@pytest.fixture
+def no_skeletons() -> Any:
+    _decode._SKELETONS.clear()
+    yield _decode._SKELETONS
+    _decode._SKELETONS.clear()
+
+
+def flipped(layer: Any) -> Any:
+    """``layer`` with other values: its bits flipped (bools negated)."""
+    if isinstance(layer, np.ndarray):
+        arr = np.ascontiguousarray(layer).copy()
+        if arr.dtype == np.bool_:
+            return ~arr
+        flat = arr.reshape(-1).view(np.uint8)
+        flat ^= 0x01
+        return arr
+    tensor = layer.detach().contiguous().clone()
+    if tensor.dtype == torch.bool:
+        return ~tensor
+    flat_t = tensor.reshape(-1).view(torch.uint8)
+    flat_t ^= 0x01
+    return tensor
+
+
+@st.composite
+def same_layout_pairs(draw: st.DrawFn) -> tuple[Any, Any]:
+    """Two payloads of one layout (keys, dtypes, shapes, metadata) whose buffers hold other values."""
+    names = draw(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=4, unique=True))
+    layers = [draw(large_tensors()) for _ in names]
+    meta = draw(
+        st.dictionaries(st.text(max_size=4), st.integers() | st.text(max_size=3) | st.none(), max_size=3)
+    )
+
+    def payload(offset: int) -> Any:
+        weights = {
+            name: flipped(layer) if offset else layer for name, layer in zip(names, layers, strict=True)
+        }
+        return {"model_weights": weights, "meta": dict(meta), "round": (offset, [None, 1.5])}
+
+    return payload(0), payload(1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(same_layout_pairs())
+def test_a_repeated_layout_decodes_as_a_fresh_parse_does(pair: tuple[Any, Any]) -> None:
+    first, second = pair
+    _decode._SKELETONS.clear()
+    wire_first, wire_second = dumps(first), dumps(second)
+    assert len(wire_first) == len(wire_second)
+    out_first = loads(wire_first).unwrap()
+    assert _decode._SKELETONS, "the first decode records the layout"
+    out_second = loads(wire_second).unwrap()  # rebuilt from the record
+    assert same(out_first, expected(first))
+    assert same(out_second, expected(second))
+    # fresh containers every time: changing one result leaves the other and the record alone
+    out_first["meta"]["added"] = 1
+    out_first["round"][1].append(2)
+    out_third = loads(wire_second).unwrap()
+    assert same(out_third, expected(second))
+
+
+def test_a_same_size_input_with_other_keys_dtypes_or_shapes_is_parsed_again(no_skeletons: Any) -> None:
+    base = {"layer0": torch.arange(40_000, dtype=torch.float32).reshape(2, 20_000), "n": 1}
+    variants = [
+        {"layer1": torch.arange(40_000, dtype=torch.float32).reshape(2, 20_000), "n": 1},
+        {"layer0": torch.arange(80_000, dtype=torch.float16).reshape(4, 20_000), "n": 1},
+        {"layer0": torch.arange(40_000, dtype=torch.float32).reshape(20_000, 2), "n": 1},
+        {"layer0": torch.arange(40_000, dtype=torch.float32).reshape(2, 20_000), "n": 2},
+    ]
+    wire = dumps(base)
+    assert same(loads(wire).unwrap(), base)
+    for variant in variants:
+        other = dumps(variant)
+        assert len(other) == len(wire)
+        assert same(loads(other).unwrap(), variant)
+        assert same(loads(wire).unwrap(), base)
+
+
+def test_a_recorded_layout_is_still_checked_against_other_limits(no_skeletons: Any) -> None:
+    wire = dumps({f"l{i}": torch.zeros(20_000) for i in range(3)})
+    assert loads(wire).unwrap()["l2"].shape == (20_000,)
+    assert "elements" in loads(wire, Limits(max_elements=10)).failure().reason
+    assert "dtype not allowed" in loads(wire, Limits(dtypes=frozenset({"int32"}))).failure().reason
+    assert "nesting" in loads(wire, Limits(max_depth=1)).failure().reason
+    assert loads(wire).unwrap()["l0"].shape == (20_000,)
+
+
+def test_payload_bytes_of_a_recorded_layout_may_be_anything(no_skeletons: Any) -> None:
+    wire = dumps({"w": torch.zeros(20_000), "b": torch.zeros(40_000, dtype=torch.bfloat16)})
+    assert loads(wire).unwrap()["w"].shape == (20_000,)
+    noise = np.random.default_rng(0).integers(0, 256, 80_000, dtype=np.uint8).tobytes()
+    mutated = bytearray(wire)
+    start = wire.find(bytes(80_000))
+    mutated[start : start + 80_000] = noise
+    out = loads(bytes(mutated)).unwrap()
+    assert out["w"].numpy().tobytes() == noise
+
+
+def test_skeletons_are_bounded_in_number_and_size(no_skeletons: Any) -> None:
+    for i in range(40):
+        loads(dumps({"w": torch.zeros(20_000 + i), "note": "x" * (i * 4096)})).unwrap()
+    assert 0 < len(no_skeletons) <= 16
+    assert all(sum(len(seg) for _, seg in s.segments) <= 64 * 1024 for s in no_skeletons.values())
+    many = dumps({"w": torch.zeros(20_000), "many": [None] * 5_000})  # over 4096 elements
+    loads(many).unwrap()
+    assert all(size != len(many) for size, _ in no_skeletons)
+
+
+def test_decoding_from_many_threads_gives_each_its_own_result(no_skeletons: Any) -> None:
+    layouts = [
+        dumps({"a": torch.full((20_000,), float(i)), "k": i})
+        if i % 2
+        else dumps({"b": torch.full((20_000,), i), "k": i})
+        for i in range(8)
+    ]
+    sizes = {len(w) for w in layouts}
+    assert len(sizes) <= 2  # same sizes, other layouts: the threads race on one slot
+
+    def work(i: int) -> bool:
+        for _ in range(30):
+            out = loads(layouts[i]).unwrap()
+            key = "a" if i % 2 else "b"
+            if out["k"] != i or not bool((out[key] == i).all()):
+                return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(work, range(8)))
