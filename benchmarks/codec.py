@@ -3,18 +3,19 @@
 Prints, per model size, the ratio raw_time / codec_time (1.0 = as fast as the raw copy; the
 target is >= 0.8) for fedpipe's codec and for the reference's approach (msgpack's packer with a
 ``tobytes`` default hook, a copy on decode), in float32 and bfloat16. CPU time of this process by
-default (``--wall`` for wall time). Two regimes:
+default (``--wall`` for wall time). Three regimes:
 
-- cold (default): the round trips take turns one call at a time, as a node encodes or decodes a
-  payload once per round among other work; each call meets the CPU caches, and the allocator,
-  as the others left them (cache misses, and at times page faults, are a good part of the time
-  at 1M parameters);
+- cold (default): the round trips take turns one call at a time, and before each call the CPU
+  caches are flushed (a buffer of twice the last-level cache is read and written), as a round's
+  training leaves them before the node encodes or decodes its payload: code and data are fetched
+  from memory, which is where a codec's per-layer Python work costs most;
+- ``--warm``: the same turns without the flush: each call meets the caches as the other two
+  contenders left them;
 - ``--hot``: each round trip runs in bursts of calls with glibc told to keep freed memory, so
-  every call after the first reuses warm memory and takes no page fault: CPU work alone, which
-  is the harder comparison for a codec whose parser is Python.
+  every call after the first reuses warm memory and takes no page fault: CPU work alone.
 
     python benchmarks/codec.py                  # 1M, 10M and 50M parameters, cold
-    python benchmarks/codec.py --hot            # the same, hot
+    python benchmarks/codec.py --warm           # the same, warm (or --hot)
     python benchmarks/codec.py --sizes 1000000  # one size
 """
 
@@ -58,6 +59,18 @@ def pin_allocator() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3
     big = 1 << 30
     return bool(mallopt(m_trim_threshold, big)) and bool(mallopt(m_mmap_threshold, big))
+
+
+def flush_size() -> int:
+    """Twice the last-level cache of this machine (64 MiB where sysfs does not say)."""
+    caches = sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"))
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        text = caches[-1].read_text().strip()
+        size = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    except (IndexError, OSError, ValueError):
+        return 64 << 20
+    return max(2 * size, 8 << 20)
 
 
 def model(n_params: int, dtype: torch.dtype) -> dict[str, Any]:
@@ -106,20 +119,28 @@ def fedpipe_roundtrip(obj: dict[str, Any]) -> Any:
     return loads(dumps(obj)).unwrap()
 
 
-def best_times(fns: list[Callable[[Any], Any]], obj: Any, turns: int, burst: int) -> list[float]:
+def best_times(fns: list[Callable[[Any], Any]], obj: Any, turns: int, burst: int, flush: int) -> list[float]:
     """The best time (``CLOCK``) of each function over ``turns`` turns of ``burst`` calls.
 
     The functions take turns so that none is favoured by the load of this shared machine at one
-    moment. With ``burst`` 1 (cold) each call meets the allocator as the other functions left
-    it; with larger bursts (hot) the calls after the first of a burst reuse their own freed
-    memory. The garbage collector is run before each burst and kept off during it (a round
-    trip makes no reference cycles)."""
+    moment. With ``burst`` 1 each call meets the allocator as the other functions left it; with
+    larger bursts (hot) the calls after the first of a burst reuse their own freed memory.
+    ``flush`` bytes of other memory are read and written before each burst (0: none). The
+    garbage collector is run before each burst and kept off during it (a round trip makes no
+    reference cycles)."""
     for fn in fns:
         fn(obj)  # warm up
+    # what exists now (torch, the model) is left out of collections: one over all of torch's
+    # objects takes ~0.15 s here, and would flush the caches by itself
+    gc.collect()
+    gc.freeze()
+    other = np.zeros(flush, dtype=np.uint8) if flush else None
     best = [float("inf")] * len(fns)
     for _ in range(turns):
         for i, fn in enumerate(fns):
             gc.collect()
+            if other is not None:
+                other += 1
             gc.disable()
             try:
                 for _ in range(burst):
@@ -129,6 +150,7 @@ def best_times(fns: list[Callable[[Any], Any]], obj: Any, turns: int, burst: int
                     del result
             finally:
                 gc.enable()
+    gc.unfreeze()
     return best
 
 
@@ -146,9 +168,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", help="parameter counts to run instead")
     parser.add_argument("--repeat", type=int, default=9, help="turns per model size")
     parser.add_argument("--wall", action="store_true", help="time with the wall clock instead of CPU time")
-    parser.add_argument("--hot", action="store_true", help="bursts of calls on warm memory (see above)")
+    regime = parser.add_mutually_exclusive_group()
+    regime.add_argument("--warm", action="store_true", help="no cache flush between calls (see above)")
+    regime.add_argument("--hot", action="store_true", help="bursts of calls on warm memory (see above)")
     args = parser.parse_args()
     pinned = args.hot and pin_allocator()
+    flush = 0 if args.warm or args.hot else flush_size()
     global CLOCK
     if args.wall:
         CLOCK = time.perf_counter
@@ -169,7 +194,7 @@ def main() -> None:
                 turns = max(2, turns if n <= 10_000_000 else args.repeat // 2)
                 burst = 1
             fns = [raw_roundtrip, fedpipe_roundtrip, reference_roundtrip]
-            raw, ours, ref = best_times(fns, obj, turns, burst)
+            raw, ours, ref = best_times(fns, obj, turns, burst, flush)
             name = str(dtype).removeprefix("torch.")
             print(
                 f"{name:<9} {n:>11,} {raw * 1e3:>8.1f} {ours * 1e3:>11.1f} {ref * 1e3:>8.1f}"
@@ -177,7 +202,12 @@ def main() -> None:
             )
             del obj
     clock = "wall" if args.wall else "CPU (user+sys)"
-    regime = "hot (bursts, freed memory kept)" if args.hot else "cold (one call a turn)"
+    if args.hot:
+        regime = "hot (bursts, freed memory kept)"
+    elif args.warm:
+        regime = "warm (one call a turn)"
+    else:
+        regime = f"cold (one call a turn, {flush >> 20} MiB flushed before each)"
     print(f"ratio = raw tobytes+frombuffer().copy() time / codec time, {clock} time, best of turns, {regime}")
     if args.hot and not pinned:
         print("(glibc's mallopt was not available: the allocator was left as it is)")
