@@ -612,3 +612,25 @@ def test_decoding_from_many_threads_gives_each_its_own_result(no_skeletons: Any)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert all(pool.map(work, range(8)))
+
+
+def test_a_failed_encode_leaves_nothing_behind_for_the_next_one() -> None:
+    for bad in ({"a": [1, 2, object()]}, {"a": (1, {2, 3})}, [np.array(["x"])]):
+        with pytest.raises(CodecError):
+            dumps(bad)
+        assert dumps({"b": (1, [2.5])}) == reference_dumps({"b": (1, [2.5])})
+
+
+def test_encoding_from_many_threads_gives_each_its_own_bytes() -> None:
+    payloads = [
+        {"meta": {"round": i, "ids": tuple(range(i)), "x": np.float32(i)}, "w": torch.full((5,), float(i))}
+        for i in range(8)
+    ]
+    expected_wires = [dumps(p) for p in payloads]
+
+    def work(i: int) -> bool:
+        return all(dumps(payloads[i]) == expected_wires[i] for _ in range(200))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(work, range(8)))
+    assert [loads(w).unwrap()["meta"]["round"] for w in expected_wires] == list(range(8))
