@@ -104,8 +104,7 @@ class _Reader:
         self.limits = limits
         self.budget = limits.max_elements
         self.unknown: set[str] = set()
-        # buffers of map entries whose copy is left for after the parse: (map, key, placeholder)
-        self.pending: list[tuple[dict[Any, Any], Any, _Buffer]] = []
+        self.pending: _Pending = []
 
     def take(self, n: int) -> int:
         """Advance past ``n`` bytes; return where they start."""
@@ -371,6 +370,10 @@ class _Buffer(NamedTuple):
         return tensor if len(dims) == 1 else tensor.view(dims)
 
 
+# buffers of map entries whose copy waits for the end of the parse: (map, key, placeholder)
+_Pending = list[tuple[dict[Any, Any], Any, _Buffer]]
+
+
 def _hashable(key: Any) -> Any:
     try:
         hash(key)
@@ -538,7 +541,7 @@ _HANDLERS: Final[dict[int, Any]] = {
 }
 
 
-def _materialize(pending: list[tuple[dict[Any, Any], Any, _Buffer]], buf: memoryview) -> None:
+def _materialize(pending: _Pending, buf: memoryview) -> None:
     """Copy the pending buffers out of ``buf``, back to back once the whole input is read and
     checked (so a bad input costs no copy), into their maps.
 
@@ -546,7 +549,7 @@ def _materialize(pending: list[tuple[dict[Any, Any], Any, _Buffer]], buf: memory
     allocates (with huge pages where the kernel gives them): one allocation instead of one per
     layer, and a fraction of the page faults. Each array or tensor is a distinct, writable,
     aligned view of it; the block is freed with the last of them."""
-    live = [entry for entry in pending if entry[0].get(entry[1]) is entry[2]]
+    live = _live(pending)
     shared = block_size = count = 0
     for entry in live:
         nbytes = entry[2].nbytes
@@ -569,6 +572,11 @@ def _materialize(pending: list[tuple[dict[Any, Any], Any, _Buffer]], buf: memory
         part[:] = buf[item.start : item.start + nbytes]
         offset += _aligned(nbytes)
         target[key] = item.over(part)
+
+
+def _live(pending: _Pending) -> _Pending:
+    """The pending buffers still in their maps (a duplicate key drops the earlier value)."""
+    return [entry for entry in pending if entry[0].get(entry[1]) is entry[2]]
 
 
 def _aligned(nbytes: int) -> int:
@@ -615,7 +623,7 @@ _SKELETONS: dict[tuple[int, Limits], _Skeleton] = {}
 _SKELETONS_LOCK: Final = threading.Lock()
 
 
-def _rebuild(node: Any, pending: list[tuple[dict[Any, Any], Any, "_Buffer"]]) -> Any:
+def _rebuild(node: Any, pending: _Pending) -> Any:
     """Fresh containers over ``node``'s structure; its _Buffer entries are listed in ``pending``."""
     kind = type(node)
     if kind is dict:
@@ -636,41 +644,49 @@ def _rebuild(node: Any, pending: list[tuple[dict[Any, Any], Any, "_Buffer"]]) ->
     return node
 
 
-def _recordable(node: Any, depth: int = 0) -> bool:
-    """Whether ``node`` holds only containers, immutable scalars and pending buffers in maps."""
+_UNRECORDABLE: Final = object()
+
+
+def _template(node: Any) -> Any:
+    """A copy of ``node``'s containers to keep in a skeleton, its pending buffers as they are;
+    ``_UNRECORDABLE`` if it holds anything but containers, immutable scalars and, as map values,
+    pending buffers. (Its depth is bounded by ``Limits.max_depth``.)"""
     kind = type(node)
     if kind in _IMMUTABLE:
-        return True
-    if depth > 128:
-        return False
+        return node
     if kind is dict:
-        return all(
-            type(value) is _Buffer or _recordable(value, depth + 1) for value in node.values()
-        ) and all(type(key) in _IMMUTABLE for key in node)
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            item = value if type(value) is _Buffer else _template(value)
+            if item is _UNRECORDABLE or type(key) not in _IMMUTABLE:
+                return _UNRECORDABLE
+            out[key] = item
+        return out
     if kind is list or kind is tuple:
-        return all(_recordable(item, depth + 1) for item in node)
-    return False
+        items = [_template(item) for item in node]
+        if any(item is _UNRECORDABLE for item in items):
+            return _UNRECORDABLE
+        return items if kind is list else tuple(items)
+    return _UNRECORDABLE
 
 
 def _remember(buf: memoryview, limits: Limits, obj: Any, reader: "_Reader") -> None:
     """Record the skeleton of a just-parsed input (before its buffers are materialized)."""
     if reader.unknown or limits.max_elements - reader.budget > _SKELETON_MAX_ELEMENTS:
         return
-    live = sorted(
-        (item.start, item.start + item.nbytes)
-        for target, key, item in reader.pending
-        if target.get(key) is item
-    )
+    holes = sorted((item.start, item.start + item.nbytes) for _, _, item in _live(reader.pending))
     segments: list[tuple[int, bytes]] = []
     offset = kept = 0
-    for start, stop in [*live, (len(buf), len(buf))]:
+    for start, stop in [*holes, (len(buf), len(buf))]:
         if start > offset:
             segments.append((offset, bytes(buf[offset:start])))
             kept += start - offset
         offset = stop
-    if kept > _SKELETON_MAX_BYTES or not _recordable(obj):
+    if kept > _SKELETON_MAX_BYTES:
         return
-    template = _rebuild(obj, [])
+    template = _template(obj)
+    if template is _UNRECORDABLE:
+        return
     with _SKELETONS_LOCK:
         if len(_SKELETONS) >= _SKELETON_SLOTS:
             _SKELETONS.pop(next(iter(_SKELETONS)))
@@ -681,7 +697,7 @@ def decode(buf: memoryview, limits: Limits) -> Any:
     """Decode exactly one object filling ``buf``; raise Bad for anything malformed or over limits."""
     skeleton = _SKELETONS.get((len(buf), limits))
     if skeleton is not None and skeleton.matches(buf):
-        pending: list[tuple[dict[Any, Any], Any, _Buffer]] = []
+        pending: _Pending = []
         obj = _rebuild(skeleton.template, pending)
         _materialize(pending, buf)
         return obj

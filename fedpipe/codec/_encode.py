@@ -281,7 +281,7 @@ class _Walker:
         elif kind is list or kind is tuple:
             self.sequence(obj, depth)
         elif isinstance(obj, np.ndarray) and obj.nbytes >= LARGE_BUFFER:
-            self.array("np.ndarray", obj)
+            self.buffer("np.ndarray", *_array_parts(obj))  # converted, copied or refused there
         elif _is_tensor(obj):
             self.tensor(obj)
         elif isinstance(obj, Mapping):
@@ -362,19 +362,8 @@ class _Walker:
         else:
             self.chunks.append(_packb(tensor))
 
-    def array(self, kind: str, arr: np.ndarray[Any, Any], name: str | None = None) -> None:
-        """A large array (or a tensor's numpy view): its memory becomes a chunk, uncopied.
-
-        ``name``: the dtype name to write when it is not the array's own (bfloat16 as int16)."""
-        found = _LITTLE_NAMES.get(arr.dtype)
-        if found is None or not arr.flags.c_contiguous or arr.nbytes > _MAX_BIN:
-            mem, found, shape = _array_parts(arr)  # converted, copied or refused there
-            self.buffer(kind, mem, name or found, shape)
-            return
-        head, tail = _frame(kind, name or found, arr.shape, arr.nbytes)
-        self.chunks += (head, arr.data, tail)  # C-contiguous: joined or written as is
-
     def buffer(self, kind: str, mem: memoryview, dtype: str, shape: list[int]) -> None:
+        """A large array's memory (C-contiguous, little-endian): a chunk of its own, uncopied."""
         head, tail = _frame(kind, dtype, tuple(shape), mem.nbytes)
         self.chunks += (head, mem, tail)
 

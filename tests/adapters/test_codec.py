@@ -634,3 +634,13 @@ def test_encoding_from_many_threads_gives_each_its_own_bytes() -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert all(pool.map(work, range(8)))
     assert [loads(w).unwrap()["meta"]["round"] for w in expected_wires] == list(range(8))
+
+
+def test_arrays_outside_maps_are_fresh_on_every_decode(no_skeletons: Any) -> None:
+    wire = dumps({"w": torch.zeros(20_000), "l": [np.zeros(3), torch.zeros(2)], "s": np.float32(1.5)})
+    first = loads(wire).unwrap()
+    first["l"][0][:] = 7.0
+    first["l"][1].fill_(7.0)
+    again = loads(wire).unwrap()
+    assert not again["l"][0].any() and not bool(again["l"][1].any())
+    assert again["l"][0] is not first["l"][0] and again["s"] == np.float32(1.5)
