@@ -228,6 +228,12 @@ def save_settings(settings: NodeSettings) -> Path:
         "gpu": {"gpu": settings.gpu.gpu, "gpu_num": settings.gpu.gpu_num, "gpu_only": settings.gpu.gpu_only},
         "max_download_bytes": settings.max_download_bytes,
         "keep_states_per_job": settings.keep_states_per_job,
+        "allowed_origins": list(settings.allowed_origins),
+        "max_loader_workers": settings.max_loader_workers,
+        "max_batch_size": settings.max_batch_size,
+        "max_epochs": settings.max_epochs,
+        "max_updates": settings.max_updates,
+        "max_round_seconds": settings.max_round_seconds,
     }
     path = settings.root / SETTINGS_FILE
     tmp = path.with_suffix(".json.partial")

@@ -21,6 +21,7 @@
 | state_save_failed    | the new node state could not be saved                    | yes       | save_state                          |
 | upload_failed        | the results could not be uploaded                        | yes       | upload_results                      |
 | internal             | a bug: an exception escaped a step                       | no        | run_round only                      |
+| round_timeout        | the round ran past the owner's wall-time limit           | no        | run_round, train_model              |
 
 Wire strings are stable: append new codes, never rename one.
 """
@@ -55,6 +56,7 @@ class ErrorCode(enum.StrEnum):
     STATE_SAVE_FAILED = "state_save_failed"
     UPLOAD_FAILED = "upload_failed"
     INTERNAL = "internal"
+    ROUND_TIMEOUT = "round_timeout"
 
 
 _DEFAULT_PUBLIC: dict[ErrorCode, str] = {
@@ -77,6 +79,7 @@ _DEFAULT_PUBLIC: dict[ErrorCode, str] = {
     ErrorCode.STATE_SAVE_FAILED: "The new node state could not be saved.",
     ErrorCode.UPLOAD_FAILED: "The results could not be uploaded.",
     ErrorCode.INTERNAL: "Internal error on the node; the node owner can find details in the node log.",
+    ErrorCode.ROUND_TIMEOUT: "The round ran past the node's time limit and was stopped.",
 }
 
 # What a public text may not contain: paths, tracebacks, exception reprs, code locations.

@@ -3,9 +3,11 @@
 from pathlib import Path
 
 from attrs import field, frozen
-from attrs.validators import ge, instance_of, matches_re, optional
+from attrs.validators import deep_iterable, ge, gt, instance_of, matches_re, optional
 
-__all__ = ["GpuPolicy", "NodeSettings"]
+__all__ = ["DEFAULT_ROUND_SECONDS", "GpuPolicy", "NodeSettings"]
+
+DEFAULT_ROUND_SECONDS: float | None = 4 * 3600.0
 
 
 @frozen(kw_only=True)
@@ -34,6 +36,17 @@ class NodeSettings:
     """Everything a node owner configures; steps read policy from here, never from the environment.
 
     ``root`` holds the node's database, its temporary round workspaces and its logs.
+
+    What the owner allows a request to ask of the node (a request may ask for less, never more):
+
+    - ``allowed_origins``: the file-exchange origins (``scheme://host[:port]``) the node may
+      connect to; empty means the server the node pulls its tasks from.
+    - ``max_loader_workers``: data-loader worker processes (``loader_args.num_workers``); 0 by
+      default, so a request starts no process.
+    - ``max_batch_size``, ``max_epochs``, ``max_updates``: caps on ``loader_args.batch_size``,
+      ``epochs`` and ``num_updates`` (None: no cap).
+    - ``max_round_seconds``: wall time of one round; past it the round is stopped and answered
+      with a ``round_timeout`` error (None: no limit).
     """
 
     node_id: str = field(validator=matches_re(r"^[A-Za-z0-9_.\-]{1,128}$"))
@@ -44,6 +57,14 @@ class NodeSettings:
     gpu: GpuPolicy = field(factory=GpuPolicy, validator=instance_of(GpuPolicy))
     max_download_bytes: int = field(default=4 * 1024**3, validator=ge(1))
     keep_states_per_job: int = field(default=3, validator=ge(1))
+    allowed_origins: tuple[str, ...] = field(
+        default=(), converter=tuple, validator=deep_iterable(instance_of(str))
+    )
+    max_loader_workers: int = field(default=0, validator=ge(0))
+    max_batch_size: int | None = field(default=None, validator=optional(ge(1)))
+    max_epochs: int | None = field(default=None, validator=optional(ge(1)))
+    max_updates: int | None = field(default=None, validator=optional(ge(1)))
+    max_round_seconds: float | None = field(default=DEFAULT_ROUND_SECONDS, validator=optional(gt(0.0)))
 
     @property
     def tmp_dir(self) -> Path:
