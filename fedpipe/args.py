@@ -1,7 +1,6 @@
 """Training arguments: the reference schema parsed into a frozen TrainingArgs, or a clear error."""
 
 import enum
-import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -9,8 +8,8 @@ from typing import Any
 from attrs import frozen
 from returns.result import Failure, Result, Success
 
-from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.request import JsonMap, freeze_mapping, thaw
+from fedpipe.errors import ErrorCode, RoundError, is_public_safe, printable
+from fedpipe.request import MAX_ELEMENTS, JsonMap, finite_float, freeze_mapping, json_problem, thaw
 
 __all__ = ["DpArgs", "Metric", "TrainingArgs", "parse_metric", "parse_training_args_mapping"]
 
@@ -121,23 +120,48 @@ class TrainingArgs:
 
 
 class _ArgError(Exception):
-    """Internal signal of a schema violation; never escapes this module."""
+    """Internal signal of a schema violation; never escapes this module.
+
+    ``path`` names the argument (dotted inside one; empty for the whole mapping), ``top`` the
+    top-level argument to name instead when the path itself cannot be shown to the researcher.
+    """
+
+    def __init__(self, path: str, rule: str, top: str | None = None, got: str = "") -> None:
+        super().__init__(f"training argument `{path}` {rule}" if path else f"training arguments {rule}")
+        self.path, self.rule, self.top, self.got = path, rule, top, got
+
+    def public(self) -> str:
+        text = f"Invalid training arguments: {self}."
+        if is_public_safe(text):
+            return text
+        if self.top is None:
+            return f"Invalid training arguments: training argument `{_WITHHELD}` {self.rule}."
+        return f"Invalid training arguments: training argument `{self.top}` {self.rule} (at a nested key)."
 
 
-def _fail(key: str, rule: str) -> _ArgError:
-    return _ArgError(f"training argument `{key}` {rule}")
+_WITHHELD = "(name withheld: see the node log)"
+
+
+def _fail(key: str, rule: str, top: str | None = None) -> _ArgError:
+    return _ArgError(key, rule, top)
+
+
+# Counts, intervals and seeds are 64-bit on the node's side (torch, numpy, msgpack).
+_INT_LIMIT = 2**63
 
 
 def _count(key: str, value: Any) -> int | None:
-    """None, or a non-negative integer; integral floats are accepted, bools are not."""
+    """None, or a non-negative integer below 2**63; integral floats are accepted, bools are not."""
     if value is None:
         return None
     if isinstance(value, bool):
         raise _fail(key, "must be a non-negative integer or null")
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    if isinstance(value, float) and finite_float(value) is not None and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or value < 0:
         raise _fail(key, "must be a non-negative integer or null")
+    if value >= _INT_LIMIT:
+        raise _fail(key, "must be below 2**63")
     return value
 
 
@@ -148,9 +172,9 @@ def _flag(key: str, value: Any) -> bool:
 
 
 def _number(key: str, value: Any, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    number = finite_float(value)
+    if number is None:
         raise _fail(key, "must be a finite number")
-    number = float(value)
     if (low is not None and number < low) or (high is not None and number > high):
         raise _fail(key, f"must lie in [{low}, {high}]".replace("None", "inf"))
     return number
@@ -159,8 +183,9 @@ def _number(key: str, value: Any, low: float | None = None, high: float | None =
 def _dict(key: str, value: Any) -> JsonMap:
     if value is None:
         return MappingProxyType({})
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+    if not isinstance(value, Mapping):
         raise _fail(key, "must be an object with string keys")
+    # string keys and plain JSON inside were checked by json_problem before the schema runs
     return freeze_mapping(value)
 
 
@@ -174,7 +199,7 @@ def _metric(key: str, value: Any) -> Metric | None:
 
 
 def _log_interval(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _INT_LIMIT:
         raise _fail(key, "must be a non-negative integer (0 logs only the first and last batch)")
     return value
 
@@ -186,8 +211,8 @@ def _optional_mu(key: str, value: Any) -> float | None:
 def _seed(key: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise _fail(key, "must be a non-negative integer or null")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _INT_LIMIT:
+        raise _fail(key, "must be a non-negative integer below 2**63 or null")
     return value
 
 
@@ -198,7 +223,7 @@ def _dp(key: str, value: Any) -> DpArgs | None:
         raise _fail(key, "must be an object {type, sigma, clip} or null")
     unknown = set(value) - {"type", "sigma", "clip"}
     if unknown:
-        raise _fail(f"{key}.{sorted(map(str, unknown))[0]}", "is not a DP argument")
+        raise _fail(f"{key}.{printable(sorted(unknown)[0])}", "is not a DP argument", key)
     kind = value.get("type", "central")
     if kind not in ("central", "local"):
         raise _fail(f"{key}.type", 'must be "central" or "local"')
@@ -240,22 +265,37 @@ def parse_training_args_mapping(
 ) -> Result[TrainingArgs, RoundError]:
     """Validate the researcher's training_args; the error names the field and the rule.
 
-    Integers are accepted where a float is natural (``test_ratio`` 0 or 1, ``fedprox_mu`` 0);
-    ``dp_args`` is accepted as the reference's name for ``dp``.
+    Total: any value gives TrainingArgs or a ``bad_training_args`` failure naming the argument,
+    by a dotted path inside one (``dp.sigma``, ``loader_args.batch_size``). Every value must be
+    plain JSON first (``fedpipe.request.json_problem``: no NaN, infinities, lone surrogates,
+    bytes, non-string keys; bounded depth and size), then pass its own rule. Integers are
+    accepted where a float is natural (``test_ratio`` 0 or 1, ``fedprox_mu`` 0), as long as
+    they have a finite float value; ``dp_args`` is accepted as the reference's name for ``dp``.
+    Echoed names are escaped (``fedpipe.errors.printable``).
 
     >>> parse_training_args_mapping({"epochs": 2, "test_ratio": 1}).unwrap().test_ratio
     1.0
     >>> parse_training_args_mapping({"epochs": "x"}).failure().public
     'Invalid training arguments: training argument `epochs` must be a non-negative integer or null.'
+    >>> parse_training_args_mapping({"dp": {"type": "local", "sigma": 10**400, "clip": 1}}).failure().public
+    'Invalid training arguments: training argument `dp.sigma` must be a finite number.'
     """
     values: dict[str, Any] = {}
     try:
+        if not isinstance(raw, Mapping):
+            raise _ArgError("", "must be an object", got=type(raw).__name__)
+        budget = MAX_ELEMENTS - 1  # the mapping itself
         for key, value in raw.items():
+            if not isinstance(key, str):
+                raise _ArgError("", "must be named by strings", got=type(key).__name__)
             name = _ALIASES.get(key, key)
             if name not in _SCHEMA:
-                raise _fail(str(key)[:64], "is not a known training argument")
+                raise _fail(printable(key), "is not a known training argument")
             if name in values:
                 raise _fail(name, "is given twice (as `dp` and `dp_args`)")
+            problem, budget = json_problem(value, name, depth=1, budget=budget)
+            if problem is not None:
+                raise _ArgError(problem.path, problem.rule, name, problem.got)
             values[name] = _SCHEMA[name](name, value)
         if (
             values.get("num_updates") is None
@@ -268,8 +308,8 @@ def parse_training_args_mapping(
             RoundError(
                 code=ErrorCode.BAD_TRAINING_ARGS,
                 step=step,
-                detail=str(err),
-                public=f"Invalid training arguments: {err}.",
+                detail=f"{err} (got {err.got})" if err.got else str(err),
+                public=err.public(),
             )
         )
     return Success(TrainingArgs(**values))

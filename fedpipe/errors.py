@@ -21,7 +21,7 @@
 | state_save_failed    | the new node state could not be saved                    | yes       | save_state                          |
 | upload_failed        | the results could not be uploaded                        | yes       | upload_results                      |
 | internal             | a bug: an exception escaped a step                       | no        | run_round only                      |
-| round_timeout        | the round ran past the owner's wall-time limit           | no        | run_round, train_model              |
+| round_timeout        | the round ran past the owner's wall-time limit           | no        | run_round, train_model, validate_*  |
 
 Wire strings are stable: append new codes, never rename one.
 """
@@ -31,7 +31,7 @@ import re
 
 from attrs import evolve, field, frozen
 
-__all__ = ["ErrorCode", "RoundError", "is_public_safe", "public_text"]
+__all__ = ["ErrorCode", "RoundError", "is_printable", "is_public_safe", "printable", "public_text"]
 
 
 class ErrorCode(enum.StrEnum):
@@ -94,6 +94,49 @@ _LEAK_PATTERNS = (
 )
 
 
+# What may not reach a log line or a reply as is: C0 controls, DEL, C1 controls (NEL included), the
+# Unicode line and paragraph separators, the bidirectional overrides and isolates (they reorder
+# what a reader sees), and lone surrogates (they cannot be encoded to UTF-8, JSON or msgpack).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def is_printable(text: str) -> bool:
+    r"""Tell whether ``text`` holds only characters that ``printable`` would leave as they are.
+
+    >>> is_printable("job-1"), is_printable("job\n1"), is_printable("\ud800")
+    (True, False, False)
+    """
+    return _UNPRINTABLE.search(text) is None
+
+
+def printable(text: str, limit: int | None = 64) -> str:
+    r"""Return ``text`` safe to echo on one line of a log or a reply: escaped, then cut at ``limit``.
+
+    Control characters (C0, DEL, C1), U+2028/U+2029, bidirectional controls and lone surrogates
+    become backslash escapes (``\n``, ``\x1b``, ``\u2028``, ``\ud800``), so the result is always
+    UTF-8 encodable and never breaks a line. A text longer than ``limit`` characters (None: no
+    limit) keeps its first ``limit`` characters, escaped, followed by ``...``. Backslashes are
+    kept as they are, so escaping is idempotent (``printable(printable(t, None), None)`` equals
+    ``printable(t, None)``), at the price of not being reversible.
+
+    >>> printable("bad\nname\x1b[31m")
+    'bad\\nname\\x1b[31m'
+    >>> printable("\ud800 \u2028 \x85"), printable("x" * 70, limit=4)
+    ('\\ud800 \\u2028 \\x85', 'xxxx...')
+    """
+    cut = limit is not None and len(text) > limit
+    head = text[:limit] if cut else text
+    escaped = head if head.isascii() and head.isprintable() else _UNPRINTABLE.sub(_escape, head)
+    return escaped + "..." if cut else escaped
+
+
 def is_public_safe(text: str) -> bool:
     """Tell whether ``text`` is free of paths, tracebacks and exception reprs.
 
@@ -120,15 +163,19 @@ def public_text(code: ErrorCode, public: str | None) -> str:
 
 @frozen(kw_only=True)
 class RoundError:
-    """A round failure: ``detail`` goes to the node log only, ``public`` to the researcher.
+    r"""A round failure: ``detail`` goes to the node log only, ``public`` to the researcher.
 
     ``public`` is checked on construction: a text that could leak a path, a traceback or an
     exception repr is replaced by the code's generic text, so no caller can leak by mistake.
+    ``step``, ``detail`` and ``public`` are escaped with ``printable`` (no limit) on construction,
+    so they are always UTF-8 encodable and single-line: no caller can forge a log line.
 
     >>> e = RoundError(code=ErrorCode.DOWNLOAD_FAILED, step="fetch_params",
     ...                detail="GET http://x/p: 503", public="Cannot download /etc/passwd")
     >>> e.public
     'A file could not be downloaded from the file exchange.'
+    >>> RoundError(code=ErrorCode.BAD_REQUEST, step="parse_request", detail="x\n[ok] forged").log_line()
+    '[bad_request] step=parse_request: x\\n[ok] forged'
     """
 
     code: ErrorCode
@@ -139,12 +186,16 @@ class RoundError:
     cause: BaseException | None = field(default=None, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "public", public_text(self.code, self.public))
+        # The leak check runs before escaping too: escaping can hide what precedes a path.
+        public = public_text(self.code, printable(public_text(self.code, self.public), None))
+        object.__setattr__(self, "public", public)
+        object.__setattr__(self, "detail", printable(self.detail, None))
+        object.__setattr__(self, "step", printable(self.step, None))
 
     def with_step(self, step: str) -> "RoundError":
         """Return this error attributed to ``step`` (used by NamedStep when a step left it empty)."""
         return evolve(self, step=step)
 
     def log_line(self) -> str:
-        """One line for the node log: code, step and the full detail."""
+        """One line for the node log: code, step and the full detail (escaped on construction)."""
         return f"[{self.code}] step={self.step or '?'}: {self.detail or self.public}"

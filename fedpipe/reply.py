@@ -9,7 +9,7 @@ from returns.result import Failure, Result, Success
 
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.request import TrainRequest
+from fedpipe.request import TrainRequest, is_identifier_text
 
 __all__ = ["PROTOCOL_VERSION", "REPLY_FIELDS", "ReplyHeader", "TrainReply", "header_of", "to_reply"]
 
@@ -45,9 +45,15 @@ class ReplyHeader:
 def header_of(
     request: TrainRequest | Mapping[str, Any] | None, node_id: str, state_id: str | None = None
 ) -> ReplyHeader:
-    """The reply header for a parsed request, or the best that a raw (possibly invalid) one offers.
+    r"""The reply header for a parsed request, or the best that a raw (possibly invalid) one offers.
+
+    A raw id is copied only when it passes the parser's own check (``is_identifier_text``:
+    printable, at most 256 characters, UTF-8 encodable), else it is left empty, so a failure
+    reply is always JSON-encodable and never echoes a forged log line.
 
     >>> header_of({"job_id": "j", "researcher_id": 3}, "n").researcher_id
+    ''
+    >>> header_of({"job_id": "j\ud800", "researcher_id": "r\n"}, "n").job_id
     ''
     """
     if isinstance(request, TrainRequest):
@@ -62,7 +68,7 @@ def header_of(
 
     def text(key: str) -> str:
         value = raw.get(key)
-        return value[:256] if isinstance(value, str) else ""
+        return value if isinstance(value, str) and is_identifier_text(value) else ""
 
     return ReplyHeader(
         researcher_id=text("researcher_id"),

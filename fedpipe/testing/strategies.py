@@ -21,7 +21,7 @@ json_scalars = (
     st.none()
     | st.booleans()
     | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )
 json_values: st.SearchStrategy[Any] = st.recursive(

@@ -1,0 +1,1 @@
+"""Adversarial suite: hostile requests, payloads and clients against the node and the server."""
