@@ -1,9 +1,12 @@
 """Decoder: a total msgpack parser over a memoryview that enforces limits while it reads.
 
 Every length read from the input is checked against the bytes that remain before anything is
-allocated, so a small input cannot ask for a large allocation. Array payloads are copied once, from
-the input buffer straight into fresh aligned writable memory. Nothing here imports or runs code
-named by the input: extension dicts map to a fixed set of constructors.
+allocated, so a small input cannot ask for a large allocation. Many small values can still add up
+to far more memory than their bytes (an empty map is 1 byte and 64 bytes of memory), so each value
+is also charged an upper bound of its memory before or as it is made, and the input is refused
+once the charges pass ``Limits.memory_bound`` (see "Memory charges" below). Array payloads are
+copied once, from the input buffer straight into fresh aligned writable memory. Nothing here
+imports or runs code named by the input: extension dicts map to a fixed set of constructors.
 
 Arrays and tensors in the form that encoders write (nearly all of them) are read by a fast path
 (``_Reader.plain_buffer``) that checks the same things as the general one. Those that are entries
@@ -35,9 +38,22 @@ __all__ = ["DEFAULT_LIMITS", "Limits", "decode"]
 class Limits:
     """Bounds on what decoding untrusted bytes may read and allocate.
 
-    ``max_elements`` counts every decoded value (container entries, scalars, arrays);
-    ``max_depth`` bounds container nesting; ``max_str_bytes`` bounds one string;
-    ``max_int_bytes`` bounds one big integer; ``dtypes`` is the allow-list of array dtypes.
+    ``max_elements`` counts every decoded value: each container (an empty map or list counts 1),
+    each map key and each scalar, and a handful per array or tensor; ``max_depth`` bounds container
+    nesting; ``max_str_bytes`` bounds one string; ``max_int_bytes`` bounds one big integer;
+    ``dtypes`` is the allow-list of array dtypes.
+
+    Memory: decoding an input of ``size`` bytes allocates at most
+    ``memory_bound(size) = memory_factor * size + memory_constant`` bytes (16 times the input plus
+    64 MiB by default) for what it decodes, or fails with "decoded payload would exceed N bytes of
+    memory" as soon as the objects it has made would pass that. Each value is charged, before or as
+    it is made, an upper bound of what CPython allocates for it (allocator rounding included, and
+    a map's every table as it grows): an array or tensor its bytes plus 4 KiB, so a state dict
+    costs about its size; a float 32 bytes plus its slot; an empty map 64 bytes from 1 input byte.
+    Dense small containers and scalars therefore fit only within the constant: ten million empty
+    maps (a 9.5 MiB input that would take 0.7 GiB) are refused once the charges reach the bound.
+    The input buffer itself, and torch's one-time import when a payload first holds a tensor, are
+    not counted.
     """
 
     max_bytes: int = 4 * 1024**3
@@ -47,6 +63,16 @@ class Limits:
     max_int_bytes: int = 1024 * 1024
     max_dims: int = field(default=32, validator=[validators.ge(0), validators.le(64)])
     dtypes: frozenset[str] = ALLOWED_DTYPES
+    memory_factor: int = field(default=16, validator=validators.ge(0))
+    memory_constant: int = field(default=64 * 1024**2, validator=validators.ge(0))
+
+    def memory_bound(self, size: int) -> int:
+        """The most memory, in bytes, that decoding an input of ``size`` bytes may allocate.
+
+        >>> Limits().memory_bound(1024**2) // 1024**2
+        80
+        """
+        return self.memory_factor * size + self.memory_constant
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -64,6 +90,25 @@ _TYPE_KEY_VIEW: Final = memoryview(_TYPE_KEY)
 _VALUE_KEY: Final = b"\xa5value"
 _BUFFER_KINDS: Final = frozenset({"np.ndarray", "torch.Tensor", "fedpipe.tensor"})
 
+# Memory charges (see Limits): upper bounds of what CPython (3.11, 64-bit) allocates for each
+# object, GC header included, as its allocator rounds it: pymalloc to 16 bytes, malloc with an
+# 8-byte header to 16 bytes, so an object of x bytes takes at most (x + 23) & -16 (_alloc).
+_INT: Final = 32  # an int below 2**60 in magnitude (28 or 32 bytes); -5..256 are shared, free
+_LONG: Final = 48  # an int of up to 64 bits (36 bytes)
+_FLOAT: Final = 32  # 24 bytes
+_STR: Final = 49 + 23  # & -16, plus its length: an ASCII str (those of 0 or 1 char are shared)
+_WIDE_STR: Final = 76 + 23  # & -16, plus 4 per input byte: any other str, at worst UCS-4
+_BYTES: Final = 33 + 23  # & -16, plus its length
+_LIST: Final = 64 + 24  # plus 8 per item: a decoded list is allocated once, at its length
+_TUPLE: Final = 40 + 24  # plus 8 per item
+_SLOT: Final = 8
+_DICT: Final = 64  # the dict object; its key tables are _dict_tables
+# an array or tensor, besides its bytes: its objects (ndarray or tensor and storage, memoryview,
+# shape; 0.6-3.8 KiB measured), its place among the pending buffers, its alignment, and the key
+# of the map entry it may be (a str of at most 31 bytes, at most 208 bytes)
+_BUFFER: Final = 4096
+_NUMPY_SCALAR: Final = 128  # 32 bytes, and the small arrays it is made through
+
 
 class Bad(Exception):
     """Malformed or over-limit input (internal; surfaces as a DecodeError)."""
@@ -71,6 +116,10 @@ class Bad(Exception):
 
 def _bad(reason: str) -> NoReturn:
     raise Bad(reason)
+
+
+def _over_memory(bound: int) -> NoReturn:
+    raise Bad(f"decoded payload would exceed {bound} bytes of memory")
 
 
 _torch_module: list[Any] = []
@@ -94,8 +143,64 @@ def _torch_dtype(name: str) -> Any:
     return dtype
 
 
+def _budget(bound: int) -> int:
+    """What the charges may add up to under a memory bound: 15/16 of it, the rest left to the
+    allocators' own bookkeeping (pymalloc's pool headers and the ends of its pools, arenas; at
+    most 3% of what they hold), which the charges of single objects leave out."""
+    return bound - (bound >> 4)
+
+
+def _alloc(nbytes: int) -> int:
+    """What an object of ``nbytes`` takes from the allocator, at most."""
+    return (nbytes + 23) & -16
+
+
+def _dict_tables(n: int, entry: int, size: int = 8) -> int:
+    """Bytes of all the key tables a dict allocates while ``n`` entries are inserted one by one
+    into its table of ``size`` slots (the ones it outgrows included): CPython starts at 8 slots
+    and doubles the table whenever two thirds are used; an entry takes 16 bytes while all keys
+    are str, 24 otherwise.
+
+    >>> _dict_tables(0, 16), _dict_tables(5, 16), _dict_tables(6, 16)
+    (0, 128, 352)
+    """
+    total = 0
+    while n > 0:
+        index = 1 if size <= 0x80 else 2 if size <= 0x8000 else 4 if size <= 0x80000000 else 8
+        usable = 2 * size // 3
+        total += _alloc(32 + size * index + usable * entry)
+        if usable >= n:
+            break
+        size *= 2
+    return total
+
+
+def _map_cost(n: int) -> int:
+    """The charge of a map of up to ``n`` entries, all keys str (see _Reader.map for others)."""
+    return _DICT + _dict_tables(n, 16)
+
+
+_MAP_COSTS: Final = tuple(_map_cost(n) for n in range(64))
+# {"__type__": kind, key: value} as the ext-dict path builds it: one table of 8 slots
+_EXT_DICT: Final = _DICT + _dict_tables(2, 24)
+
+
+def _int_cost(value: int) -> int:
+    """The charge of an int that fits 64 bits."""
+    if -5 <= value <= 256:
+        return 0
+    return _INT if -(2**60) < value < 2**60 else _LONG
+
+
+def _str_cost(text: str, nbytes: int) -> int:
+    """The charge of ``text``, decoded from ``nbytes`` of UTF-8 (ASCII when as long)."""
+    if nbytes <= 1:
+        return 0
+    return (_STR + nbytes) & -16 if len(text) == nbytes else (_WIDE_STR + 4 * nbytes) & -16
+
+
 class _Reader:
-    __slots__ = ("budget", "buf", "end", "limits", "pending", "pos", "unknown")
+    __slots__ = ("bound", "budget", "buf", "end", "limits", "memory", "pending", "pos", "unknown")
 
     def __init__(self, buf: memoryview, limits: Limits) -> None:
         self.buf = buf
@@ -103,6 +208,8 @@ class _Reader:
         self.end = len(buf)
         self.limits = limits
         self.budget = limits.max_elements
+        self.bound = limits.memory_bound(len(buf))
+        self.memory = _budget(self.bound)  # what may still be charged
         self.unknown: set[str] = set()
         self.pending: _Pending = []
 
@@ -123,6 +230,17 @@ class _Reader:
         if self.budget < 0:
             _bad(f"more than {self.limits.max_elements} elements")
 
+    def charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` of memory for what is decoded; past the bound the input is refused."""
+        self.memory -= nbytes
+        if self.memory < 0:
+            _over_memory(self.bound)
+
+    @property
+    def charged(self) -> int:
+        """The memory charged so far."""
+        return _budget(self.bound) - self.memory
+
     # values ------------------------------------------------------------------------------------
 
     def value(self, depth: int) -> Any:
@@ -138,6 +256,8 @@ class _Reader:
         if b <= 0x7F:
             return b
         if b >= 0xE0:
+            if b < 0xFB:  # -32..-6 (-5..-1 are shared ints)
+                self.charge(_INT)
             return b - 0x100
         if b >= 0xA0 and b <= 0xBF:
             return self.string(b & 0x1F)
@@ -155,9 +275,23 @@ class _Reader:
             _bad(f"string longer than {self.limits.max_str_bytes} bytes")
         start = self.take(n)
         try:
-            return str(self.buf[start : start + n], "utf-8")
+            text = str(self.buf[start : start + n], "utf-8")
         except UnicodeDecodeError:
             _bad("string is not valid UTF-8")
+        if n > 1:
+            self.charge(_str_cost(text, n))
+        return text
+
+    def integer(self, value: int) -> int:
+        cost = _int_cost(value)
+        if cost:
+            self.charge(cost)
+        return value
+
+    def bytes_of(self, n: int) -> bytes:
+        start = self.take(n)
+        self.charge((_BYTES + n) & -16)  # as _bytes_cost
+        return bytes(self.buf[start : start + n])
 
     def binary(self, n: int) -> memoryview:
         start = self.take(n)
@@ -172,11 +306,15 @@ class _Reader:
         inner = self.container_depth(depth)
         if n > self.end - self.pos:
             _bad("array longer than the remaining input")
+        self.charge(_LIST + _SLOT * n)
         if n >= 16:
             fast = self.homogeneous(n)
             if fast is not None:
                 return fast
-        return [self.value(inner) for _ in range(n)]
+        out: list[Any] = [None] * n  # allocated once (appends would grow it by reallocations)
+        for i in range(n):
+            out[i] = self.value(inner)
+        return out
 
     def homogeneous(self, n: int) -> list[Any] | None:
         """Lists of small non-negative ints or of float64: parsed by numpy, not one by one."""
@@ -186,14 +324,16 @@ class _Reader:
             run = np.frombuffer(buf, dtype=np.uint8, count=n, offset=pos)
             if int(run.max()) > 0x7F:
                 return None
-            self.spend(n)
+            self.spend(n)  # the ints are shared: the list (charged by array) is all they cost
             self.pos = pos + n
             return run.tolist()  # type: ignore[no-any-return]
         if first == 0xCB and 9 * n <= self.end - pos:
+            self.charge(n)  # the comparison's booleans
             tags = np.ndarray(shape=(n,), dtype=np.uint8, buffer=buf, offset=pos, strides=(9,))
             if not bool((tags == 0xCB).all()):
                 return None
             self.spend(n)
+            self.charge(_FLOAT * n)
             values = np.ndarray(shape=(n,), dtype=">f8", buffer=buf, offset=pos + 1, strides=(9,))
             self.pos = pos + 9 * n
             return values.tolist()  # type: ignore[no-any-return]
@@ -209,15 +349,18 @@ class _Reader:
             if fast is not _NOT_PLAIN:
                 return fast.materialize(self.buf)
             return self.extension(inner)
+        self.charge(_MAP_COSTS[n] if n < 64 else _map_cost(n))
         out: dict[Any, Any] = {}
         buf, end = self.buf, self.end
+        general = False  # whether a non-str key has made the dict's table a general one
         for _ in range(n):
             pos = self.pos
             b = buf[pos] if pos < end else 0
             if 0xA0 <= b <= 0xBF and b & 0x1F <= self.limits.max_str_bytes:
                 # a short str key (nearly every key), read here
                 self.spend(1)
-                stop = pos + 1 + (b & 0x1F)
+                size = b & 0x1F
+                stop = pos + 1 + size
                 if stop > end:
                     _bad("truncated input")
                 try:
@@ -226,17 +369,29 @@ class _Reader:
                     _bad("string is not valid UTF-8")
                 self.pos = stop
             else:
+                size = 0  # the key is charged by value()
                 key = _hashable(self.value(inner))
+                if not general and type(key) is not str:
+                    general = True
+                    # the dict moves to a general table (24-byte entries) sized for three times
+                    # its entries, grown from there; a first key makes it general from the start
+                    used = len(out)
+                    if not used:
+                        self.memory += _dict_tables(n, 16)
+                    slots = 8 if used < 3 else 1 << (3 * used - 1).bit_length()
+                    self.charge(_dict_tables(n, 24, slots))
             pos = self.pos
             if pos < end and buf[pos] == 0x82 and buf[pos + 1 : pos + 1 + len(_TYPE_KEY)] == _TYPE_KEY_VIEW:
                 # a state dict's entry: checked now, copied once the whole input is parsed
-                value = self.plain_buffer(pos + 1, inner, 1)
+                value = self.plain_buffer(pos + 1, inner, 1)  # its charge covers the short key
                 if value is not _NOT_PLAIN:
                     out[key] = value
                     self.pending.append((out, key, value))
                     continue
+            if size > 1:  # the short key (strings of one char are shared)
+                self.charge((_STR + size) & -16 if len(key) == size else _str_cost(key, size))
             out[key] = self.value(inner)
-        return _apply_extension(out, self.limits, self.unknown) if n == 2 else out
+        return _apply_extension(out, self, _MAP_COSTS[2]) if n == 2 else out
 
     # extension dicts -------------------------------------------------------------------------
 
@@ -301,6 +456,10 @@ class _Reader:
             _bad(f"{kind} byte length does not match shape and dtype")
         if len(dims) > limits.max_dims or count == 0:
             _shape(dims, limits)  # an empty array may still claim absurd sizes
+        memory = self.memory - nbytes - _BUFFER  # charge(), inlined: this runs once per layer
+        self.memory = memory
+        if memory < 0:
+            _over_memory(self.bound)
         self.pos = pos
         return _Buffer(kind, name, dt, dims, start, nbytes)
 
@@ -309,10 +468,10 @@ class _Reader:
         self.spend(1)
         kind = self.value(depth)
         if bytes(self.buf[self.pos : self.pos + len(_VALUE_KEY)]) != _VALUE_KEY:
-            key = self.value(depth)  # not the reference's key order: a plain dict unless it is ext
-            return _apply_extension(
-                {"__type__": kind, _hashable(key): self.value(depth)}, self.limits, self.unknown
-            )
+            key = _hashable(self.value(depth))  # not the reference's key order: a plain dict unless ext
+            value = self.value(depth)
+            self.charge(_EXT_DICT)
+            return _apply_extension({"__type__": kind, key: value}, self, _EXT_DICT)
         self.pos += len(_VALUE_KEY)
         self.spend(1)
         if (
@@ -331,8 +490,10 @@ class _Reader:
                 inner = self.container_depth(depth)
                 dtype = self.value(inner)
                 shape = self.value(inner)
-                return _buffer(kind, raw, dtype, shape, self.limits)
-        return _apply_extension({"__type__": kind, "value": self.value(depth)}, self.limits, self.unknown)
+                return _buffer(kind, raw, dtype, shape, self)
+        value = self.value(depth)
+        self.charge(_EXT_DICT)
+        return _apply_extension({"__type__": kind, "value": value}, self, _EXT_DICT)
 
 
 class _Buffer(NamedTuple):
@@ -388,29 +549,38 @@ def _extension_value(obj: dict[Any, Any]) -> tuple[Any, Any] | None:
     return obj["__type__"], obj["value"]
 
 
-def _apply_extension(obj: dict[Any, Any], limits: Limits, unknown: set[str]) -> Any:
-    """Turn an ext dict into its object; an unknown ``__type__`` keeps the dict, as the reference does."""
+def _apply_extension(obj: dict[Any, Any], reader: _Reader, charged: int) -> Any:
+    """Turn an ext dict (charged ``charged``) into its object; an unknown ``__type__`` keeps the
+    dict, as the reference does. The object is charged to ``reader``, then what it leaves as
+    garbage (the dict, and its value when the object does not hold it) is given back."""
     ext = _extension_value(obj)
     if ext is None:
         return obj
     kind, value = ext
     if not isinstance(kind, str):
         return obj
+    limits = reader.limits
+    out: Any
     if kind == "tuple":
         if not isinstance(value, list):
             _bad("tuple value must be a list")
-        return tuple(value)
-    if kind in ("int", "fedpipe.int"):
+        reader.charge(_TUPLE + _SLOT * len(value))
+        out = tuple(value)
+        garbage = _LIST + _SLOT * len(value)  # the list: its items are the tuple's now
+    elif kind in ("int", "fedpipe.int"):
         if not isinstance(value, bytes | memoryview):
             _bad("int value must be bytes")
         if len(value) > limits.max_int_bytes:
             _bad(f"integer longer than {limits.max_int_bytes} bytes")
-        return int.from_bytes(value, "big", signed=kind == "fedpipe.int")
-    if kind in _BUFFER_KINDS:
+        reader.charge(_alloc(24 + 4 * ((8 * len(value) + 29) // 30)))  # a 4-byte digit per 30 bits
+        out = int.from_bytes(value, "big", signed=kind == "fedpipe.int")
+        garbage = _bytes_cost(value)
+    elif kind in _BUFFER_KINDS:
         if not isinstance(value, list) or len(value) != 3 or not isinstance(value[0], bytes | memoryview):
             _bad(f"{kind} value must be [bytes, dtype, shape]")
-        return _buffer(kind, memoryview(value[0]), value[1], value[2], limits)
-    if kind == "np.generic":
+        out = _buffer(kind, memoryview(value[0]), value[1], value[2], reader)
+        garbage = _LIST + 3 * _SLOT + _bytes_cost(value[0])  # the array has a copy of the bytes
+    elif kind == "np.generic":
         if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], bytes | memoryview):
             _bad("np.generic value must be [bytes, dtype]")
         spec = parse_dtype(value[1], limits.dtypes - {BFLOAT16})
@@ -419,10 +589,20 @@ def _apply_extension(obj: dict[Any, Any], limits: Limits, unknown: set[str]) -> 
         dt = np.dtype(spec[0]).newbyteorder(spec[1])
         if len(value[0]) != dt.itemsize:
             _bad("np.generic byte length does not match its dtype")
-        return np.frombuffer(value[0], dtype=dt).astype(dt.newbyteorder("="))[0]
-    if len(unknown) < 8:
-        unknown.add(kind[:64])
-    return obj
+        reader.charge(_NUMPY_SCALAR)
+        out = np.frombuffer(value[0], dtype=dt).astype(dt.newbyteorder("="))[0]
+        garbage = _LIST + 2 * _SLOT + _bytes_cost(value[0])
+    else:
+        if len(reader.unknown) < 8:
+            reader.unknown.add(kind[:64])
+        return obj
+    reader.memory += charged + garbage
+    return out
+
+
+def _bytes_cost(value: bytes | memoryview) -> int:
+    """What a decoded bytes value was charged (a memoryview, of the input, was not)."""
+    return (_BYTES + len(value)) & -16 if type(value) is bytes else 0
 
 
 def _shape(shape: Any, limits: Limits) -> tuple[tuple[int, ...], int]:
@@ -439,8 +619,10 @@ def _shape(shape: Any, limits: Limits) -> tuple[tuple[int, ...], int]:
     return tuple(shape), count
 
 
-def _buffer(kind: str, raw: memoryview, dtype: Any, shape: Any, limits: Limits) -> Any:
-    """A fresh writable array or tensor from one copy of ``raw``, after checking its description."""
+def _buffer(kind: str, raw: memoryview, dtype: Any, shape: Any, reader: _Reader) -> Any:
+    """A fresh writable array or tensor from one copy of ``raw`` (charged to ``reader``), after
+    checking its description."""
+    limits = reader.limits
     spec = parse_dtype(dtype, limits.dtypes)
     if spec is None or (spec[0] == BFLOAT16 and kind != "fedpipe.tensor"):
         _bad(f"{kind} dtype not allowed")
@@ -448,6 +630,7 @@ def _buffer(kind: str, raw: memoryview, dtype: Any, shape: Any, limits: Limits) 
     dt = _STORAGE[spec]
     if count * dt.itemsize != len(raw):
         _bad(f"{kind} byte length does not match shape and dtype")
+    reader.charge(_BUFFER + len(raw))
     # a byte copy is a memcpy whatever the alignment of ``raw`` in the input
     arr = np.empty(dims, dtype=dt.newbyteorder("=") if not dt.isnative else dt)
     arr.reshape(-1).view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
@@ -503,15 +686,23 @@ _NATIVE_DTYPE_BYTES: Final = (
 
 
 def _bin(fmt: struct.Struct) -> Any:
-    return lambda r, _d: bytes(r.binary(r.unpack(fmt)))
+    return lambda r, _d: r.bytes_of(r.unpack(fmt))
 
 
 def _str(fmt: struct.Struct) -> Any:
     return lambda r, _d: r.string(r.unpack(fmt))
 
 
-def _num(fmt: struct.Struct) -> Any:
-    return lambda r, _d: r.unpack(fmt)
+def _int(fmt: struct.Struct) -> Any:
+    return lambda r, _d: r.integer(r.unpack(fmt))
+
+
+def _float(fmt: struct.Struct) -> Any:
+    def read(r: _Reader, _d: int) -> float:
+        r.charge(_FLOAT)
+        return r.unpack(fmt)  # type: ignore[no-any-return]
+
+    return read
 
 
 _HANDLERS: Final[dict[int, Any]] = {
@@ -521,16 +712,16 @@ _HANDLERS: Final[dict[int, Any]] = {
     0xC4: _bin(_U8),
     0xC5: _bin(_U16),
     0xC6: _bin(_U32),
-    0xCA: _num(_F32),
-    0xCB: _num(_F64),
-    0xCC: _num(_U8),
-    0xCD: _num(_U16),
-    0xCE: _num(_U32),
-    0xCF: _num(_U64),
-    0xD0: _num(_I8),
-    0xD1: _num(_I16),
-    0xD2: _num(_I32),
-    0xD3: _num(_I64),
+    0xCA: _float(_F32),
+    0xCB: _float(_F64),
+    0xCC: lambda r, _d: r.unpack(_U8),  # 0..255: shared ints
+    0xCD: _int(_U16),
+    0xCE: _int(_U32),
+    0xCF: _int(_U64),
+    0xD0: _int(_I8),
+    0xD1: _int(_I16),
+    0xD2: _int(_I32),
+    0xD3: _int(_I64),
     0xD9: _str(_U8),
     0xDA: _str(_U16),
     0xDB: _str(_U32),
@@ -614,6 +805,7 @@ _IMMUTABLE: Final = frozenset({str, bytes, int, float, bool, type(None)})
 class _Skeleton(NamedTuple):
     segments: tuple[tuple[int, bytes], ...]  # (offset, exact bytes) of all but the payloads
     template: Any  # the decoded structure, its state-dict buffers as _Buffer placeholders
+    charge: int  # the memory charged when it was parsed, which a rebuild allocates at most
 
     def matches(self, buf: memoryview) -> bool:
         return all(buf[start : start + len(expected)] == expected for start, expected in self.segments)
@@ -638,9 +830,13 @@ def _rebuild(node: Any, pending: _Pending) -> Any:
                 out[key] = _rebuild(value, pending)
         return out
     if kind is list:
-        return [_rebuild(item, pending) for item in node]
+        items = list(node)  # allocated at its length, as the parse did
+        for i, item in enumerate(items):
+            if type(item) not in _IMMUTABLE:
+                items[i] = _rebuild(item, pending)
+        return items
     if kind is tuple:
-        return tuple(_rebuild(item, pending) for item in node)
+        return tuple([_rebuild(item, pending) for item in node])
     return node
 
 
@@ -670,33 +866,45 @@ def _template(node: Any) -> Any:
     return _UNRECORDABLE
 
 
-def _remember(buf: memoryview, limits: Limits, obj: Any, reader: "_Reader") -> None:
+def _remember(buf: memoryview, limits: Limits, obj: Any, reader: _Reader) -> None:
     """Record the skeleton of a just-parsed input (before its buffers are materialized)."""
     if reader.unknown or limits.max_elements - reader.budget > _SKELETON_MAX_ELEMENTS:
         return
-    holes = sorted((item.start, item.start + item.nbytes) for _, _, item in _live(reader.pending))
+    live = _live(reader.pending)
+    kept = len(buf) - sum(item.nbytes for _, _, item in live)  # all but the payloads
+    if kept > _SKELETON_MAX_BYTES:
+        return
+    # the record is charged too (its bytes, and a copy of a structure of at most 4096 elements),
+    # and only made when that fits
+    cost = 128 * (limits.max_elements - reader.budget) + kept + 160 * (len(live) + 1) + 1024
+    if cost > reader.memory:
+        return
+    reader.memory -= cost
+    holes = sorted((item.start, item.start + item.nbytes) for _, _, item in live)
     segments: list[tuple[int, bytes]] = []
-    offset = kept = 0
+    offset = 0
     for start, stop in [*holes, (len(buf), len(buf))]:
         if start > offset:
             segments.append((offset, bytes(buf[offset:start])))
-            kept += start - offset
         offset = stop
-    if kept > _SKELETON_MAX_BYTES:
-        return
     template = _template(obj)
     if template is _UNRECORDABLE:
         return
     with _SKELETONS_LOCK:
         if len(_SKELETONS) >= _SKELETON_SLOTS:
             _SKELETONS.pop(next(iter(_SKELETONS)))
-        _SKELETONS[len(buf), limits] = _Skeleton(tuple(segments), template)
+        _SKELETONS[len(buf), limits] = _Skeleton(tuple(segments), template, reader.charged)
 
 
 def decode(buf: memoryview, limits: Limits) -> Any:
     """Decode exactly one object filling ``buf``; raise Bad for anything malformed or over limits."""
     skeleton = _SKELETONS.get((len(buf), limits))
     if skeleton is not None and skeleton.matches(buf):
+        # the record was charged under this bound (the same input size and limits): it holds,
+        # and a rebuild makes the containers of the parse, its buffers of the same sizes
+        bound = limits.memory_bound(len(buf))
+        if skeleton.charge > _budget(bound):
+            _over_memory(bound)
         pending: _Pending = []
         obj = _rebuild(skeleton.template, pending)
         _materialize(pending, buf)

@@ -17,6 +17,7 @@ import numpy as np
 from attrs import frozen
 
 from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16
+from fedpipe.views import ListView, TupleView
 
 __all__ = ["CodecError", "encode_chunks"]
 
@@ -172,8 +173,10 @@ def _small_default(obj: Any) -> Any:
         return bytes(obj)
     if isinstance(obj, Mapping):
         return dict(obj)
-    if isinstance(obj, list):
+    if isinstance(obj, list | ListView):
         return list(obj)
+    if isinstance(obj, TupleView):  # read-only views (fedpipe.views) are written as what they show
+        return {"__type__": "tuple", "value": list(obj)}
     if _is_tensor(obj):
         if obj.numel() * obj.element_size() >= LARGE_BUFFER:
             raise _Large
@@ -286,7 +289,7 @@ class _Walker:
             self.tensor(obj)
         elif isinstance(obj, Mapping):
             self.mapping(obj, depth)
-        elif isinstance(obj, list | tuple):
+        elif isinstance(obj, list | tuple | ListView | TupleView):
             self.sequence(obj, depth)
         else:  # scalars of other types, small arrays: msgpack's C packer with our default hook
             self.chunks.append(_packb(obj))
@@ -319,10 +322,10 @@ class _Walker:
                 self.node(key, depth + 1)
             self.node(value, depth + 1)
 
-    def sequence(self, items: list[Any] | tuple[Any, ...], depth: int) -> None:
+    def sequence(self, items: list[Any] | tuple[Any, ...] | ListView | TupleView, depth: int) -> None:
         if self.packed_whole(items, items):
             return
-        if isinstance(items, tuple):
+        if isinstance(items, tuple | TupleView):
             self.chunks += (_EXT_HEAD, _packb("tuple"), _VALUE_KEY)
         self.chunks.append(_array_header(len(items)))
         for item in items:

@@ -16,7 +16,13 @@ the reference's decoder leaves as plain dicts (it does so for any unknown ``__ty
 
 Dtype names are written without a byte-order marker (as the reference does); decoding also accepts
 an explicit order (see ``fedpipe.codec.dtypes``). Decoding is a limit-checking parser of our own:
-it never raises, never unpickles, and allocates no more than the input size allows.
+it never raises and never unpickles. Its limits (``Limits``) count every value, an empty map or
+list included, and bound its memory: decoding ``n`` bytes allocates at most
+``memory_factor * n + memory_constant`` bytes (by default 16 times the input plus 64 MiB; a state
+dict takes about its size), each value being charged an upper bound of its CPython memory as it
+is made, and an input whose values would need more is refused ("decoded payload would exceed N
+bytes of memory") before they do. Read-only views of decoded values (``fedpipe.views``) keep
+that bound where a deep-copying freeze would multiply it.
 """
 
 import os

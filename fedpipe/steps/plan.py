@@ -13,6 +13,7 @@ from fedpipe.ports import PlanLoader
 from fedpipe.request import thaw
 from fedpipe.steps._util import call_plan
 from fedpipe.steps.fetch import decode_payload
+from fedpipe.views import frozen_view
 
 __all__ = ["collect_aux_vars", "ingest_aux_vars", "init_plan", "load_plan", "set_params"]
 
@@ -31,7 +32,12 @@ def load_plan(plans: PlanLoader) -> Step:
 
 
 def init_plan(ctx: RoundContext) -> Result[RoundContext, RoundError]:
-    """Call the plan's post_init with the model args, training args and resolved aggregator args."""
+    """Call the plan's post_init with the model args, training args and resolved aggregator args.
+
+    The model args (small JSON from the request) are given as a plain mutable copy; the
+    aggregator args, which hold decoded files of up to the download limit, as a read-only view
+    (``fedpipe.views``): copying them would multiply the memory their decoding was bounded to.
+    """
     return (
         require(ctx.plan, step="init_plan", what="training plan")
         .bind(
@@ -43,7 +49,7 @@ def init_plan(ctx: RoundContext) -> Result[RoundContext, RoundError]:
                     lambda: plan.post_init(
                         model_args=thaw(ctx.request.model_args),
                         training_args=args,
-                        aggregator_args=thaw(ctx.downloads.aggregator_args),
+                        aggregator_args=frozen_view(ctx.downloads.aggregator_args),
                     ),
                 )
             )
@@ -86,10 +92,13 @@ def set_params(ctx: RoundContext) -> Result[RoundContext, RoundError]:
 
 
 def ingest_aux_vars(ctx: RoundContext) -> Result[RoundContext, RoundError]:
-    """Hand the researcher's auxiliary variables to the plan's optimizer (nothing to do without any)."""
+    """Hand the researcher's auxiliary variables to the plan's optimizer (nothing to do without any).
+
+    The plan gets a read-only view of the decoded variables, not a copy (see ``init_plan``).
+    """
     if not ctx.downloads.aux_vars:
         return Success(ctx)
-    aux = ctx.downloads.aux_vars
+    aux = frozen_view(ctx.downloads.aux_vars)
     return (
         require(ctx.plan, step="ingest_aux_vars", what="training plan")
         .bind(

@@ -9,8 +9,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from returns.result import Failure, Success
 
-from fedpipe.codec import Limits, dumps, loads
+from fedpipe.codec import DEFAULT_LIMITS, Limits, _decode, dumps, loads
 from tests.adapters.test_codec import bin8, ext, fixstr, payloads
 
 SEEDS = [
@@ -165,3 +167,182 @@ def test_dtype_allow_list_is_a_limit() -> None:
 def test_non_contiguous_memoryview_input_is_a_failure() -> None:
     view: Any = memoryview(bytes(range(10)))[::2]
     assert loads(view).failure().reason
+
+
+# -- the memory bound --------------------------------------------------------------------------
+#
+# Decoding charges each value an upper bound of what it allocates and refuses the input once the
+# charges would pass Limits.memory_bound. The law checked here, with tracemalloc (which sees
+# Python's and numpy's allocations): an input whose decode peaks at P bytes is refused under any
+# bound below P, less the decoder's own fixed working memory (its reader, the input's view, the
+# result object), which no value is charged for and the bound's constant covers.
+DECODER_OVERHEAD = 4096
+
+
+def traced_peak(data: bytes) -> int:
+    """The peak of what decoding ``data`` allocates, parsed afresh (no recorded layout)."""
+    _decode._SKELETONS.clear()
+    tracemalloc.start()
+    try:
+        result = loads(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(result, Success), result
+    del result
+    return peak
+
+
+def only(constant: int) -> Limits:
+    """Limits whose memory bound is ``constant`` bytes whatever the input size."""
+    return Limits(memory_factor=0, memory_constant=constant)
+
+
+def assert_charges_cover_the_allocations(data: bytes) -> None:
+    peak = traced_peak(data)
+    if peak <= DECODER_OVERHEAD:
+        return
+    _decode._SKELETONS.clear()
+    result = loads(data, only(peak - DECODER_OVERHEAD))
+    assert isinstance(result, Failure), f"decoded within a bound below its peak of {peak} bytes"
+    assert (
+        result.failure().reason == f"decoded payload would exceed {peak - DECODER_OVERHEAD} bytes of memory"
+    )
+
+
+def _array32(items: list[bytes]) -> bytes:
+    return b"\xdd" + len(items).to_bytes(4, "big") + b"".join(items)
+
+
+N = 20_000
+SHAPES_OF_VALUES = {
+    "empty maps": b"\xdd" + N.to_bytes(4, "big") + b"\x80" * N,
+    "empty lists": b"\xdd" + N.to_bytes(4, "big") + b"\x90" * N,
+    "nesting at the depth limit": _array32([b"\x91" * 63 + b"\xc0"] * 500),
+    "negative fixints": b"\xdd" + N.to_bytes(4, "big") + b"\xe0" * N,
+    "float64s (numpy's fast path)": dumps([i + 0.5 for i in range(N)]),
+    "float64s and a str (one by one)": dumps([i + 0.5 for i in range(N)] + ["x"]),
+    "float32s": _array32([b"\xca" + struct.pack(">f", 1.5)] * N),
+    "ints of 16 to 64 bits": dumps([(i * 7919) ** (1 + i % 4) for i in range(1, N)]),
+    "signed ints": dumps([-(i**3) for i in range(N)]),
+    "ascii strs": dumps([f"s{i}" for i in range(N)]),
+    "latin-1 strs": dumps([f"é{i}" for i in range(N)]),
+    "ucs-4 strs": dumps([f"\U0001f600{i}" for i in range(N)]),
+    "ucs-4 strs of ascii but one char": dumps([f"{'x' * 50}\U0001f600{i}" for i in range(N)]),
+    "long strs": dumps(["x" * 1000 + str(i) for i in range(200)]),
+    "str keys": dumps({f"k{i}": 1 for i in range(N)}),
+    "int keys": dumps({i * 1000: None for i in range(N)}),
+    "str then int keys": dumps({(i * 1000 if i % 2 else f"k{i}"): None for i in range(N)}),
+    "long str keys": dumps({"k" * 40 + str(i): None for i in range(N)}),
+    "bins": dumps([b"xyz" * (i % 30) for i in range(N)]),
+    "big ints": dumps([2**200 + i for i in range(N // 10)] + [-(2**300)]),
+    "tuples": dumps([(i, (i, "t")) for i in range(N // 10)]),
+    "tuples of bytes": dumps([(b"b" * 500, i) for i in range(N // 10)]),
+    "numpy scalars": dumps([np.float32(i) for i in range(N // 10)]),
+    "numpy arrays in a list": dumps([np.arange(i % 7, dtype=np.int16) for i in range(N // 10)]),
+    "numpy arrays in a map (the state-dict path)": dumps(
+        {f"layer{i}": np.zeros((2, i % 5 + 1)) for i in range(N // 10)}
+    ),
+    "large numpy layers (one shared block)": dumps(
+        {f"w{i}": np.ones(300_000, dtype=np.float32) for i in range(4)}
+    ),
+    "arrays written out of the reference's key order": _array32(
+        [
+            b"\x82"
+            + fixstr("value")
+            + b"\x93"
+            + bin8(b"\x00" * 8)
+            + fixstr("float64")
+            + b"\x91\x01"
+            + fixstr("__type__")
+            + fixstr("np.ndarray")
+        ]
+        * 2000
+    ),
+    "records": dumps([{"id": i, "tags": ["a", "b"], "score": i / 3, "meta": {}} for i in range(N // 10)]),
+    "unknown ext dicts": dumps([{"__type__": "other", "value": [i]} for i in range(N // 10)]),
+}
+
+
+@pytest.mark.parametrize("data", list(SHAPES_OF_VALUES.values()), ids=list(SHAPES_OF_VALUES))
+def test_decoding_allocates_no_more_than_it_charges(data: bytes) -> None:
+    assert_charges_cover_the_allocations(data)
+
+
+many = st.recursive(
+    st.one_of(
+        st.none(),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.text(max_size=40),
+        st.binary(max_size=40),
+        st.integers(min_value=-(2**300), max_value=2**300),
+        hnp.arrays(np.int32, hnp.array_shapes(max_dims=2, max_side=5)),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=40),
+        st.lists(inner, max_size=8).map(tuple),
+        st.dictionaries(st.text(max_size=8), inner, max_size=16),
+        st.dictionaries(st.integers(), inner, max_size=8),
+    ),
+    max_leaves=300,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(many)
+def test_any_payload_allocates_no_more_than_it_charges(obj: Any) -> None:
+    assert_charges_cover_the_allocations(dumps(obj))
+
+
+def test_a_rebuilt_layout_allocates_no_more_than_its_record_was_charged() -> None:
+    wire = dumps({f"layer{i}": np.zeros(20_000, dtype=np.float32) for i in range(6)} | {"meta": [1.5, "x"]})
+    traced_peak(wire)  # parsed, and its layout recorded
+    (skeleton,) = _decode._SKELETONS.values()
+    tracemalloc.start()
+    try:
+        rebuilt = loads(wire)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert set(rebuilt.unwrap()) == {*(f"layer{i}" for i in range(6)), "meta"}
+    assert peak <= skeleton.charge + DECODER_OVERHEAD
+    _decode._SKELETONS.clear()
+
+
+def test_the_memory_bound_is_factor_times_input_plus_constant_and_named_when_passed() -> None:
+    limits = Limits(memory_factor=3, memory_constant=1000)
+    assert limits.memory_bound(100) == 1300
+    assert DEFAULT_LIMITS.memory_bound(0) == 64 * 1024**2 and DEFAULT_LIMITS.memory_factor == 16
+    data = b"\xdc\x00\x64" + b"\x80" * 100  # 100 empty maps: 64 bytes each, and the list
+    assert loads(data, Limits(memory_factor=1000)).unwrap() == [{}] * 100
+    reason = loads(data, Limits(memory_factor=16, memory_constant=0)).failure().reason
+    assert reason == f"decoded payload would exceed {16 * len(data)} bytes of memory"
+    with pytest.raises(ValueError, match="memory_factor"):
+        Limits(memory_factor=-1)
+
+
+def test_every_container_counts_as_an_element() -> None:
+    assert loads(b"\x80", Limits(max_elements=1)).unwrap() == {}
+    assert loads(b"\x90", Limits(max_elements=1)).unwrap() == []
+    assert "elements" in loads(b"\x91\x80", Limits(max_elements=1)).failure().reason
+    assert loads(b"\x81\xa1a\x80", Limits(max_elements=3)).unwrap() == {"a": {}}  # map, key, value
+    assert "elements" in loads(b"\x81\xa1a\x80", Limits(max_elements=2)).failure().reason
+    n = 1000
+    for empty, decoded in ((b"\x80", {}), (b"\x90", [])):
+        data = b"\xdc" + n.to_bytes(2, "big") + empty * n
+        assert loads(data, Limits(max_elements=n + 1)).unwrap() == [decoded] * n
+        assert "elements" in loads(data, Limits(max_elements=n)).failure().reason
+
+
+def test_a_state_dict_is_charged_about_its_size() -> None:
+    layers = {f"layer{i}.weight": torch.ones(250_000 + i) for i in range(8)}
+    layers["step"] = torch.tensor(3)
+    wire = dumps({"model_weights": layers, "sample_size": 12})
+    nbytes = sum(t.numel() * t.element_size() for t in layers.values())
+    # 4 KiB per layer for its objects, and the 1/16 of a bound left to the allocators
+    enough = (nbytes + len(layers) * 4096 + 4096) * 16 // 15 + 1
+    for _ in range(2):  # parsed, then rebuilt from the recorded layout
+        assert loads(wire, only(enough)).unwrap()["model_weights"]["layer7.weight"].shape == (250_007,)
+    assert "memory" in loads(wire, only(nbytes)).failure().reason
+    _decode._SKELETONS.clear()
