@@ -12,6 +12,15 @@ and ``without`` return a new round and refuse unknown or duplicate names when th
 ('a', 'clip', 'b')
 >>> run_steps(0, insert_after(r, "a", NamedStep("clip", ok)))
 <Success: 3>
+
+``run_steps`` also takes an ``interrupt`` check, asked before each step whether the round must
+stop there (the runner uses it for the owner's wall-time limit):
+
+>>> from fedpipe.errors import ErrorCode, RoundError
+>>> def late(name):
+...     return RoundError(code=ErrorCode.ROUND_TIMEOUT, step=name) if name == "b" else None
+>>> run_steps(0, r, interrupt=late).failure().step
+'b'
 """
 
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +36,7 @@ __all__ = [
     "NamedStep",
     "Round",
     "Step",
+    "StepInterrupt",
     "StepObserver",
     "insert_after",
     "insert_before",
@@ -35,6 +45,7 @@ __all__ = [
     "require",
     "run_steps",
     "tap",
+    "timeout_error",
     "when",
     "without",
 ]
@@ -62,6 +73,8 @@ class NamedStep:
 
 Round: TypeAlias = tuple[NamedStep, ...]
 StepObserver = Callable[[str, Result[RoundContext, RoundError]], None]
+StepInterrupt = Callable[[str], RoundError | None]
+"""Asked with the name of the next step before it runs: an error stops the round there."""
 
 
 def names(round_: Sequence[NamedStep]) -> tuple[str, ...]:
@@ -118,16 +131,28 @@ def run_steps(
     ctx: Any,
     round_: Sequence[Callable[[Any], Result[Any, RoundError]]],
     observer: StepObserver | None = None,
+    *,
+    interrupt: StepInterrupt | None = None,
 ) -> Result[Any, RoundError]:
     """Fold the steps over ``ctx`` with bind: the first failure is returned and nothing after it runs.
 
     ``observer`` (when given) is told each step's name and result as it completes.
+    ``interrupt`` (when given) is asked before each step, with its name, whether the round must
+    stop; the error it returns is the round's result and that step and the later ones never
+    run. It should be cheap: it is called once per step of every round.
     """
     result: Result[Any, RoundError] = Success(ctx)
+    named = observer is not None or interrupt is not None
     for step in round_:
+        # inline rather than a helper: this loop runs for every step of every round
+        name = (getattr(step, "name", "") or getattr(step, "__name__", "?")) if named else ""
+        if interrupt is not None:
+            stopped = interrupt(name)
+            if stopped is not None:
+                return Failure(stopped)
         result = step(result.unwrap())
         if observer is not None:
-            observer(getattr(step, "name", getattr(step, "__name__", "?")), result)
+            observer(name, result)
         if isinstance(result, Failure):
             return result
     return result
@@ -150,6 +175,21 @@ def tap(effect: Callable[[RoundContext], None]) -> Step:
         return Success(ctx)
 
     return tapped
+
+
+def timeout_error(step: str, limit: float | None, detail: str) -> RoundError:
+    """The ROUND_TIMEOUT error of a round stopped at ``step`` past the owner's ``limit`` (seconds).
+
+    >>> timeout_error("train_model", 14400.0, "stopped after 3 batches").public
+    "The round ran past the node's limit of 14400 s and was stopped."
+    """
+    limit_text = "time limit" if limit is None else f"limit of {limit:g} s"
+    return RoundError(
+        code=ErrorCode.ROUND_TIMEOUT,
+        step=step,
+        detail=detail,
+        public=f"The round ran past the node's {limit_text} and was stopped.",
+    )
 
 
 def require(value: T | None, *, step: str, what: str) -> Result[T, RoundError]:

@@ -93,12 +93,19 @@ class RoundContext:
     ``state_id`` is the id the round will save its new node state under (training rounds only),
     fixed before the first step so that even a failure reply can carry it. ``notes`` collects
     warnings for the node log (failed validation, ignored state parts); they never fail a round.
+
+    ``deadline`` is the reading of the round's clock (``ports.clock.perf_counter()``) past which
+    the round must stop: the round's start plus the owner's ``max_round_seconds``, or None when
+    there is no limit. The runner stops the round between steps once it has passed, and steps
+    that run long user code (training, validation) pass the plan a ``stop`` check built from it.
+    It is a plain number rather than a callable so that the context stays a comparable value.
     """
 
     request: TrainRequest
     settings: NodeSettings
     workdir: Path
     state_id: str | None = None
+    deadline: float | None = None
     args: TrainingArgs | None = None
     secagg: SecaggSetup | None = None
     dataset: DatasetRecord | None = None
@@ -120,12 +127,22 @@ class RoundContext:
 
 
 def new_context(
-    request: TrainRequest, settings: NodeSettings, workdir: Path, state_id: str | None
+    request: TrainRequest,
+    settings: NodeSettings,
+    workdir: Path,
+    state_id: str | None,
+    *,
+    deadline: float | None = None,
 ) -> RoundContext:
-    """The context a round starts from: the request, the node's settings and a fresh workspace."""
+    """The context a round starts from: the request, the node's settings and a fresh workspace.
+
+    ``deadline`` (a clock reading, see ``RoundContext``) is set by the runner from the round's
+    start and ``settings.max_round_seconds``; None means the round has no time limit.
+    """
     return RoundContext(
         request=request,
         settings=settings,
         workdir=workdir,
         state_id=state_id if request.training else None,
+        deadline=deadline,
     )

@@ -3,8 +3,16 @@
 ``fedpipe.training.TorchTrainingPlan`` implements it for PyTorch; ``fedpipe.testing`` has a
 scripted fake. Plan methods are user code: they may raise anything, and the step that calls
 one turns the exception into a ``RoundError``.
+
+The routines take a cooperative ``stop`` check (``StopCheck``): the round passes one that turns
+true once the node owner's wall-time limit has passed, and a plan polls it between batches and
+returns early when it is true (the round then answers ``round_timeout``). Plans written before
+the keyword existed still run: the round passes ``stop`` only to a routine that declares it (or
+``**kwargs``), and such a plan is stopped between steps only.
 """
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -15,7 +23,27 @@ from fedpipe.args import Metric, TrainingArgs
 from fedpipe.request import JsonMap
 from fedpipe.settings import GpuPolicy
 
-__all__ = ["DataSplit", "DatasetRecord", "MetricSink", "PlanFactory", "Scalars", "TrainingPlan"]
+__all__ = [
+    "REQUEST_LOADER_ARGS",
+    "DataSplit",
+    "DatasetRecord",
+    "MetricSink",
+    "PlanFactory",
+    "Scalars",
+    "StopCheck",
+    "TrainingPlan",
+    "accepts_stop",
+    "never_stop",
+]
+
+REQUEST_LOADER_ARGS: frozenset[str] = frozenset({"batch_size", "drop_last", "num_workers", "shuffle"})
+"""The data-loader arguments a request's ``loader_args`` may set; any other key is refused.
+
+The others start processes or threads, name code to run or objects to build (``sampler``,
+``collate_fn``, ``worker_init_fn``, ``multiprocessing_context``, ``generator`` ...), or tune
+resources (``prefetch_factor``, ``pin_memory_device``, ``timeout``): they are the plan's choice
+(approved code), never the researcher's. ``num_workers`` is further capped by the node owner.
+"""
 
 
 @frozen(kw_only=True)
@@ -66,6 +94,48 @@ class Scalars:
 MetricSink = Callable[[Scalars], None]
 """Where a plan sends its scalars; bound by the round to the job, researcher and node."""
 
+StopCheck = Callable[[], bool]
+"""Polled by a plan's routines between batches: true means stop now and return what was done."""
+
+
+def never_stop() -> bool:
+    """The ``stop`` check of a round without a wall-time limit: never true.
+
+    >>> never_stop()
+    False
+    """
+    return False
+
+
+@functools.lru_cache(maxsize=256)
+def _declares_stop(fn: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins and odd callables without a signature
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD or (p.name == "stop" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in parameters
+    )
+
+
+def accepts_stop(routine: Callable[..., Any]) -> bool:
+    """Whether a plan routine takes the ``stop`` keyword (by name or through ``**kwargs``).
+
+    Plans written before ``stop`` was added do not; the round calls them without it. The answer
+    is cached per function, so asking every round costs a dictionary lookup.
+
+    >>> accepts_stop(lambda *, report, gpu: 0), accepts_stop(lambda *, report, gpu, stop: 0)
+    (False, True)
+    >>> accepts_stop(lambda **kwargs: 0)
+    True
+    """
+    fn = getattr(routine, "__func__", routine)
+    try:
+        return _declares_stop(fn)
+    except TypeError:  # an unhashable callable: ask without the cache
+        return bool(_declares_stop.__wrapped__(fn))
+
 
 class TrainingPlan(Protocol):
     """What a round needs from a training plan, in the order the standard round calls it."""
@@ -107,12 +177,21 @@ class TrainingPlan(Protocol):
         metric_args: Mapping[str, Any],
         report: MetricSink,
         before_train: bool,
+        stop: StopCheck = never_stop,
     ) -> Mapping[str, float]:
-        """Validate the current model on the testing subset; return the metric values."""
+        """Validate the current model on the testing subset; return the metric values.
+
+        ``stop`` is polled between batches; once it is true the routine returns at once (what
+        it returns then is discarded: the round is answered ``round_timeout``).
+        """
         ...
 
-    def training_routine(self, *, report: MetricSink, gpu: GpuPolicy) -> int:
-        """Train on the training subset; return the number of samples seen."""
+    def training_routine(self, *, report: MetricSink, gpu: GpuPolicy, stop: StopCheck = never_stop) -> int:
+        """Train on the training subset; return the number of samples seen.
+
+        ``stop`` is polled before each batch; once it is true the routine returns early with the
+        samples seen so far (the round is then answered ``round_timeout``, nothing is saved).
+        """
         ...
 
     def collect_aux_vars(self) -> Mapping[str, Any]:

@@ -1,5 +1,15 @@
 """The built-in rounds: the standard training round and the validation-only round.
 
+The standard round ends with ``upload_results`` and then ``save_state``, so that a round that
+fails leaves node state as it was: a failed upload saves nothing (no orphan state that no
+researcher knows of). The results file already names the state id the round will save
+(``RoundContext.state_id`` is fixed before the first step), and the reply carries it once
+``save_state`` has succeeded. If the save fails after a successful upload, the round fails
+and what is left is one unreferenced, content-addressed file on the exchange, which nothing
+points to and no later round reads: harmless. In secure rounds ``encrypt_update`` claims the
+(key, round) tau before either: a failed upload or save then leaves that tau spent, which is
+the safe side (a tau is never used for two encryptions; the researcher starts a new round).
+
 A custom variant is a few lines of edits by step name, for example clipping the update before
 upload and skipping validation on the global parameters:
 
@@ -12,7 +22,7 @@ upload and skipping validation on the global parameters:
 ...     "validate_global",
 ... )
 >>> names(variant)[-3:]
-('save_state', 'clip_update', 'upload_results')
+('clip_update', 'upload_results', 'save_state')
 """
 
 from returns.result import Success
@@ -51,7 +61,7 @@ _ = Success  # used by the doctest above
 
 
 def standard_round(ports: Ports) -> Round:
-    """Every step of the reference round (§1.8), in its order, bound to ``ports``."""
+    """Every step of the reference round (§1.8), bound to ``ports``; results are uploaded before state is saved."""
     return (
         NamedStep("check_secagg", check_secagg(ports.secagg_keys)),
         NamedStep("parse_training_args", parse_training_args),
@@ -68,14 +78,14 @@ def standard_round(ports: Ports) -> Round:
         NamedStep("set_params", set_params),
         NamedStep("ingest_aux_vars", ingest_aux_vars),
         NamedStep("split_data", split_data),
-        NamedStep("validate_global", validate_global(ports.monitor)),
+        NamedStep("validate_global", validate_global(ports.monitor, ports.clock)),
         NamedStep("train_model", train_model(ports.monitor, ports.clock)),
         NamedStep("collect_aux_vars", collect_aux_vars),
-        NamedStep("validate_local", validate_local(ports.monitor)),
+        NamedStep("validate_local", validate_local(ports.monitor, ports.clock)),
         NamedStep("make_update", make_update),
         NamedStep("encrypt_update", encrypt_update(ports.crypter, ports.secagg_keys)),
-        NamedStep("save_state", save_state(ports.states)),
         NamedStep("upload_results", upload_results(ports.exchange)),
+        NamedStep("save_state", save_state(ports.states)),
     )
 
 
@@ -101,8 +111,8 @@ STANDARD_STEPS: tuple[str, ...] = (
     "validate_local",
     "make_update",
     "encrypt_update",
-    "save_state",
     "upload_results",
+    "save_state",
 )
 
 TRAINING_ONLY_STEPS: tuple[str, ...] = (
@@ -112,8 +122,8 @@ TRAINING_ONLY_STEPS: tuple[str, ...] = (
     "validate_local",
     "make_update",
     "encrypt_update",
-    "save_state",
     "upload_results",
+    "save_state",
 )
 
 

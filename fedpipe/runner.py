@@ -11,11 +11,11 @@ from typing import Any
 from attrs import field, frozen
 from returns.result import Failure, Result
 
-from fedpipe.compose import NamedStep, run_steps
+from fedpipe.compose import NamedStep, StepInterrupt, run_steps, timeout_error
 from fedpipe.context import RoundContext, new_context
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import Ports
-from fedpipe.reply import TrainReply, header_of, to_reply
+from fedpipe.reply import ReplyHeader, TrainReply, header_of, to_reply
 from fedpipe.request import TrainRequest, parse_request
 from fedpipe.rounds import standard_round, validation_round
 from fedpipe.settings import NodeSettings
@@ -53,6 +53,32 @@ class RoundRun:
     step_seconds: tuple[tuple[str, float], ...] = ()
 
 
+def _overdue(start: float, limit: float, last: list[float]) -> StepInterrupt:
+    """The between-steps check of the wall-time limit.
+
+    It compares the clock reading the observer took when the previous step ended (``last[0]``)
+    with the deadline, so it adds no clock reading to the round.
+    """
+    deadline = start + limit
+
+    def interrupt(name: str) -> RoundError | None:
+        if last[0] <= deadline:
+            return None
+        return timeout_error(
+            name, limit, f"stopped before step {name}: {last[0] - start:.3f} s into the round"
+        )
+
+    return interrupt
+
+
+def _raw_header(raw_request: Any, node_id: str) -> ReplyHeader:
+    """The ids a raw request offers for the reply; none at all if even reading them raises."""
+    try:
+        return header_of(raw_request if isinstance(raw_request, Mapping) else None, node_id)
+    except Exception:  # part of the last-resort boundary: a hostile mapping may raise anything
+        return ReplyHeader(researcher_id="", job_id="", node_id=node_id)
+
+
 def execute_round(
     raw_request: Mapping[str, Any] | TrainRequest,
     ports: Ports,
@@ -62,30 +88,44 @@ def execute_round(
     """Run one round end to end and always return a reply; never raises for a bad request or a bug.
 
     The round works in a fresh directory under ``settings.tmp_dir`` that is removed whatever
-    happens (D9). An exception escaping a step is a bug: it is logged with its traceback and
-    answered with an ``internal`` error that names the step but reveals nothing else.
+    happens (D9). An exception escaping parsing or a step is a bug: it is logged with its
+    traceback and answered with an ``internal`` error that names the step (``parse_request``
+    for parsing) but reveals nothing else.
+
+    The owner's ``settings.max_round_seconds`` is enforced from ``ports.clock``: the round's
+    deadline is its start plus the limit; past it the round is stopped before the next step
+    (``round_timeout``, naming the step that did not run), and training and validation get a
+    ``stop`` check from it through ``RoundContext.deadline``.
     """
-    parsed = raw_request if isinstance(raw_request, TrainRequest) else parse_request(raw_request)
-    if isinstance(parsed, Failure):
-        error = parsed.failure()
-        log.error("%s", error.log_line())
-        header = header_of(raw_request if isinstance(raw_request, Mapping) else None, settings.node_id)
-        return RoundRun(reply=to_reply(Failure(error), header), result=Failure(error))
-    request = parsed if isinstance(parsed, TrainRequest) else parsed.unwrap()
-    state_id = f"node_state_{ports.new_id()}" if request.training else None
-    header = header_of(request, settings.node_id, state_id)
+    header = ReplyHeader(researcher_id="", job_id="", node_id=settings.node_id)
     timings: list[tuple[str, float]] = []
     step_names: list[str] = []
-    last = [ports.clock.perf_counter()]
-
-    def observe(name: str, _result: Result[RoundContext, RoundError]) -> None:
-        now = ports.clock.perf_counter()
-        timings.append((name, now - last[0]))
-        last[0] = now
-
+    stage = "parse_request"  # where an exception is attributed until the steps run
     workdir: Path | None = None
     result: Result[RoundContext, RoundError]
     try:
+        parsed = raw_request if isinstance(raw_request, TrainRequest) else parse_request(raw_request)
+        if isinstance(parsed, Failure):
+            error = parsed.failure()
+            log.error("%s", error.log_line())
+            header = _raw_header(raw_request, settings.node_id)
+            return RoundRun(reply=to_reply(Failure(error), header), result=Failure(error))
+        request = parsed if isinstance(parsed, TrainRequest) else parsed.unwrap()
+        stage = "(setup)"
+        header = header_of(request, settings.node_id)  # the ids, even should new_id raise
+        state_id = f"node_state_{ports.new_id()}" if request.training else None
+        header = header_of(request, settings.node_id, state_id)
+        start = ports.clock.perf_counter()
+        last = [start]
+
+        def observe(name: str, _result: Result[RoundContext, RoundError]) -> None:
+            now = ports.clock.perf_counter()
+            timings.append((name, now - last[0]))
+            last[0] = now
+
+        limit = settings.max_round_seconds
+        deadline = None if limit is None else start + limit
+        interrupt = None if limit is None else _overdue(start, limit, last)
         try:
             workdir = Path(tempfile.mkdtemp(prefix="round_", dir=settings.tmp_dir))
         except FileNotFoundError:
@@ -93,10 +133,18 @@ def execute_round(
             workdir = Path(tempfile.mkdtemp(prefix="round_", dir=settings.tmp_dir))
         steps = rounds(ports, request) if callable(rounds) else rounds
         step_names.extend(s.name for s in steps)
-        result = run_steps(new_context(request, settings, workdir, state_id), steps, observe)
+        context = new_context(request, settings, workdir, state_id, deadline=deadline)
+        stage = ""
+        result = run_steps(context, steps, observe, interrupt=interrupt)
     except Exception as exc:  # the one last-resort boundary: the node always replies
-        # the step that raised is the one after the last that completed
-        failed = step_names[len(timings)] if len(timings) < len(step_names) else "(setup)"
+        if stage == "parse_request":
+            header = _raw_header(raw_request, settings.node_id)
+            failed = stage
+        elif stage:
+            failed = stage
+        else:
+            # the step that raised is the one after the last that completed
+            failed = step_names[len(timings)] if len(timings) < len(step_names) else "(setup)"
         log.error("bug in step %s:\n%s", failed, traceback.format_exc())
         result = Failure(
             RoundError(
@@ -111,10 +159,10 @@ def execute_round(
             shutil.rmtree(workdir, ignore_errors=True)
     match result:
         case Failure(error):
-            log.error("round failed for job %s: %s", request.job_id, error.log_line())
+            log.error("round failed for job %s: %s", header.job_id, error.log_line())
         case _:
             for note in result.unwrap().notes:
-                log.warning("job %s: %s", request.job_id, note)
+                log.warning("job %s: %s", header.job_id, note)
     return RoundRun(reply=to_reply(result, header), result=result, step_seconds=tuple(timings))
 
 

@@ -40,13 +40,17 @@ class NodeSettings:
     What the owner allows a request to ask of the node (a request may ask for less, never more):
 
     - ``allowed_origins``: the file-exchange origins (``scheme://host[:port]``) the node may
-      connect to; empty means the server the node pulls its tasks from.
+      connect to besides the server it pulls its tasks from (always allowed); a URL elsewhere
+      is refused before any connection.
     - ``max_loader_workers``: data-loader worker processes (``loader_args.num_workers``); 0 by
       default, so a request starts no process.
     - ``max_batch_size``, ``max_epochs``, ``max_updates``: caps on ``loader_args.batch_size``,
       ``epochs`` and ``num_updates`` (None: no cap).
     - ``max_round_seconds``: wall time of one round; past it the round is stopped and answered
       with a ``round_timeout`` error (None: no limit).
+
+    A request value over a cap is refused (``bad_training_args``, naming the argument and the
+    cap), never clamped. A plan's own DataLoader keywords are approved code and are not capped.
     """
 
     node_id: str = field(validator=matches_re(r"^[A-Za-z0-9_.\-]{1,128}$"))

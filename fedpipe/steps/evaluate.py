@@ -1,23 +1,27 @@
 """Validation on the testing subset, before training (global params) and after (local params).
 
-As in the reference, a failing validation is logged and never fails the round.
+As in the reference, a failing validation is logged and never fails the round; running past
+the owner's wall-time limit does (``round_timeout``), as it does anywhere in the round.
 """
 
 from collections.abc import Mapping
+from typing import Any
 
 from attrs import evolve
-from returns.result import Result, Success
+from returns.result import Failure, Result, Success
 
-from fedpipe.compose import Step
+from fedpipe.compose import Step, timeout_error
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.ports import Monitor
+from fedpipe.plan import accepts_stop
+from fedpipe.ports import Clock, Monitor
 from fedpipe.steps._util import bound_sink, call_plan
+from fedpipe.steps.train import deadline_stop
 
 __all__ = ["validate_global", "validate_local"]
 
 
-def _validate(monitor: Monitor, *, before_train: bool) -> Step:
+def _validate(monitor: Monitor, clock: Clock | None, *, before_train: bool) -> Step:
     name = "validate_global" if before_train else "validate_local"
 
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
@@ -31,17 +35,29 @@ def _validate(monitor: Monitor, *, before_train: bool) -> Step:
             return Success(
                 ctx.noted(f"{name}: no testing subset (test_ratio is 0 or the dataset is too small)")
             )
-        outcome = call_plan(
-            name,
-            ErrorCode.DATA_FAILED,
-            "validation failed",
-            lambda: plan.testing_routine(
-                metric=args.test_metric,
-                metric_args=dict(args.test_metric_args),
-                report=bound_sink(ctx, monitor),
-                before_train=before_train,
-            ),
-        )
+        deadline = ctx.deadline if clock is not None else None
+        kwargs: dict[str, Any] = {
+            "metric": args.test_metric,
+            "metric_args": dict(args.test_metric_args),
+            "report": bound_sink(ctx, monitor),
+            "before_train": before_train,
+        }
+
+        def run() -> Mapping[str, float]:
+            routine = plan.testing_routine
+            if clock is not None and deadline is not None and accepts_stop(routine):
+                return routine(**kwargs, stop=deadline_stop(clock, deadline))
+            return routine(**kwargs)
+
+        outcome = call_plan(name, ErrorCode.DATA_FAILED, "validation failed", run)
+        if clock is not None and deadline is not None:
+            end = clock.perf_counter()
+            if end > deadline:
+                return Failure(
+                    timeout_error(
+                        name, ctx.settings.max_round_seconds, f"{name} ran past the round's deadline"
+                    )
+                )
         if not isinstance(outcome, Success):
             return Success(ctx.noted(f"{name}: {outcome.failure().detail}"))
         values = outcome.unwrap()
@@ -54,11 +70,16 @@ def _validate(monitor: Monitor, *, before_train: bool) -> Step:
     return step
 
 
-def validate_global(monitor: Monitor) -> Step:
-    """Validate the received global parameters when ``test_on_global_updates`` is on."""
-    return _validate(monitor, before_train=True)
+def validate_global(monitor: Monitor, clock: Clock | None = None) -> Step:
+    """Validate the received global parameters when ``test_on_global_updates`` is on.
+
+    With ``clock``, the plan's routine gets a ``stop`` check from the round's deadline and the
+    step fails with ``round_timeout`` when the deadline passed while it ran; without one, the
+    limit is enforced between steps only.
+    """
+    return _validate(monitor, clock, before_train=True)
 
 
-def validate_local(monitor: Monitor) -> Step:
-    """Validate the locally trained parameters when ``test_on_local_updates`` is on."""
-    return _validate(monitor, before_train=False)
+def validate_local(monitor: Monitor, clock: Clock | None = None) -> Step:
+    """Validate the locally trained parameters when ``test_on_local_updates`` is on (``clock``: as above)."""
+    return _validate(monitor, clock, before_train=False)

@@ -6,17 +6,30 @@ from typing import Any
 from attrs import evolve
 from returns.result import Failure, Result, Success
 
-from fedpipe.compose import Step, require
+from fedpipe.compose import Step, require, timeout_error
 from fedpipe.context import RoundContext, TrainingOutcome, Update
 from fedpipe.errors import ErrorCode, RoundError
+from fedpipe.plan import StopCheck, accepts_stop, never_stop
 from fedpipe.ports import Clock, Monitor
 from fedpipe.steps._util import bound_sink, call_plan
 
-__all__ = ["make_update", "train_model"]
+__all__ = ["deadline_stop", "make_update", "train_model"]
+
+
+def deadline_stop(clock: Clock, deadline: float | None) -> StopCheck:
+    """The ``stop`` check a plan polls: true once ``clock`` reads past ``deadline`` (never if None)."""
+    if deadline is None:
+        return never_stop
+    return lambda: clock.perf_counter() > deadline
 
 
 def train_model(monitor: Monitor, clock: Clock) -> Step:
-    """Run the plan's training routine on the training subset, timing it in wall and CPU seconds."""
+    """Run the plan's training routine on the training subset, timing it in wall and CPU seconds.
+
+    The routine gets a ``stop`` check from the round's deadline (when it declares ``stop``);
+    if the deadline has passed when it returns, the round fails with ``round_timeout`` whatever
+    the routine returned or raised, and nothing of this training is kept.
+    """
 
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         plan, split = ctx.plan, ctx.split
@@ -31,14 +44,26 @@ def train_model(monitor: Monitor, clock: Clock) -> Step:
                     public="No samples are left for training after the train/test split.",
                 )
             )
+        report, gpu, deadline = bound_sink(ctx, monitor), ctx.settings.gpu, ctx.deadline
+
+        def run() -> int:
+            routine = plan.training_routine
+            if deadline is not None and accepts_stop(routine):
+                return routine(report=report, gpu=gpu, stop=deadline_stop(clock, deadline))
+            return routine(report=report, gpu=gpu)
+
         start_real, start_cpu = clock.perf_counter(), clock.process_time()
-        trained = call_plan(
-            "train_model",
-            ErrorCode.TRAINING_FAILED,
-            "Cannot train model in round",
-            lambda: plan.training_routine(report=bound_sink(ctx, monitor), gpu=ctx.settings.gpu),
-        )
+        trained = call_plan("train_model", ErrorCode.TRAINING_FAILED, "Cannot train model in round", run)
         end_real, end_cpu = clock.perf_counter(), clock.process_time()
+        if deadline is not None and end_real > deadline:
+            outcome = "returned" if isinstance(trained, Success) else f"failed ({trained.failure().detail})"
+            return Failure(
+                timeout_error(
+                    "train_model",
+                    ctx.settings.max_round_seconds,
+                    f"training {outcome} past the round's deadline after {end_real - start_real:.3f} s",
+                )
+            )
         return trained.map(
             lambda seen: evolve(
                 ctx,

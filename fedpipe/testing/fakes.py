@@ -18,7 +18,16 @@ from fedpipe.approval import plan_digest
 from fedpipe.args import Metric, TrainingArgs
 from fedpipe.codec import dumps
 from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.plan import DatasetRecord, DataSplit, MetricSink, PlanFactory, Scalars, TrainingPlan
+from fedpipe.plan import (
+    DatasetRecord,
+    DataSplit,
+    MetricSink,
+    PlanFactory,
+    Scalars,
+    StopCheck,
+    TrainingPlan,
+    never_stop,
+)
 from fedpipe.ports import (
     Approval,
     Biprime,
@@ -237,10 +246,14 @@ class RecordingMonitor:
 
 @define
 class FakeClock:
-    """A clock that advances by ``tick`` seconds at every reading."""
+    """A clock that advances by ``tick`` seconds at every reading (``tick=0``: only by ``advance``)."""
 
     now: float = 0.0
     tick: float = 0.5
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass, as slow work would (no reading is taken)."""
+        self.now += seconds
 
     def perf_counter(self) -> float:
         """Advance and read."""
@@ -331,6 +344,14 @@ class ScriptedPlan:
 
     Training moves every weight ``lr`` towards ``target`` once per sample; the loss reported is the
     squared distance. ``fail`` names methods that raise ``PlanFault``.
+
+    With a ``clock`` (the round's FakeClock), each training or testing sample "takes"
+    ``seconds_per_sample`` of its time and ``stop`` is polled before each training sample, so a
+    round's wall-time limit can be exercised without sleeping. Without one, ``stop`` is polled
+    once before training (a FakeClock advances at each reading: polling it per sample would
+    make a large fake dataset "take" hours). Testing polls it once, before it starts.
+    ``samples_trained`` counts the samples of the last training routine; ``stopped`` tells
+    whether a routine returned early because ``stop`` was true.
     """
 
     n_samples: int = 10
@@ -348,6 +369,14 @@ class ScriptedPlan:
     restored: Mapping[str, Any] | None = None
     aux_in: Mapping[str, Any] | None = None
     steps_done: int = 0
+    clock: FakeClock | None = None
+    seconds_per_sample: float = 0.0
+    samples_trained: int = 0
+    stopped: bool = False
+
+    def _take_time(self, samples: int) -> None:
+        if self.clock is not None:
+            self.clock.advance(self.seconds_per_sample * samples)
 
     def _enter(self, name: str) -> None:
         self.calls.append(name)
@@ -391,9 +420,19 @@ class ScriptedPlan:
         return sum((w - self.target) ** 2 for w in self.weights)
 
     def testing_routine(
-        self, *, metric: Metric | None, metric_args: Mapping[str, Any], report: MetricSink, before_train: bool
+        self,
+        *,
+        metric: Metric | None,
+        metric_args: Mapping[str, Any],
+        report: MetricSink,
+        before_train: bool,
+        stop: StopCheck = never_stop,
     ) -> Mapping[str, float]:
         self._enter("testing_routine")
+        if stop():
+            self.stopped = True
+            return {}
+        self._take_time(len(self.split.test_indices) if self.split else 0)
         name = (metric or Metric.MEAN_SQUARE_ERROR).value
         value = {name: self._loss()}
         report(
@@ -410,11 +449,18 @@ class ScriptedPlan:
         )
         return value
 
-    def training_routine(self, *, report: MetricSink, gpu: GpuPolicy) -> int:
+    def training_routine(self, *, report: MetricSink, gpu: GpuPolicy, stop: StopCheck = never_stop) -> int:
         self._enter("training_routine")
-        n = len(self.split.train_indices) if self.split else self.n_samples
-        for _ in range(n):
+        total = len(self.split.train_indices) if self.split else self.n_samples
+        n = 0
+        for index in range(total):
+            if (index == 0 or self.clock is not None) and stop():
+                self.stopped = True
+                break
             self.weights = [w + self.lr * (self.target - w) for w in self.weights]
+            self._take_time(1)
+            n += 1
+        self.samples_trained = n
         self.steps_done += 1
         report(
             Scalars(

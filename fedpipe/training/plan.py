@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fedpipe.args import DpArgs, Metric, TrainingArgs
-from fedpipe.plan import DatasetRecord, DataSplit, MetricSink, Scalars
+from fedpipe.plan import DatasetRecord, DataSplit, MetricSink, Scalars, StopCheck, never_stop
 from fedpipe.request import thaw
 from fedpipe.settings import GpuPolicy
 from fedpipe.training.data import DataManager
@@ -397,12 +397,14 @@ class TorchTrainingPlan:
         metric_args: Mapping[str, Any],
         report: MetricSink,
         before_train: bool,
+        stop: StopCheck = never_stop,
     ) -> Mapping[str, float]:
         """Score the model on the testing subset (``testing_step`` if defined, else ``metric``).
 
         Built-in metrics are computed once over the whole testing subset and reported once;
         a ``testing_step`` is reported per batch (name "Custom") and its sample-weighted mean
-        is returned.
+        is returned. ``stop`` is polled before each batch; once true, the routine returns at
+        once with what it has (nothing reported for an unfinished built-in metric).
         """
         loader = self._test_loader
         if loader is None:
@@ -414,19 +416,24 @@ class TorchTrainingPlan:
         try:
             with torch.no_grad():
                 if callable(custom):
-                    return self._custom_testing(custom, loader, report, before_train)
+                    return self._custom_testing(custom, loader, report, before_train, stop)
                 return self._metric_testing(
-                    metric or Metric.ACCURACY, metric_args, loader, report, before_train
+                    metric or Metric.ACCURACY, metric_args, loader, report, before_train, stop
                 )
         finally:
             model.train(was_training)
 
     def _custom_testing(
-        self, step: Callable[[Any, Any], Any], loader: DataLoader[Any], report: MetricSink, before_train: bool
+        self,
+        step: Callable[[Any, Any], Any],
+        loader: DataLoader[Any],
+        report: MetricSink,
+        before_train: bool,
+        stop: StopCheck,
     ) -> dict[str, float]:
         n_total, seen = len(loader.dataset), 0  # type: ignore[arg-type]
         sums: dict[str, float] = {}
-        for index, (data, target) in enumerate(self._batches(loader), start=1):
+        for index, (data, target) in enumerate(self._batches(loader, stop), start=1):
             values = metric_values("Custom", step(data, target))
             size = self._batch_size(data, target)
             seen += size
@@ -442,13 +449,16 @@ class TorchTrainingPlan:
         loader: DataLoader[Any],
         report: MetricSink,
         before_train: bool,
+        stop: StopCheck,
     ) -> dict[str, float]:
         truths: list[np.ndarray[Any, Any]] = []
         preds: list[np.ndarray[Any, Any]] = []
-        for data, target in self._batches(loader):
+        for data, target in self._batches(loader, stop):
             output = self.predict(data)
             preds.append(_numpy(output, "predict"))
             truths.append(_numpy(target, "target"))
+        if stop():  # stopped part-way: a metric over some of the batches would mislead
+            return {}
         value = evaluate(metric, np.concatenate(truths), np.concatenate(preds), **dict(metric_args))
         values = metric_values(metric.value, value)
         n = sum(len(t) for t in truths)
@@ -471,11 +481,16 @@ class TorchTrainingPlan:
         )
 
     @staticmethod
-    def _batches(loader: DataLoader[Any]) -> Iterator[tuple[Any, Any]]:
+    def _batches(loader: DataLoader[Any], stop: StopCheck = never_stop) -> Iterator[tuple[Any, Any]]:
+        """The (data, target) batches of ``loader``; ends early once ``stop()`` is true (checked before each)."""
+        if stop():
+            return
         for batch in loader:
             if not isinstance(batch, list | tuple) or len(batch) != 2:
                 raise DataError("each batch must be a (data, target) pair")
             yield batch[0], batch[1]
+            if stop():
+                return
 
     @staticmethod
     def _batch_size(data: Any, target: Any) -> int:
@@ -488,13 +503,15 @@ class TorchTrainingPlan:
 
     # ---------------------------------------------------------------- training
 
-    def training_routine(self, *, report: MetricSink, gpu: GpuPolicy) -> int:
+    def training_routine(self, *, report: MetricSink, gpu: GpuPolicy, stop: StopCheck = never_stop) -> int:
         """Train on the training subset; return the number of samples seen.
 
         ``num_updates`` (when set) counts optimizer steps across epochs; otherwise ``epochs``
         full passes, each capped at ``batch_maxnum`` batches when that is positive. ``dry_run``
         stops after one batch. The loss is reported on the first and last batch of each epoch
-        and every ``log_interval`` iterations (0: only first and last).
+        and every ``log_interval`` iterations (0: only first and last). ``stop`` is polled
+        before each batch: once it is true the routine returns early with the samples seen so
+        far (the round's wall-time limit; the round then discards this training).
         """
         model, optimizer = self.model(), self.optimizer()
         loader = self._train_loader
@@ -525,13 +542,13 @@ class TorchTrainingPlan:
             if dp is not None and dp.type == "local":
                 dp_model, dp_optimizer, dp_loader = make_private(model, optimizer, loader, dp)
                 try:
-                    samples = self._run(schedule, dp_loader, dp_optimizer, device, report, initial)
+                    samples = self._run(schedule, dp_loader, dp_optimizer, device, report, initial, stop)
                 finally:
                     close = getattr(dp_model, "_close", None)
                     if callable(close):
                         close()
             else:
-                samples = self._run(schedule, loader, optimizer, device, report, initial)
+                samples = self._run(schedule, loader, optimizer, device, report, initial, stop)
         finally:
             model.to("cpu")
             _sync_optimizer_state(optimizer)
@@ -552,6 +569,7 @@ class TorchTrainingPlan:
         device: torch.device,
         report: MetricSink,
         initial: Mapping[str, torch.Tensor],
+        stop: StopCheck,
     ) -> int:
         args = self._args
         update_mode = args.num_updates is not None and not args.dry_run
@@ -570,6 +588,8 @@ class TorchTrainingPlan:
             samples_epoch = 0
             batches = iter(loader)
             for index in range(1, n_epoch_batches + 1):
+                if stop():
+                    return samples_total
                 try:
                     batch = next(batches)
                 except StopIteration:

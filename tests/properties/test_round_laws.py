@@ -108,6 +108,27 @@ def test_run_steps_is_associative(steps: list[str], cut: int) -> None:
 
 
 @given(round_names, st.data())
+def test_an_interrupt_stops_before_the_step_it_names(steps: list[str], data: st.DataObject) -> None:
+    """An interrupt at step k gives its error, after exactly the steps before k; none fires: the plain fold."""
+    round_ = tuple(ok(n) for n in steps)
+    stop_at = data.draw(st.none() | st.sampled_from(steps))
+    asked: list[str] = []
+
+    def interrupt(name: str) -> RoundError | None:
+        asked.append(name)
+        return RoundError(code=ErrorCode.ROUND_TIMEOUT, step=name) if name == stop_at else None
+
+    result = run_steps((), round_, interrupt=interrupt)
+    if stop_at is None:
+        assert result == run_steps((), round_) and asked == steps
+        return
+    k = steps.index(stop_at)
+    assert result == Failure(RoundError(code=ErrorCode.ROUND_TIMEOUT, step=stop_at))
+    assert asked == steps[: k + 1]
+    assert run_steps((), round_[:k]) == Success(tuple(steps[:k]))
+
+
+@given(round_names, st.data())
 def test_unknown_names_are_refused_when_building(steps: list[str], data: st.DataObject) -> None:
     """Editing a round by a name it does not have is an error at build time."""
     round_ = tuple(ok(n) for n in steps)

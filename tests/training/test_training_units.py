@@ -307,3 +307,63 @@ def test_validation_does_not_depend_on_the_test_batch_size(batch_size, n_test, m
     assert all(math.isclose(values[k], expected[k], rel_tol=1e-5, abs_tol=1e-6) for k in values)
     assert len(reports) == 1
     assert reports[0].num_batches == math.ceil(n_test / batch_size)
+
+
+def _stop_after(checks: int):
+    """A ``stop`` check that turns true at its ``checks + 1``-th call, counting the calls."""
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > checks
+
+    return stop, calls
+
+
+def _split_plan(plan_class=MlpPlan, **args):
+    from fedpipe.plan import DatasetRecord, DataSplit
+
+    plan = plan_class()
+    plan.post_init(model_args={}, training_args=TrainingArgs(random_seed=0, **args), aggregator_args={})
+    n = plan.load_data(DatasetRecord(dataset_id="bc", dataset_parameters={"standardize": True}))
+    plan.set_split(DataSplit(train_indices=tuple(range(n - 100)), test_indices=tuple(range(n - 100, n))))
+    return plan
+
+
+@given(st.integers(0, 12), st.sampled_from([{"epochs": 2}, {"num_updates": 9}]))
+@settings(max_examples=15, deadline=None)
+def test_training_stops_before_the_batch_at_which_stop_turns_true(checks, schedule):
+    """stop is polled before each batch: true at check k+1 means exactly k batches were trained."""
+    plan = _split_plan(loader_args={"batch_size": 100}, **schedule)
+    stop, _calls = _stop_after(checks)
+    reports = []
+    seen = plan.training_routine(report=reports.append, gpu=GpuPolicy(), stop=stop)
+    planned = 2 * len(plan.train_loader) if "epochs" in schedule else 9
+    batches = min(checks, planned)
+    n_train = len(plan.train_loader.dataset)
+    full = sum(min(100, n_train - 100 * (i % len(plan.train_loader))) for i in range(batches))
+    assert seen == full
+    assert (seen == 0) == (checks == 0)
+
+
+def test_testing_stops_when_stop_is_true():
+    """A stopped validation returns at once: nothing reported, no metric from part of the data."""
+    plan = _split_plan(loader_args={"batch_size": 10})
+    reports = []
+    stop, calls = _stop_after(2)
+    values = plan.testing_routine(
+        metric=Metric.ACCURACY, metric_args={}, report=reports.append, before_train=True, stop=stop
+    )
+    assert values == {} and reports == [] and calls
+
+    class Custom(MlpPlan):
+        def testing_step(self, data, target):
+            return {"Loss": 1.0}
+
+    custom = _split_plan(Custom, loader_args={"batch_size": 10})
+    stop, _calls = _stop_after(4)
+    values = custom.testing_routine(
+        metric=None, metric_args={}, report=reports.append, before_train=True, stop=stop
+    )
+    assert len(reports) == 4  # one per batch, stopped before the fifth of ten
+    assert list(values.values()) == [1.0]

@@ -99,7 +99,7 @@ def test_plan_download_failure(node: FakeNode, caplog: pytest.LogCaptureFixture)
     with caplog.at_level(logging.ERROR, logger="fedpipe.node"):
         reply = assert_failed(node, request, ErrorCode.DOWNLOAD_FAILED, "fetch_plan")
     assert any("fetch_plan" in r.getMessage() for r in caplog.records)
-    assert reply.msg == "A file could not be downloaded from the file exchange."
+    assert "download" in reply.msg.lower() and "404" not in reply.msg
 
 
 def test_params_download_failure_names_its_step(node: FakeNode) -> None:
@@ -183,10 +183,23 @@ def test_training_failure(node: FakeNode) -> None:
 
 
 def test_upload_failure(node: FakeNode) -> None:
-    """§12.1 item 12: an upload failure fails the round in upload_results."""
+    """§12.1 item 12: an upload failure fails the round in upload_results and saves no state."""
     node.exchange.fail_next["upload"] = 1
     reply = assert_failed(node, node.request(), ErrorCode.UPLOAD_FAILED, "upload_results")
     assert reply.params_url == ""
+    assert node.states.states == {} and node.states.saves == 0
+
+
+def test_failed_upload_leaves_the_previous_state_as_it_was(node: FakeNode) -> None:
+    """Issue 11 point 8: round 1's failed upload leaves exactly round 0's state, no orphan."""
+    first = run_round(node.request(), node.ports, node.settings)
+    assert first.success and first.state_id is not None
+    before = dict(node.states.states)
+    node.exchange.fail_next["upload"] = 1
+    second = run_round(node.request(state_id=first.state_id, round=1), node.ports, node.settings)
+    assert second.error is not None and second.error.code is ErrorCode.UPLOAD_FAILED
+    assert node.states.states == before
+    assert "save_state" not in last_plan(node).calls
 
 
 def test_dataset_record_reaches_the_plan(node: FakeNode) -> None:
@@ -413,10 +426,16 @@ def test_unreadable_state_store_fails_the_round(node: FakeNode) -> None:
 
 
 def test_state_save_failure(node: FakeNode) -> None:
-    """§12.1 (step 12.7 of §1.8): a failed save fails the round and nothing is uploaded."""
+    """A failed save (the last step) fails the round and leaves no state; the uploaded file is unreferenced.
+
+    The reply is a failure, so no researcher uses the results file it uploaded: a
+    content-addressed file that nothing points to (see ``fedpipe.rounds``).
+    """
     node.states.fail_next_save = 1
-    assert_failed(node, node.request(), ErrorCode.STATE_SAVE_FAILED, "save_state")
-    assert node.exchange.uploads == {}
+    reply = assert_failed(node, node.request(), ErrorCode.STATE_SAVE_FAILED, "save_state")
+    assert node.states.states == {} and node.states.saves == 0
+    assert reply.params_url == ""
+    assert len(node.exchange.uploads) == 1
 
 
 def test_empty_plan_state_is_saved(node: FakeNode) -> None:
@@ -606,9 +625,49 @@ def test_bad_request_reply_carries_what_it_can(node: FakeNode) -> None:
     assert reply.error is not None and reply.error.code is ErrorCode.BAD_REQUEST
 
 
+class HostileRequest(Mapping[str, Any]):
+    """A raw request whose reading raises: iterating it always, looking keys up when ``readable`` is off."""
+
+    def __init__(self, readable: bool) -> None:
+        self.readable = readable
+        self.values = {"researcher_id": "r7", "job_id": "j7"}
+
+    def __getitem__(self, key: str) -> Any:
+        if not self.readable:
+            raise RuntimeError("hostile lookup")
+        return self.values[key]
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("hostile iteration")
+
+    def __len__(self) -> int:
+        raise RuntimeError("hostile len")
+
+
+@pytest.mark.parametrize("readable", [True, False], ids=["ids-readable", "nothing-readable"])
+def test_a_bug_in_parsing_is_an_internal_reply(
+    node: FakeNode, readable: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11 point 1: parsing runs inside the last-resort boundary: an exception there is a reply, not a crash."""
+    with caplog.at_level(logging.ERROR, logger="fedpipe.node"):
+        run = execute_round(HostileRequest(readable), node.ports, node.settings)
+    reply = run.reply
+    assert reply.error is not None and not reply.success
+    if reply.error.code is ErrorCode.INTERNAL:  # (a parser that refuses such objects itself is fine too)
+        assert reply.error.step == "parse_request"
+        assert any("hostile" in r.getMessage() for r in caplog.records)
+    else:
+        assert reply.error.code is ErrorCode.BAD_REQUEST
+    assert "hostile" not in reply.msg and is_public_safe(reply.msg)
+    assert (reply.researcher_id, reply.job_id) == (("r7", "j7") if readable else ("", ""))
+    assert reply.node_id == "node-1" and set(reply.to_dict()) == set(REPLY_FIELDS)
+    assert node.states.saves == 0 and node.plans.instances == []
+
+
 def test_standard_round_has_reference_order(node: FakeNode) -> None:
-    """§1.8: the standard round lists every step of the reference round in order."""
+    """§1.8: the standard round lists every step of the reference round in order, but uploads before saving."""
     assert names(standard_round(node.ports)) == STANDARD_STEPS
+    assert STANDARD_STEPS[-2:] == ("upload_results", "save_state")
     assert "train_model" not in names(validation_round(node.ports))
 
 
