@@ -1,7 +1,7 @@
 """Downloads from the file exchange: plan source, global parameters, aggregator args, aux vars."""
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -12,13 +12,54 @@ from returns.result import Failure, Result, Success
 from fedpipe.codec import Limits, load_file
 from fedpipe.compose import Step
 from fedpipe.context import PlanSource, RoundContext
-from fedpipe.errors import ErrorCode, RoundError
+from fedpipe.errors import ErrorCode, RoundError, is_public_safe, printable
 from fedpipe.ports import FileExchange
-from fedpipe.request import freeze_mapping
+from fedpipe.views import frozen_view
 
-__all__ = ["MAX_PLAN_SOURCE_BYTES", "fetch_aggregator_args", "fetch_aux_vars", "fetch_params", "fetch_plan"]
+__all__ = [
+    "MAX_PLAN_SOURCE_BYTES",
+    "URL_INVALID",
+    "URL_NOT_ALLOWED",
+    "fetch_aggregator_args",
+    "fetch_aux_vars",
+    "fetch_params",
+    "fetch_plan",
+]
 
 MAX_PLAN_SOURCE_BYTES = 4 * 1024 * 1024
+
+URL_NOT_ALLOWED = "the URL is not on the node's allowed file exchanges"
+"""The reason an exchange gives (in its public text) for a URL its owner's allow-list refuses."""
+URL_INVALID = "the URL is not a valid http(s) URL"
+"""The reason an exchange gives (in its public text) for a URL it cannot parse."""
+
+# Refusals decided from the URL alone, before any connection: they reveal nothing about the
+# node's network, so the researcher may read them. Every other download failure reads the same.
+_PRE_CONNECTION_REASONS = (URL_NOT_ALLOWED, URL_INVALID)
+
+
+def _download_failed(what: str) -> Callable[[RoundError], RoundError]:
+    """Give a download failure one public text whatever its network cause; the detail is kept."""
+
+    def public(error: RoundError) -> RoundError:
+        if error.code is not ErrorCode.DOWNLOAD_FAILED:
+            return error
+        reason = next((r for r in _PRE_CONNECTION_REASONS if r in error.public), None)
+        text = f"Could not download the {what}: {reason}." if reason else f"Could not download the {what}."
+        return evolve(error, public=text)
+
+    return public
+
+
+def _argument(name: str) -> str:
+    r"""How public texts name an aggregator argument: escaped and cut, or unnamed when the name
+    looks like a path or code (the public-text filter would replace the whole message).
+
+    >>> _argument("lr\nmu"), _argument("a\nb\nc"), _argument("model.py")
+    ('aggregator argument `lr\\nmu`', 'aggregator argument', 'aggregator argument')
+    """
+    what = f"aggregator argument `{printable(name)}`"
+    return what if is_public_safe(f"The {what} is not a valid payload.") else "aggregator argument"
 
 
 def _bad_payload(step: str, what: str, reason: str) -> RoundError:
@@ -57,8 +98,10 @@ def fetch_plan(exchange: FileExchange) -> Step:
             digest = hashlib.sha256(raw).hexdigest()
             return Success(evolve(ctx, plan_source=PlanSource(path=path, source=source, sha256=digest)))
 
-        return exchange.download(ctx.request.training_plan_url, dest, max_bytes=MAX_PLAN_SOURCE_BYTES).bind(
-            read
+        return (
+            exchange.download(ctx.request.training_plan_url, dest, max_bytes=MAX_PLAN_SOURCE_BYTES)
+            .alt(_download_failed("training plan"))
+            .bind(read)
         )
 
     return step
@@ -69,8 +112,10 @@ def fetch_params(exchange: FileExchange) -> Step:
 
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         dest = ctx.workdir / "global_params.mpk"
-        return exchange.download(ctx.request.params_url, dest, max_bytes=ctx.settings.max_download_bytes).map(
-            lambda path: evolve(ctx, downloads=evolve(ctx.downloads, params_path=path))
+        return (
+            exchange.download(ctx.request.params_url, dest, max_bytes=ctx.settings.max_download_bytes)
+            .alt(_download_failed("model parameters"))
+            .map(lambda path: evolve(ctx, downloads=evolve(ctx.downloads, params_path=path)))
         )
 
     return step
@@ -89,13 +134,18 @@ def fetch_aggregator_args(exchange: FileExchange) -> Step:
             if not isinstance(url, str):
                 resolved[name] = value
                 continue
-            fetched = exchange.download(
-                url, ctx.workdir / f"aggregator_arg_{i}.mpk", max_bytes=ctx.settings.max_download_bytes
-            ).bind(partial(_decode_into, ctx=ctx, what=f"aggregator argument `{name}`"))
+            what = _argument(name)  # the name is the researcher's
+            fetched = (
+                exchange.download(
+                    url, ctx.workdir / f"aggregator_arg_{i}.mpk", max_bytes=ctx.settings.max_download_bytes
+                )
+                .alt(_download_failed(what))
+                .bind(partial(_decode_into, ctx=ctx, what=what))
+            )
             if isinstance(fetched, Failure):
                 return fetched
             resolved[name] = fetched.unwrap()
-        return Success(evolve(ctx, downloads=evolve(ctx.downloads, aggregator_args=freeze_mapping(resolved))))
+        return Success(evolve(ctx, downloads=evolve(ctx.downloads, aggregator_args=frozen_view(resolved))))
 
     return step
 
@@ -109,10 +159,16 @@ def fetch_aux_vars(exchange: FileExchange) -> Step:
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         merged: dict[str, Any] = {}
         for i, url in enumerate(ctx.request.aux_var_urls):
-            fetched = exchange.download(
-                url, ctx.workdir / f"aux_var_{i}.mpk", max_bytes=ctx.settings.max_download_bytes
-            ).bind(
-                lambda path: decode_payload(path, ctx, "fetch_aux_vars", "optimizer auxiliary variables file")
+            fetched = (
+                exchange.download(
+                    url, ctx.workdir / f"aux_var_{i}.mpk", max_bytes=ctx.settings.max_download_bytes
+                )
+                .alt(_download_failed("optimizer auxiliary variables"))
+                .bind(
+                    lambda path: decode_payload(
+                        path, ctx, "fetch_aux_vars", "optimizer auxiliary variables file"
+                    )
+                )
             )
             if isinstance(fetched, Failure):
                 return fetched

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from fedpipe.adapters.http_exchange import HttpFileExchange, expected_digest
 from fedpipe.errors import ErrorCode, is_public_safe
 from fedpipe.ports import FileExchange
+from fedpipe.steps.fetch import URL_INVALID
 from fedpipe.testing.fakes import InMemoryFileExchange
 
 
@@ -33,7 +34,8 @@ def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]
     server = request.getfixturevalue("server")
     staging = tmp_path / "staging"
     staging.mkdir()
-    with HttpFileExchange(f"{server}/upload", retries=1, backoff=0.01) as ex:
+    headers = request.getfixturevalue("node_headers")
+    with HttpFileExchange(f"{server}/upload", retries=1, backoff=0.01, headers=headers) as ex:
 
         def publish(content: bytes) -> str:
             path = staging / "blob"
@@ -94,11 +96,17 @@ def test_upload_of_a_missing_file_is_an_upload_failure(subject: Subject, tmp_pat
 # -- HttpFileExchange only -------------------------------------------------------------------
 
 
-def test_progress_reports_growing_counts_up_to_the_size(server: str, tmp_path: Path) -> None:
+def test_progress_reports_growing_counts_up_to_the_size(
+    server: str, node_headers: dict[str, str], tmp_path: Path
+) -> None:
     seen: list[tuple[int, int | None]] = []
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(3_000_000))
-    with HttpFileExchange(f"{server}/upload", progress=lambda done, total: seen.append((done, total))) as ex:
+
+    def progress(done: int, total: int | None) -> None:
+        seen.append((done, total))
+
+    with HttpFileExchange(f"{server}/upload", progress=progress, headers=node_headers) as ex:
         url = ex.upload(src).unwrap()
         uploads, seen[:] = list(seen), []
         ex.download(url, tmp_path / "copy", max_bytes=3_000_000).unwrap()
@@ -109,7 +117,9 @@ def test_progress_reports_growing_counts_up_to_the_size(server: str, tmp_path: P
         assert {total for _, total in events} == {3_000_000}
 
 
-def test_upload_reply_carries_digest_and_size(server: str, tmp_path: Path) -> None:
+def test_upload_reply_carries_digest_and_size(
+    server: str, node_headers: dict[str, str], tmp_path: Path
+) -> None:
     import hashlib
 
     import httpx
@@ -117,14 +127,14 @@ def test_upload_reply_carries_digest_and_size(server: str, tmp_path: Path) -> No
     src = tmp_path / "x"
     src.write_bytes(b"abc")
     with open(src, "rb") as fh:
-        reply = httpx.post(f"{server}/upload/", files={"file": ("../../evil name", fh)})
+        reply = httpx.post(f"{server}/upload/", files={"file": ("../../evil name", fh)}, headers=node_headers)
     assert reply.status_code == 201
     body = reply.json()
     digest = hashlib.sha256(b"abc").hexdigest()
     assert body["id"] == body["sha256"] == digest
     assert body["size"] == 3
     assert body["file"] == f"{server}/files/{digest}"
-    head = httpx.head(body["file"])
+    head = httpx.head(body["file"], headers=node_headers)
     assert head.headers["x-content-sha256"] == digest
 
 
@@ -145,6 +155,8 @@ def test_malformed_urls_are_clear_non_retryable_failures(url: str, tmp_path: Pat
         down = ex.download(url, tmp_path / "out", max_bytes=10).failure()
         up = ex.upload(src).failure()
     assert (down.code, up.code) == (ErrorCode.DOWNLOAD_FAILED, ErrorCode.UPLOAD_FAILED)
+    assert URL_INVALID in down.public
+    assert URL_INVALID in up.public
     assert not down.retryable
     assert not up.retryable
     assert not (tmp_path / "out").exists()
