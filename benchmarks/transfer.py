@@ -3,7 +3,9 @@
 The server (``fedpipe.server.serve``) runs in a subprocess so that this process's memory is the
 client's only. Prints the time of one upload plus one download for fedpipe and for ``curl``
 (best of ``--repeat``), the ratio curl_time / fedpipe_time (target >= 0.7) and the growth of this
-process's peak RSS during fedpipe's transfers (read from /proc; target < 64 MiB). Run:
+process's peak RSS during fedpipe's transfers (read from /proc; target < 64 MiB). Both clients
+present a researcher token (issued with ``TokenStore`` over the server's root), as every
+exchange route requires one. Run:
 
     python benchmarks/transfer.py            # a 400 MB file
     python benchmarks/transfer.py --quick    # a 40 MB file
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fedpipe.adapters.http_exchange import HttpFileExchange  # noqa: E402
+from fedpipe.server.auth import TokenStore, bearer  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -80,23 +83,35 @@ def make_file(path: Path, size: int) -> None:
             left -= len(block)
 
 
-def fedpipe_transfer(url: str, src: Path, dest: Path, size: int) -> float:
+def issue_token(root: Path) -> str:
+    store = TokenStore(root)
+    try:
+        return store.issue("researcher", "benchmark").token
+    finally:
+        store.close()
+
+
+def fedpipe_transfer(url: str, src: Path, dest: Path, size: int, token: str) -> float:
     dest.unlink(missing_ok=True)
     start = time.perf_counter()
-    with HttpFileExchange(f"{url}/upload", read_timeout=120) as ex:
+    with HttpFileExchange(f"{url}/upload", read_timeout=120, headers=bearer(token)) as ex:
         link = ex.upload(src).unwrap()
         ex.download(link, dest, max_bytes=size).unwrap()
     return time.perf_counter() - start
 
 
-def curl_transfer(url: str, src: Path, dest: Path) -> float:
+def curl_transfer(url: str, src: Path, dest: Path, token: str) -> float:
     dest.unlink(missing_ok=True)
+    auth = f"Authorization: Bearer {token}"
     start = time.perf_counter()
     reply = subprocess.run(
-        ["curl", "-sSf", "-F", f"file=@{src}", f"{url}/upload"], check=True, capture_output=True, text=True
+        ["curl", "-sSf", "-H", auth, "-F", f"file=@{src}", f"{url}/upload"],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     link = httpx.Response(200, content=reply.stdout).json()["file"]
-    subprocess.run(["curl", "-sSf", "-o", str(dest), link], check=True)
+    subprocess.run(["curl", "-sSf", "-H", auth, "-o", str(dest), link], check=True)
     return time.perf_counter() - start
 
 
@@ -117,15 +132,16 @@ def main() -> None:
         src, dest = work / "payload.bin", work / "copy.bin"
         make_file(src, size)
         proc, url = start_server(work / "exchange")
+        token = issue_token(work / "exchange")
         try:
-            fedpipe_transfer(url, src, dest, size)  # warm up: imports, connection, page cache
+            fedpipe_transfer(url, src, dest, size, token)  # warm up: imports, connection, page cache
             assert dest.read_bytes()[:4096] == src.read_bytes()[:4096]
             before = status_kib("VmRSS")
             peak_ok = reset_peak_rss()
             ours, theirs = [], []
             for _ in range(args.repeat):
-                ours.append(fedpipe_transfer(url, src, dest, size))
-                theirs.append(curl_transfer(url, src, dest))
+                ours.append(fedpipe_transfer(url, src, dest, size, token))
+                theirs.append(curl_transfer(url, src, dest, token))
             growth = (status_kib("VmHWM") - before) / 1024
         finally:
             proc.terminate()

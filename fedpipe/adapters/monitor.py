@@ -3,7 +3,8 @@
 ``HttpMonitor.report`` only puts the event on a bounded queue, so training never waits on the
 network; a worker thread posts the events in order. When the queue is full or the researcher
 cannot be reached, events are dropped and the node log (logger ``fedpipe.node``) says so, once per
-outage, with a count when it ends.
+outage, with a count when it ends. Events are always valid JSON: a NaN or infinite metric (a
+diverging loss) is sent as the string "NaN", "Infinity" or "-Infinity", as the server stores it.
 """
 
 import contextlib
@@ -11,6 +12,7 @@ import json
 import logging
 import math
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -28,24 +30,61 @@ log = logging.getLogger("fedpipe.node")
 _STOP = object()
 
 
+def _finite(number: float) -> float | str:
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "Infinity" if number > 0 else "-Infinity"
+    return number
+
+
 def _jsonable(value: Any) -> Any:
     """JSON for numpy/torch scalars that slip into metrics (``float()`` of them), else their text."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return str(value)
-    return int(number) if number.is_integer() and not math.isinf(number) else number
+    if not math.isfinite(number):
+        return _finite(number)
+    return int(number) if number.is_integer() else number
+
+
+def _text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (echoed from a request): no JSON reader takes it
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by their names and lone surrogates by "?" (strict JSON)."""
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_text(k) if isinstance(k, str) else k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def event_body(event: MetricEvent) -> bytes:
     """The JSON body for one event: the reference's AddScalarReply fields.
 
+    Non-finite floats become the strings "NaN", "Infinity" and "-Infinity", and a lone surrogate
+    in a text becomes "?", so the body is always strict JSON the server accepts.
+
     >>> from fedpipe.ports import MetricEvent
     >>> event_body(MetricEvent(node_id="n", job_id="j", researcher_id="r", round=1,
     ...                        metric={"loss": 0.5}, iteration=3))[:40]
     b'{"node_id": "n", "job_id": "j", "researc'
+    >>> b'"loss": "NaN"' in event_body(MetricEvent(node_id="n", job_id="j", researcher_id="r",
+    ...                                          round=1, metric={"loss": float("nan")}, iteration=1))
+    True
     """
-    return json.dumps(event.to_dict(), default=_jsonable).encode()
+    return json.dumps(_strict(event.to_dict()), default=_jsonable, allow_nan=False).encode()
 
 
 class HttpMonitor:
@@ -53,6 +92,9 @@ class HttpMonitor:
 
     ``report`` never blocks and never raises. ``flush`` waits (bounded) until the queue is empty;
     ``close`` flushes and stops the thread. ``dropped`` counts the events that were not delivered.
+    ``headers`` go with every post (the node's ``Authorization: Bearer ...``); ``verify`` is
+    httpx's TLS verification (True, a CA file path, or an ``ssl.SSLContext``). Both apply to the
+    client the monitor makes, not to a ``client`` passed in.
     """
 
     def __init__(
@@ -62,13 +104,21 @@ class HttpMonitor:
         queue_size: int = 1000,
         timeout: float = 2.0,
         client: httpx.Client | None = None,
+        headers: dict[str, str] | None = None,
+        verify: ssl.SSLContext | str | bool = True,
     ) -> None:
         self.url = url
         self.dropped = 0
         self.sent = 0
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, queue_size))
         self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=httpx.Timeout(timeout))
+        self._client = client or httpx.Client(
+            timeout=httpx.Timeout(timeout),
+            headers=headers or {},
+            verify=verify,
+            follow_redirects=False,
+            trust_env=False,  # the token goes to this server only, never through an environment proxy
+        )
         self._lock = threading.Lock()
         self._outage = False
         self._outage_drops = 0

@@ -1,10 +1,12 @@
-"""The reference file-exchange server (Starlette on uvicorn): uploads, downloads, metric sink.
+"""The reference server (Starlette on uvicorn): file exchange, metric sink and task board, with tokens.
 
-``create_app(root, max_bytes=..., public_url=...)`` builds the ASGI app; ``serve(host, port, root)``
-runs it; ``fedpipe.server.testing.running_server(root)`` runs it in a thread for tests.
+``create_app(root, ...)`` builds the ASGI app; ``serve(host, port, root)`` runs it (HTTPS with
+``certfile``/``keyfile``); ``fedpipe.server.auth.TokenStore(root)`` issues the bearer tokens it
+accepts; ``fedpipe.server.testing.running_server(root)`` runs it in a thread for tests.
 """
 
 from pathlib import Path
+from typing import Any
 
 from fedpipe.server.app import DEFAULT_MAX_BYTES, create_app
 
@@ -19,19 +21,29 @@ def serve(
     max_bytes: int = DEFAULT_MAX_BYTES,
     public_url: str | None = None,
     log_level: str = "info",
+    certfile: str | Path | None = None,
+    keyfile: str | Path | None = None,
+    **options: Any,
 ) -> None:
-    """Run the file exchange over ``root`` on ``host:port`` until interrupted.
+    """Run the server over ``root`` on ``host:port`` until interrupted.
 
-    ``public_url`` defaults to ``http://host:port``; pass it when clients reach the server through
-    another name (a proxy, a container network).
+    With both ``certfile`` and ``keyfile`` (PEM) it serves HTTPS only; with one of them it
+    refuses to start (ValueError). ``public_url`` defaults to ``http[s]://host:port``; pass it
+    when clients reach the server through another name (a proxy, a container network).
+    ``options`` go to ``create_app`` (lease_seconds, max_tasks_per_node, monitor_bytes, ...).
     """
     import uvicorn
 
-    url = public_url or f"http://{host}:{port}"
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("HTTPS needs both a certificate file and a key file")
+    scheme = "https" if certfile is not None else "http"
+    url = public_url or f"{scheme}://{host}:{port}"
     uvicorn.run(
-        create_app(Path(root), max_bytes=max_bytes, public_url=url),
+        create_app(Path(root), max_bytes=max_bytes, public_url=url, **options),
         host=host,
         port=port,
         log_level=log_level,
         lifespan="off",
+        ssl_certfile=None if certfile is None else str(certfile),
+        ssl_keyfile=None if keyfile is None else str(keyfile),
     )

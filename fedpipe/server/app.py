@@ -1,23 +1,35 @@
-"""The file-exchange HTTP app: content-addressed uploads and downloads, plus a metric sink.
+"""The server HTTP app: content-addressed uploads and downloads, a metric sink, and the task board.
 
-| route                 | does                                                                 |
-|-----------------------|----------------------------------------------------------------------|
-| POST /upload[/]       | multipart field ``file`` -> 201 ``{file, url, id, sha256, size}``    |
-| GET|HEAD /files/{id}  | the file, with Range support and its digest in ``X-Content-SHA256``   |
-| POST /monitor         | one JSON metric event (a node's ``MetricEvent.to_dict()``) -> 204    |
-| GET /monitor          | the events received so far, oldest first                            |
-| GET /health           | ``{"status": "ok"}``                                                 |
+Every route but ``/health`` needs ``Authorization: Bearer <token>`` (``fedpipe.server.auth``): a
+missing, malformed, unknown or revoked token gets 401 ``{"error": "unauthorized"}``, a valid one
+on a route its role or subject may not use 403 ``{"error": "forbidden"}``, and nothing more.
 
-The id of a file is the SHA-256 of its bytes, so names are never taken from the client. More
-routes (a task queue for nodes, say) are passed to ``create_app(routes=...)``.
+| route                    | who                    | does                                                  |
+|--------------------------|------------------------|-------------------------------------------------------|
+| POST /upload[/]          | node, researcher       | multipart ``file`` -> 201 ``{file, url, id, sha256, size}`` |
+| GET|HEAD /files/{id}     | node, researcher       | the file, with Range support, digest in ``X-Content-SHA256`` |
+| POST /monitor            | node (event ``node_id`` = its own) | one JSON metric event -> 204               |
+| GET /monitor[?job_id=J]  | researcher             | the events of the jobs it posted tasks for, oldest first |
+| GET /health              | anyone                 | ``{"status": "ok"}``                                  |
+| /tasks/..., /nodes       | see ``fedpipe.server.tasks``                                                    |
+
+Limits, all enforced while the body streams in (a ``Content-Length`` over the limit -> 413 before
+reading; a body that grows past it -> 413 as soon as it does): uploads ``max_bytes`` per file,
+``/monitor`` events ``MAX_EVENT_BYTES``, board bodies as ``fedpipe.server.tasks`` says.
+Monitor events are kept in memory, at most ``monitor_bytes`` in all and ``monitor_job_bytes``
+per job (oldest out first); NaN, Infinity and -Infinity in an event are stored and served as the
+strings "NaN", "Infinity" and "-Infinity", so ``GET /monitor`` is always valid JSON.
+
+The id of a file is the SHA-256 of its bytes, so names are never taken from the client. The
+task board and the tokens live in ``<root>/board.sqlite``; partial uploads left in
+``<root>/tmp`` by a server that was killed are removed when the app is created. More routes are
+passed to ``create_app(routes=...)``.
 """
 
 import base64
-import collections
-import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -25,13 +37,34 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from fedpipe.server.auth import Principal, TokenStore, forbidden, principal_of, unauthorized
+from fedpipe.server.bodies import BadJson, TooLarge, canonical, monitor_json, read_body
+from fedpipe.server.events import EventBuffer
 from fedpipe.server.multipart import MultipartError, boundary_of, stream_file_part
-from fedpipe.server.store import BlobStore, TooLarge, is_blob_id
-from fedpipe.server.tasks import TaskBoard, task_routes
+from fedpipe.server.store import BlobStore, is_blob_id
+from fedpipe.server.store import TooLarge as FileTooLarge
+from fedpipe.server.tasks import (
+    DEFAULT_LEASE_S,
+    DEFAULT_MAX_BOARD_BYTES,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MAX_TASKS_PER_NODE,
+    DEFAULT_REPLY_RETENTION_S,
+    TaskBoard,
+    task_routes,
+)
 
-__all__ = ["DEFAULT_MAX_BYTES", "create_app", "digest_headers"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MONITOR_BYTES",
+    "DEFAULT_MONITOR_JOB_BYTES",
+    "MAX_EVENT_BYTES",
+    "create_app",
+    "digest_headers",
+]
 
 DEFAULT_MAX_BYTES = 8 * 1024**3
+DEFAULT_MONITOR_BYTES = 64 * 1024 * 1024
+DEFAULT_MONITOR_JOB_BYTES = 8 * 1024 * 1024
 MAX_EVENT_BYTES = 64 * 1024
 _FORM_OVERHEAD = 64 * 1024
 
@@ -54,20 +87,33 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 class _Exchange:
-    def __init__(self, store: BlobStore, public_url: str | None, monitor_capacity: int) -> None:
+    def __init__(
+        self, store: BlobStore, public_url: str | None, events: EventBuffer, tokens: TokenStore, board: TaskBoard
+    ) -> None:
         self.store = store
         self.public_url = public_url.rstrip("/") if public_url else None
-        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=monitor_capacity)
+        self.events = events
+        self.tokens = tokens
+        self.board = board
 
     def base(self, request: Request) -> str:
         return self.public_url or str(request.base_url).rstrip("/")
 
+    def who(self, request: Request, *roles: str) -> Principal | Response:
+        principal = principal_of(request, self.tokens)
+        if principal is None:
+            return unauthorized()
+        return principal if principal.role in roles else forbidden()
+
     async def upload(self, request: Request) -> Response:
+        who = self.who(request, "node", "researcher")
+        if not isinstance(who, Principal):
+            return who
         boundary = boundary_of(request.headers.get("content-type", ""))
         if boundary is None:
             return _error(400, "expected a multipart/form-data body with a `file` part")
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.store.max_bytes + _FORM_OVERHEAD:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.store.max_bytes + _FORM_OVERHEAD:
             return _error(413, f"files are limited to {self.store.max_bytes} bytes")
         writer = await anyio.to_thread.run_sync(self.store.writer)
         try:
@@ -76,7 +122,7 @@ class _Exchange:
                 writer.abort()
                 return _error(400, "the form has no `file` part")
             blob_id = await anyio.to_thread.run_sync(writer.commit)
-        except TooLarge:
+        except FileTooLarge:
             writer.abort()
             return _error(413, f"files are limited to {self.store.max_bytes} bytes")
         except MultipartError as err:
@@ -96,34 +142,52 @@ class _Exchange:
         return JSONResponse(body, status_code=201, headers={"Location": url})
 
     async def download(self, request: Request) -> Response:
+        who = self.who(request, "node", "researcher")
+        if not isinstance(who, Principal):
+            return who
         blob_id = request.path_params["blob_id"]
         if not is_blob_id(blob_id):
             return _error(404, "no such file")
         path = self.store.path(blob_id)
         if not await anyio.to_thread.run_sync(path.is_file):
             return _error(404, "no such file")
-        headers = digest_headers(blob_id) | {"Cache-Control": "public, max-age=31536000, immutable"}
+        headers = digest_headers(blob_id) | {"Cache-Control": "private, max-age=31536000, immutable"}
         return FileResponse(path, headers=headers, media_type="application/octet-stream")
 
     async def post_event(self, request: Request) -> Response:
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_EVENT_BYTES:
-                return _error(413, "event too large")
+        who = self.who(request, "node")
+        if not isinstance(who, Principal):
+            return who
         try:
-            event = json.loads(body)
-        except ValueError:
-            return _error(400, "the body is not JSON")
+            event = monitor_json(await read_body(request, MAX_EVENT_BYTES))
+        except TooLarge:
+            return _error(413, f"an event is limited to {MAX_EVENT_BYTES} bytes")
+        except BadJson as err:
+            return _error(400, str(err))
+        except ClientDisconnect:
+            return Response(status_code=400)
         if not isinstance(event, dict):
             return _error(400, "an event is a JSON object")
-        self.events.append(event)
+        if event.get("node_id") != who.subject:
+            return forbidden()
+        job = EventBuffer.job_of(event)
+        if job is None:
+            return _error(400, "an event names its job_id")
+        if not self.events.add(job, canonical(event)):
+            return _error(413, "the event is larger than the monitor keeps")
         return Response(status_code=204)
 
     async def list_events(self, request: Request) -> Response:
+        who = self.who(request, "researcher")
+        if not isinstance(who, Principal):
+            return who
         job_id = request.query_params.get("job_id")
-        events = [e for e in self.events if job_id is None or e.get("job_id") == job_id]
-        return JSONResponse(events)
+        if job_id is None:
+            jobs = self.board.jobs_of(who.subject)
+        else:
+            jobs = {job_id} if self.board.owns_job(who.subject, job_id) else set()
+        texts = self.events.texts(jobs) if jobs else []
+        return Response(b"[" + b",".join(texts) + b"]", media_type="application/json")
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -135,17 +199,40 @@ def create_app(
     max_bytes: int = DEFAULT_MAX_BYTES,
     public_url: str | None = None,
     routes: Sequence[BaseRoute] = (),
-    monitor_capacity: int = 100_000,
     board: TaskBoard | None = None,
+    lease_seconds: float = DEFAULT_LEASE_S,
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    max_tasks_per_node: int = DEFAULT_MAX_TASKS_PER_NODE,
+    max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES,
+    reply_retention_s: float = DEFAULT_REPLY_RETENTION_S,
+    monitor_bytes: int = DEFAULT_MONITOR_BYTES,
+    monitor_job_bytes: int = DEFAULT_MONITOR_JOB_BYTES,
+    clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The file-exchange app storing files under ``root``.
+    """The server app storing files, tokens and the task board under ``root``.
 
     ``public_url`` is the base of the download URLs it hands out (default: the URL the request
-    came to); ``max_bytes`` bounds one file; ``routes`` are added after the exchange's own.
-    ``app.state.exchange.events`` holds the monitor events received; ``app.state.board`` is the
-    task board nodes pull their train requests from (see ``fedpipe.server.tasks``).
+    came to); ``max_bytes`` bounds one file; ``routes`` are added after the server's own (they
+    do their own authentication). The board options are ``TaskBoard``'s (ignored when ``board``
+    is given); ``monitor_bytes``/``monitor_job_bytes`` bound the metric events kept; ``clock``
+    is the wall clock of leases and retention (a fake one in tests).
+    ``app.state.tokens`` is the ``TokenStore`` (issue tokens with it), ``app.state.board`` the
+    ``TaskBoard``, ``app.state.exchange.events`` the ``EventBuffer``.
     """
-    exchange = _Exchange(BlobStore(Path(root), max_bytes), public_url, monitor_capacity)
+    root = Path(root)
+    store = BlobStore(root, max_bytes)
+    tokens = TokenStore(root)
+    board = board or TaskBoard(
+        root,
+        lease_seconds=lease_seconds,
+        max_deliveries=max_deliveries,
+        max_tasks_per_node=max_tasks_per_node,
+        max_board_bytes=max_board_bytes,
+        reply_retention_s=reply_retention_s,
+        clock=clock,
+    )
+    events = EventBuffer(max_bytes=monitor_bytes, max_job_bytes=monitor_job_bytes)
+    exchange = _Exchange(store, public_url, events, tokens, board)
     own = [
         Route("/upload", exchange.upload, methods=["POST"]),
         Route("/upload/", exchange.upload, methods=["POST"]),
@@ -154,8 +241,8 @@ def create_app(
         Route("/monitor", exchange.list_events, methods=["GET"]),
         Route("/health", exchange.health, methods=["GET"]),
     ]
-    board = board or TaskBoard()
-    app = Starlette(routes=[*own, *task_routes(board), *routes])
+    app = Starlette(routes=[*own, *task_routes(board, tokens), *routes])
     app.state.exchange = exchange
     app.state.board = board
+    app.state.tokens = tokens
     return app

@@ -64,7 +64,11 @@ class BlobWriter:
 
 
 class BlobStore:
-    """Files under ``root/objects/<2 hex>/<sha256>``; uploads in progress under ``root/tmp``."""
+    """Files under ``root/objects/<2 hex>/<sha256>``; uploads in progress under ``root/tmp``.
+
+    Opening the store removes the partial uploads a previous server left behind (killed
+    mid-upload): nothing refers to them, and their clients have given up or will retry.
+    """
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = Path(root)
@@ -73,6 +77,9 @@ class BlobStore:
         self.objects = self.root / "objects"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.objects.mkdir(parents=True, exist_ok=True)
+        for stale in self.tmp_dir.glob("*.part"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
     def path(self, blob_id: str) -> Path:
         """Where the file ``blob_id`` lives (``blob_id`` must satisfy ``is_blob_id``)."""

@@ -1,191 +1,626 @@
-"""The server's task board: researchers post train requests per node, nodes pull them and post replies.
+"""The server's task board: researchers post train requests per node, nodes pull them under a lease and reply.
 
 Nodes only make outbound connections (as hospitals require): they long-poll
-``GET /tasks/{node_id}/next`` and answer with ``POST /tasks/{task_id}/reply``. A node that polls
-again while a task it took is unanswered has restarted or lost it: the board hands that task back
-first, so a node killed mid-round picks its round up again. Every wait is bounded.
+``GET /tasks/{node_id}/next`` with their own token and answer with ``POST /tasks/{task_id}/reply``
+under the lease that came with the task. The board lives in ``<root>/board.sqlite`` (WAL,
+``synchronous=FULL``), so a server killed and restarted loses no queued, leased or answered task;
+lease expiry times are wall-clock and survive the restart.
 
-Routes (JSON bodies):
+Routes (JSON bodies; every route needs a bearer token, see ``fedpipe.server.auth``):
 
-| method | path                          | who        | effect                                          |
-|--------|-------------------------------|------------|-------------------------------------------------|
-| POST   | /tasks/{node_id}              | researcher | queue ``{"request": {...}}``; returns task_id    |
-| GET    | /tasks/{node_id}/next?wait=s  | node       | the next task (200) or nothing yet (204)         |
-| POST   | /tasks/{task_id}/reply        | node       | store the reply for the task                     |
-| GET    | /tasks/{task_id}/reply?wait=s | researcher | the reply (200) or not yet (204)                 |
-| GET    | /nodes                        | anyone     | nodes seen and when they last polled             |
+| method | path                                  | who                         | answers                                   |
+|--------|---------------------------------------|-----------------------------|-------------------------------------------|
+| POST   | /tasks/{node_id}                      | researcher                  | ``{"request": {...}}`` -> 201 ``{task_id}``; 429 when full |
+| GET    | /tasks/{node_id}/next?wait=s[&fresh=1]| that node                   | 200 ``{task_id, request, lease_id, lease_seconds, delivery}`` or 204 |
+| POST   | /tasks/{task_id}/lease                | the node holding the lease  | ``{"lease_id"}`` -> 200 ``{lease_seconds}``; 409 lease lost |
+| POST   | /tasks/{task_id}/reply                | the node holding the lease  | ``{"lease_id", "reply": {...}}`` -> 200 ``{"ok": true}``; 409 |
+| GET    | /tasks/{task_id}/reply?wait=s         | the researcher who posted it| 200 the reply, 204 not yet, 404 unknown    |
+| GET    | /nodes                                | researcher                  | ``{"nodes": {node_id: last_poll_epoch_s}}`` |
+
+Leases and poison tasks: a delivery creates a random ``lease_id`` valid ``lease_seconds``; the node
+renews it while the round runs. A lease that ends without a reply (it expired, or the node polled
+with ``fresh=1``: a new process on that node, so every lease it held is from a dead one) puts the
+task back at the front of its node's queue, unless it was delivered ``max_deliveries`` times:
+then it is dead-lettered (set aside with a failure reply the researcher reads like any other),
+and the queue behind it drains. A task is delivered to one poller at a time; the first valid
+reply wins. A task id that is not the node's own gets 403 (whether or not it exists); the
+node's own task with a lease that is no longer current gets 409.
+
+Limits: request and reply bodies 1 MiB (``MAX_TASK_BYTES``, ``MAX_REPLY_BYTES``), lease bodies
+4 KiB, all enforced while streaming (413); strict JSON only (no NaN/Infinity, no lone
+surrogates, at most 64 nested containers: 400 at the door, nothing stored); at most
+``max_tasks_per_node`` unanswered tasks per node and ``max_board_bytes`` of stored requests and
+replies (429 to the poster; a reply is always stored, so a node never loses its work to the
+cap); answered and dead-lettered tasks are purged ``reply_retention_s`` after their reply.
+``wait`` is a finite decimal number in [0, ``MAX_WAIT_S``], else 400. Expiry is checked on
+every board operation, and waiting polls wake when the next lease ends: no background thread.
 """
 
 import asyncio
 import contextlib
+import hmac
 import json
+import re
+import secrets
+import sqlite3
+import threading
 import time
-import uuid
-from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from attrs import define, field
-from starlette.requests import Request
+from attrs import frozen
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["MAX_TASK_BYTES", "MAX_WAIT_S", "TaskBoard", "task_routes"]
+from fedpipe.server.auth import Principal, TokenStore, forbidden, principal_of, unauthorized, valid_subject
+from fedpipe.server.board_db import connect
+from fedpipe.server.bodies import BadJson, TooLarge, canonical, read_body, strict_json
+
+__all__ = [
+    "MAX_LEASE_BODY_BYTES",
+    "MAX_REPLY_BYTES",
+    "MAX_TASK_BYTES",
+    "MAX_WAIT_S",
+    "BoardFull",
+    "Delivery",
+    "LeaseCheck",
+    "TaskBoard",
+    "parse_wait",
+    "task_routes",
+]
 
 MAX_WAIT_S = 30.0
 MAX_TASK_BYTES = 1024 * 1024
-_NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+MAX_REPLY_BYTES = 1024 * 1024
+MAX_LEASE_BODY_BYTES = 4 * 1024
+DEFAULT_LEASE_S = 60.0
+DEFAULT_MAX_DELIVERIES = 3
+DEFAULT_MAX_TASKS_PER_NODE = 1000
+DEFAULT_MAX_BOARD_BYTES = 256 * 1024 * 1024
+DEFAULT_REPLY_RETENTION_S = 24 * 3600.0
+# what one task costs beyond its texts (row, indexes), so that empty requests count too
+TASK_OVERHEAD_BYTES = 512
+# how far last-poll times may lag on disk (they are exact in memory): a poll is not a disk write
+_LAST_POLL_PERSIST_S = 10.0
+_TASK_ID = re.compile(r"[0-9a-f]{32}")
+_WAIT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
-@define
-class _Task:
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def parse_wait(text: str | None) -> float | None:
+    """The seconds a long poll may wait: a finite decimal in [0, MAX_WAIT_S]; missing is 0; else None.
+
+    >>> parse_wait("2.5"), parse_wait(None), parse_wait("nan"), parse_wait("-1"), parse_wait("1e9")
+    (2.5, 0.0, None, None, None)
+    """
+    if text is None:
+        return 0.0
+    if len(text) > 32 or _WAIT.fullmatch(text) is None:
+        return None
+    value = float(text)
+    return value if 0.0 <= value <= MAX_WAIT_S else None
+
+
+class BoardFull(Exception):
+    """The node's queue or the whole board is at its cap; the message says which."""
+
+
+class LeaseCheck:
+    """What the board made of a node's lease: held (OK), not the node's task (FORBIDDEN), or LOST."""
+
+    OK = "ok"
+    FORBIDDEN = "forbidden"
+    LOST = "lease lost"
+
+
+@frozen(kw_only=True)
+class Delivery:
+    """One delivery of a task to its node: the stored request text and the lease that goes with it."""
+
     task_id: str
-    node_id: str
-    request: dict[str, Any]
-    reply: dict[str, Any] | None = None
-    taken: bool = False
+    request: bytes
+    lease_id: str
+    lease_seconds: float
+    delivery: int
+
+    def body(self) -> bytes:
+        """The JSON answer of ``GET /tasks/{node}/next`` (the request text is spliced in verbatim)."""
+        head = json.dumps({"task_id": self.task_id})[:-1].encode()
+        tail = json.dumps(
+            {"lease_id": self.lease_id, "lease_seconds": self.lease_seconds, "delivery": self.delivery}
+        )[1:].encode()
+        return head + b', "request": ' + self.request + b", " + tail
 
 
-@define
+def dead_letter_reply(request_text: bytes, node_id: str, deliveries: int) -> bytes:
+    """The failure reply of a task set aside after ``deliveries`` deliveries without a reply.
+
+    ``researcher_id``, ``job_id`` and ``dataset_id`` come from the request when they are strings
+    (else ""); ``node_id`` is the node the task was queued for.
+
+    >>> json.loads(dead_letter_reply(b'{"job_id": "j", "researcher_id": 7}', "n1", 3))["researcher_id"]
+    ''
+    """
+    try:
+        request = json.loads(request_text)
+    except ValueError:
+        request = {}
+    if not isinstance(request, dict):
+        request = {}
+
+    def text(key: str) -> str:
+        value = request.get(key)
+        return value if isinstance(value, str) else ""
+
+    times = "time" if deliveries == 1 else "times"
+    reply: dict[str, Any] = {
+        "protocol_version": "1",
+        "researcher_id": text("researcher_id"),
+        "job_id": text("job_id"),
+        "state_id": None,
+        "success": False,
+        "node_id": node_id,  # the node the task was posted to, whatever the request says
+        "dataset_id": text("dataset_id"),
+        "params_url": "",
+        "timing": {},
+        "sample_size": None,
+        "msg": f"The node stopped {deliveries} {times} while running this task; it was set aside.",
+        "command": "train",
+    }
+    return canonical(reply)
+
+
 class TaskBoard:
-    """In-memory tasks and replies, with waits bounded by ``MAX_WAIT_S`` (one event loop only)."""
+    """Tasks, leases and replies in ``<root>/board.sqlite``; long polls wait on an asyncio condition.
 
-    tasks: dict[str, _Task] = field(factory=dict)
-    queues: dict[str, deque[str]] = field(factory=dict)
-    in_flight: dict[str, str] = field(factory=dict)  # node_id -> task_id taken and not answered
-    last_seen: dict[str, float] = field(factory=dict)
-    _changed: asyncio.Condition | None = None
+    The synchronous methods are short SQLite statements (safe from any thread, one at a time);
+    the ``async`` ones also wake the waiting polls and must run on the server's event loop.
+    ``clock`` gives wall-clock seconds (leases and retention survive restarts with it).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_S,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        max_tasks_per_node: int = DEFAULT_MAX_TASKS_PER_NODE,
+        max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES,
+        reply_retention_s: float = DEFAULT_REPLY_RETENTION_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < lease_seconds < 1e6 or max_deliveries < 1:
+            raise ValueError("lease_seconds must be in (0, 1e6) and max_deliveries at least 1")
+        self.lease_seconds = float(lease_seconds)
+        self.max_deliveries = max_deliveries
+        self.max_tasks_per_node = max_tasks_per_node
+        self.max_board_bytes = max_board_bytes
+        self.reply_retention_s = reply_retention_s
+        self.clock = clock
+        self._conn = connect(Path(root))
+        self._lock = threading.RLock()
+        self._changed: asyncio.Condition | None = None
+        self._changed_loop: asyncio.AbstractEventLoop | None = None
+        self._dirty = False
+        (stored,) = self._conn.execute("SELECT COALESCE(SUM(nbytes), 0) FROM tasks").fetchone()
+        self.stored_bytes = int(stored)
+        self.last_poll: dict[str, float] = dict(
+            self._conn.execute("SELECT node_id, last_poll FROM nodes").fetchall()
+        )
+        self._persisted_poll = dict(self.last_poll)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    # -- storage -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _end_leases(self, conn: sqlite3.Connection, rows: list[Any], now: float) -> None:
+        # rows: (seq, node_id, deliveries, request) of leased tasks whose lease ends now
+        for seq, node_id, deliveries, request in rows:
+            if deliveries >= self.max_deliveries:
+                reply = dead_letter_reply(request.encode("utf-8"), node_id, deliveries)
+                conn.execute(
+                    "UPDATE tasks SET state = 'dead', lease_id = NULL, lease_expires = NULL, reply = ?,"
+                    " replied_at = ?, nbytes = nbytes + ? WHERE seq = ?",
+                    (reply.decode("utf-8"), now, len(reply), seq),
+                )
+                self.stored_bytes += len(reply)
+            else:
+                conn.execute(
+                    "UPDATE tasks SET state = 'queued', priority = -1, lease_id = NULL,"
+                    " lease_expires = NULL WHERE seq = ?",
+                    (seq,),
+                )
+        if rows:
+            self._dirty = True
+
+    def _maintain(self, now: float) -> None:
+        """End the leases that expired and purge old replies (reads first: nothing to do costs no write)."""
+        with self._lock:
+            expired = self._conn.execute(
+                "SELECT seq, node_id, deliveries, request FROM tasks"
+                " WHERE state = 'leased' AND lease_expires <= ?",
+                (now,),
+            ).fetchall()
+            old = self._conn.execute(
+                "SELECT COALESCE(SUM(nbytes), 0), COUNT(*) FROM tasks WHERE replied_at <= ?",
+                (now - self.reply_retention_s,),
+            ).fetchone()
+            if not expired and not old[1]:
+                return
+            with self._transaction() as conn:
+                self._end_leases(conn, expired, now)
+                if old[1]:
+                    conn.execute("DELETE FROM tasks WHERE replied_at <= ?", (now - self.reply_retention_s,))
+            self.stored_bytes -= int(old[0])
+
+    def _seen(self, node_id: str, now: float) -> None:
+        self.last_poll[node_id] = now
+        if now - self._persisted_poll.get(node_id, float("-inf")) >= _LAST_POLL_PERSIST_S:
+            self._persisted_poll[node_id] = now
+            with self._lock:
+                self._conn.execute(
+                    "INSERT INTO nodes (node_id, last_poll) VALUES (?, ?)"
+                    " ON CONFLICT (node_id) DO UPDATE SET last_poll = excluded.last_poll",
+                    (node_id, now),
+                )
+
+    # -- synchronous operations --------------------------------------------------------------
+
+    def post(self, researcher: str, node_id: str, request: bytes, job_id: str | None = None) -> str:
+        """Queue the canonical JSON ``request`` for ``node_id``; the new task id, or BoardFull."""
+        now = self.clock()
+        self._maintain(now)
+        nbytes = len(request) + TASK_OVERHEAD_BYTES
+        task_id = secrets.token_hex(16)
+        with self._transaction() as conn:
+            (waiting,) = conn.execute(
+                "SELECT COUNT(*) FROM tasks WHERE node_id = ? AND state IN ('queued', 'leased')", (node_id,)
+            ).fetchone()
+            if waiting >= self.max_tasks_per_node:
+                raise BoardFull("the node's queue is full")
+            if self.stored_bytes + nbytes > self.max_board_bytes:
+                raise BoardFull("the task board is full")
+            conn.execute(
+                "INSERT INTO tasks (task_id, node_id, researcher, job_id, request, state, nbytes, created)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (task_id, node_id, researcher, job_id, request.decode("utf-8"), nbytes, now),
+            )
+        self.stored_bytes += nbytes
+        self._dirty = True
+        return task_id
+
+    def take(self, node_id: str, *, fresh: bool = False) -> Delivery | None:
+        """Lease the next task of ``node_id`` to the caller, or None; ``fresh`` first ends its leases."""
+        now = self.clock()
+        self._maintain(now)
+        self._seen(node_id, now)
+        with self._transaction() as conn:
+            if fresh:
+                held = conn.execute(
+                    "SELECT seq, node_id, deliveries, request FROM tasks"
+                    " WHERE node_id = ? AND state = 'leased'",
+                    (node_id,),
+                ).fetchall()
+                self._end_leases(conn, held, now)
+            row = conn.execute(
+                "SELECT seq, task_id, request, deliveries FROM tasks WHERE node_id = ? AND state = 'queued'"
+                " ORDER BY priority, seq LIMIT 1",
+                (node_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            seq, task_id, request, deliveries = row
+            lease_id = secrets.token_urlsafe(24)
+            conn.execute(
+                "UPDATE tasks SET state = 'leased', lease_id = ?, lease_expires = ?,"
+                " deliveries = deliveries + 1 WHERE seq = ?",
+                (lease_id, now + self.lease_seconds, seq),
+            )
+        return Delivery(
+            task_id=task_id,
+            request=request.encode("utf-8"),
+            lease_id=lease_id,
+            lease_seconds=self.lease_seconds,
+            delivery=deliveries + 1,
+        )
+
+    def _check_lease(self, node_id: str, task_id: str, lease_id: str) -> tuple[str, Any]:
+        if _TASK_ID.fullmatch(task_id) is None:
+            return LeaseCheck.FORBIDDEN, None
+        row = self._conn.execute(
+            "SELECT seq, node_id, state, lease_id FROM tasks WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        if row is None or not hmac.compare_digest(_utf8(row[1]), _utf8(node_id)):
+            return LeaseCheck.FORBIDDEN, None
+        current = row[3] or ""
+        if row[2] != "leased" or not hmac.compare_digest(_utf8(current), _utf8(lease_id)):
+            return LeaseCheck.LOST, None
+        return LeaseCheck.OK, row[0]
+
+    def renew(self, node_id: str, task_id: str, lease_id: str) -> str:
+        """Extend the lease ``lease_id`` of ``task_id`` by ``lease_seconds`` from now (a LeaseCheck)."""
+        now = self.clock()
+        self._maintain(now)
+        with self._transaction() as conn:
+            check, seq = self._check_lease(node_id, task_id, lease_id)
+            if check == LeaseCheck.OK:
+                conn.execute("UPDATE tasks SET lease_expires = ? WHERE seq = ?", (now + self.lease_seconds, seq))
+        return check
+
+    def answer(self, node_id: str, task_id: str, lease_id: str, reply: bytes) -> str:
+        """Store the canonical JSON ``reply`` of ``task_id`` if ``lease_id`` is its current lease (a LeaseCheck)."""
+        now = self.clock()
+        self._maintain(now)
+        with self._transaction() as conn:
+            check, seq = self._check_lease(node_id, task_id, lease_id)
+            if check == LeaseCheck.OK:
+                conn.execute(
+                    "UPDATE tasks SET state = 'answered', lease_id = NULL, lease_expires = NULL, reply = ?,"
+                    " replied_at = ?, nbytes = nbytes + ? WHERE seq = ?",
+                    (reply.decode("utf-8"), now, len(reply), seq),
+                )
+                self.stored_bytes += len(reply)
+                self._dirty = True
+        return check
+
+    def reply(self, researcher: str, task_id: str) -> tuple[bool, bytes | None]:
+        """(whether ``researcher`` posted ``task_id``, its reply text or None while there is none)."""
+        if _TASK_ID.fullmatch(task_id) is None:
+            return False, None
+        self._maintain(self.clock())
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT researcher, reply FROM tasks WHERE task_id = ?", (task_id,)
+            ).fetchone()
+        if row is None or not hmac.compare_digest(_utf8(row[0]), _utf8(researcher)):
+            return False, None
+        return True, None if row[1] is None else row[1].encode("utf-8")
+
+    def state_of(self, task_id: str) -> str | None:
+        """The state of ``task_id``: "queued", "leased", "answered", "dead", or None (unknown, purged)."""
+        if _TASK_ID.fullmatch(task_id) is None:
+            return None
+        with self._lock:
+            row = self._conn.execute("SELECT state FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def jobs_of(self, researcher: str) -> set[str]:
+        """The job ids of the tasks ``researcher`` posted that the board still holds."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT job_id FROM tasks WHERE researcher = ? AND job_id IS NOT NULL", (researcher,)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def owns_job(self, researcher: str, job_id: str) -> bool:
+        """Whether ``researcher`` posted a task of ``job_id`` that the board still holds."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM tasks WHERE researcher = ? AND job_id = ? LIMIT 1", (researcher, job_id)
+            ).fetchone()
+        return row is not None
+
+    def _next_expiry_in(self) -> float:
+        with self._lock:
+            (soonest,) = self._conn.execute(
+                "SELECT MIN(lease_expires) FROM tasks WHERE state = 'leased'"
+            ).fetchone()
+        return float("inf") if soonest is None else max(0.01, soonest - self.clock())
+
+    # -- waiting -----------------------------------------------------------------------------
 
     def _condition(self) -> asyncio.Condition:
-        if self._changed is None:
+        # one per event loop: an app served again (a new uvicorn run) gets a new loop
+        loop = asyncio.get_running_loop()
+        if self._changed is None or self._changed_loop is not loop:
             self._changed = asyncio.Condition()
+            self._changed_loop = loop
         return self._changed
 
-    async def _notify(self) -> None:
-        cond = self._condition()
-        async with cond:
-            cond.notify_all()
+    async def notify(self) -> None:
+        """Wake the waiting polls if anything changed since they last looked."""
+        if self._dirty:
+            cond = self._condition()
+            async with cond:
+                self._dirty = False
+                cond.notify_all()
 
-    async def post(self, node_id: str, request: dict[str, Any]) -> str:
-        """Queue ``request`` for ``node_id``; return the new task id."""
-        task = _Task(task_id=uuid.uuid4().hex, node_id=node_id, request=request)
-        self.tasks[task.task_id] = task
-        self.queues.setdefault(node_id, deque()).append(task.task_id)
-        await self._notify()
-        return task.task_id
-
-    def _take(self, node_id: str) -> _Task | None:
-        pending = self.in_flight.get(node_id)
-        if pending is not None and self.tasks[pending].reply is None:
-            return self.tasks[pending]  # the node lost it (restart): hand it back
-        queue = self.queues.get(node_id)
-        while queue:
-            task = self.tasks[queue.popleft()]
-            task.taken = True
-            self.in_flight[node_id] = task.task_id
-            return task
-        return None
-
-    async def next_for(self, node_id: str, wait: float) -> _Task | None:
-        """The node's next task, waiting up to ``wait`` seconds for one."""
+    async def _wait(
+        self, check: Callable[[], Any], wait: float, gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> Any:
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT_S)
         cond = self._condition()
         async with cond:
             while True:
-                self.last_seen[node_id] = time.time()
-                task = self._take(node_id)
+                if gone is not None and await gone():
+                    return None
+                found = check()
+                if self._dirty:
+                    self._dirty = False
+                    cond.notify_all()
                 left = deadline - time.monotonic()
-                if task is not None or left <= 0:
-                    return task
+                if found is not None or left <= 0:
+                    return found
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait(), timeout=left)
+                    await asyncio.wait_for(cond.wait(), timeout=min(left, self._next_expiry_in()))
 
-    async def answer(self, task_id: str, reply: dict[str, Any]) -> bool:
-        """Store the reply of ``task_id``; False when there is no such task."""
-        task = self.tasks.get(task_id)
-        if task is None:
-            return False
-        task.reply = reply
-        if self.in_flight.get(task.node_id) == task_id:
-            del self.in_flight[task.node_id]
-        await self._notify()
-        return True
+    async def next_for(
+        self,
+        node_id: str,
+        wait: float,
+        *,
+        fresh: bool = False,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Delivery | None:
+        """The node's next task under a new lease, waiting up to ``wait`` seconds for one.
 
-    async def reply_of(self, task_id: str, wait: float) -> dict[str, Any] | None:
-        """The reply of ``task_id``, waiting up to ``wait`` seconds for it."""
-        deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT_S)
-        cond = self._condition()
-        async with cond:
-            while True:
-                task = self.tasks.get(task_id)
-                left = deadline - time.monotonic()
-                if task is None or task.reply is not None or left <= 0:
-                    return None if task is None else task.reply
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait(), timeout=left)
+        ``gone`` tells whether the poller hung up: checked before each take, so that a task is
+        not leased to a connection that can no longer receive it (nor counted as delivered).
+        """
+        first = [fresh]
 
+        def check() -> Delivery | None:
+            delivery = self.take(node_id, fresh=first[0])
+            first[0] = False
+            return delivery
 
-def _wait_of(request: Request) -> float:
-    try:
-        return float(request.query_params.get("wait", "0"))
-    except ValueError:
-        return 0.0
+        result: Delivery | None = await self._wait(check, wait, gone)
+        return result
 
+    async def reply_of(self, researcher: str, task_id: str, wait: float) -> tuple[bool, bytes | None]:
+        """Like ``reply``, waiting up to ``wait`` seconds for the reply to come."""
+        outcome: list[tuple[bool, bytes | None]] = []
 
-async def _json_body(request: Request) -> dict[str, Any] | None:
-    body = await request.body()
-    if len(body) > MAX_TASK_BYTES:
-        return None
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+        def check() -> bool | None:
+            outcome[:] = [self.reply(researcher, task_id)]
+            known, reply = outcome[0]
+            return True if not known or reply is not None else None
+
+        await self._wait(check, wait)
+        return outcome[0]
 
 
-def _valid_id(value: str) -> bool:
-    return 0 < len(value) <= 128 and set(value) <= _NODE_ID_CHARS
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
 
 
-def task_routes(board: TaskBoard) -> list[Route]:
-    """The task-board routes over ``board``, to mount in the file-exchange server app."""
+def _lease_answer(check: str) -> JSONResponse:
+    return forbidden() if check == LeaseCheck.FORBIDDEN else _error(409, "lease lost")
+
+
+def task_routes(board: TaskBoard, tokens: TokenStore) -> list[Route]:
+    """The task-board routes over ``board``, authenticated by ``tokens``, to mount in the server app."""
+
+    def allowed(request: Request, role: str) -> Principal | Response:
+        principal = principal_of(request, tokens)
+        if principal is None:
+            return unauthorized()
+        return principal if principal.role == role else forbidden()
+
+    async def json_object(request: Request, limit: int) -> dict[str, Any] | Response:
+        try:
+            value = strict_json(await read_body(request, limit))
+        except TooLarge:
+            return _error(413, f"the body is limited to {limit} bytes")
+        except BadJson as err:
+            return _error(400, str(err))
+        except ClientDisconnect:
+            return Response(status_code=400)
+        return value if isinstance(value, dict) else _error(400, "expected a JSON object")
 
     async def post_task(request: Request) -> Response:
+        who = allowed(request, "researcher")
+        if not isinstance(who, Principal):
+            return who
         node_id = request.path_params["node_id"]
-        body = await _json_body(request)
-        if not _valid_id(node_id) or body is None or not isinstance(body.get("request"), dict):
-            return JSONResponse({"error": 'expected {"request": {...}} for a valid node id'}, status_code=400)
-        return JSONResponse({"task_id": await board.post(node_id, body["request"])}, status_code=201)
+        if not valid_subject(node_id):
+            return _error(400, "invalid node id")
+        body = await json_object(request, MAX_TASK_BYTES)
+        if not isinstance(body, dict):
+            return body
+        task = body.get("request")
+        if not isinstance(task, dict):
+            return _error(400, 'expected {"request": {...}}')
+        job_id = task.get("job_id")
+        try:
+            task_id = board.post(who.subject, node_id, canonical(task), job_id if isinstance(job_id, str) else None)
+        except BoardFull as err:
+            return _error(429, str(err))
+        await board.notify()
+        return JSONResponse({"task_id": task_id}, status_code=201)
 
     async def next_task(request: Request) -> Response:
-        node_id = request.path_params["node_id"]
-        if not _valid_id(node_id):
-            return JSONResponse({"error": "invalid node id"}, status_code=400)
-        task = await board.next_for(node_id, _wait_of(request))
-        if task is None:
+        who = allowed(request, "node")
+        if not isinstance(who, Principal):
+            return who
+        if not hmac.compare_digest(_utf8(who.subject), _utf8(request.path_params["node_id"])):
+            return forbidden()
+        wait = parse_wait(request.query_params.get("wait"))
+        fresh = request.query_params.get("fresh", "0")
+        if wait is None:
+            return _error(400, f"wait is a number of seconds from 0 to {MAX_WAIT_S:g}")
+        if fresh not in ("0", "1"):
+            return _error(400, "fresh is 0 or 1")
+        delivery = await board.next_for(who.subject, wait, fresh=fresh == "1", gone=request.is_disconnected)
+        if delivery is None:
             return Response(status_code=204)
-        return JSONResponse({"task_id": task.task_id, "request": task.request})
+        return Response(delivery.body(), media_type="application/json")
+
+    async def renew_lease(request: Request) -> Response:
+        who = allowed(request, "node")
+        if not isinstance(who, Principal):
+            return who
+        body = await json_object(request, MAX_LEASE_BODY_BYTES)
+        if not isinstance(body, dict):
+            return body
+        lease_id = body.get("lease_id")
+        if not isinstance(lease_id, str):
+            return _error(400, 'expected {"lease_id": "..."}')
+        check = board.renew(who.subject, request.path_params["task_id"], lease_id)
+        await board.notify()
+        if check != LeaseCheck.OK:
+            return _lease_answer(check)
+        return JSONResponse({"lease_seconds": board.lease_seconds})
 
     async def post_reply(request: Request) -> Response:
-        body = await _json_body(request)
-        if body is None:
-            return JSONResponse({"error": "expected a JSON object"}, status_code=400)
-        if not await board.answer(request.path_params["task_id"], body):
-            return JSONResponse({"error": "unknown task"}, status_code=404)
+        who = allowed(request, "node")
+        if not isinstance(who, Principal):
+            return who
+        body = await json_object(request, MAX_REPLY_BYTES)
+        if not isinstance(body, dict):
+            return body
+        lease_id, reply = body.get("lease_id"), body.get("reply")
+        if not isinstance(lease_id, str) or not isinstance(reply, dict):
+            return _error(400, 'expected {"lease_id": "...", "reply": {...}}')
+        check = board.answer(who.subject, request.path_params["task_id"], lease_id, canonical(reply))
+        await board.notify()
+        if check != LeaseCheck.OK:
+            return _lease_answer(check)
         return JSONResponse({"ok": True})
 
     async def get_reply(request: Request) -> Response:
-        task_id = request.path_params["task_id"]
-        if task_id not in board.tasks:
-            return JSONResponse({"error": "unknown task"}, status_code=404)
-        reply = await board.reply_of(task_id, _wait_of(request))
-        return Response(status_code=204) if reply is None else JSONResponse(reply)
+        who = allowed(request, "researcher")
+        if not isinstance(who, Principal):
+            return who
+        wait = parse_wait(request.query_params.get("wait"))
+        if wait is None:
+            return _error(400, f"wait is a number of seconds from 0 to {MAX_WAIT_S:g}")
+        known, reply = await board.reply_of(who.subject, request.path_params["task_id"], wait)
+        if not known:
+            return _error(404, "unknown task")
+        if reply is None:
+            return Response(status_code=204)
+        return Response(reply, media_type="application/json")
 
     async def nodes(request: Request) -> Response:
-        return JSONResponse({"nodes": board.last_seen})
+        who = allowed(request, "researcher")
+        if not isinstance(who, Principal):
+            return who
+        return JSONResponse({"nodes": dict(board.last_poll)})
 
     return [
         Route("/tasks/{node_id}", post_task, methods=["POST"]),
         Route("/tasks/{node_id}/next", next_task, methods=["GET"]),
+        Route("/tasks/{task_id}/lease", renew_lease, methods=["POST"]),
         Route("/tasks/{task_id}/reply", post_reply, methods=["POST"]),
         Route("/tasks/{task_id}/reply", get_reply, methods=["GET"]),
         Route("/nodes", nodes, methods=["GET"]),

@@ -1,7 +1,11 @@
-"""Run the file-exchange server on 127.0.0.1 in a background thread, for tests and demos."""
+"""Run the server on 127.0.0.1 in a background thread (HTTP or HTTPS), for tests and demos."""
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,22 +17,37 @@ from starlette.types import ASGIApp
 
 from fedpipe.server.app import create_app
 
-__all__ = ["running_app", "running_server"]
+__all__ = ["ServerProcess", "running_app", "running_server"]
 
 
 @contextlib.contextmanager
-def running_app(app: ASGIApp, *, startup_timeout: float = 10.0) -> Iterator[str]:
+def running_app(
+    app: ASGIApp,
+    *,
+    startup_timeout: float = 10.0,
+    certfile: str | Path | None = None,
+    keyfile: str | Path | None = None,
+) -> Iterator[str]:
     """Serve ``app`` on a free loopback port while the block runs; yield its base URL.
 
-    The port is bound before the server starts (no race for it); on exit the server finishes the
+    With ``certfile`` and ``keyfile`` (PEM) it serves HTTPS and yields an ``https://`` URL. The
+    port is bound before the server starts (no race for it); on exit the server finishes the
     requests in flight and the thread is joined.
     """
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("HTTPS needs both a certificate file and a key file")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=5
+        app,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        ssl_certfile=None if certfile is None else str(certfile),
+        ssl_keyfile=None if keyfile is None else str(keyfile),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(
@@ -43,7 +62,7 @@ def running_app(app: ASGIApp, *, startup_timeout: float = 10.0) -> Iterator[str]
             raise RuntimeError("the file-exchange server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'http' if certfile is None else 'https'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -51,11 +70,94 @@ def running_app(app: ASGIApp, *, startup_timeout: float = 10.0) -> Iterator[str]
 
 
 @contextlib.contextmanager
-def running_server(root: Path, **options: Any) -> Iterator[str]:
-    """Serve a file exchange over ``root`` (see ``create_app`` for ``options``); yield its base URL.
+def running_server(
+    root: Path,
+    *,
+    certfile: str | Path | None = None,
+    keyfile: str | Path | None = None,
+    **options: Any,
+) -> Iterator[str]:
+    """Serve the server over ``root`` (see ``create_app`` for ``options``); yield its base URL.
 
-    Uploads go to ``<url>/upload``. To inspect the app (its monitor events, say), build it with
-    ``create_app`` and serve it with ``running_app`` instead.
+    Uploads go to ``<url>/upload``; tokens are issued with ``TokenStore(root)`` (also while it
+    runs). With ``certfile`` and ``keyfile`` it serves HTTPS. To inspect the app (its monitor
+    events, say), build it with ``create_app`` and serve it with ``running_app`` instead.
     """
-    with running_app(create_app(root, **options)) as url:
+    with running_app(create_app(root, **options), certfile=certfile, keyfile=keyfile) as url:
         yield url
+
+
+class ServerProcess:
+    """``fedpipe.server.serve`` over ``root`` in a child process on a free loopback port, for crash tests.
+
+    ``start()`` waits until ``/health`` answers; ``kill()`` sends SIGKILL (no cleanup of any kind
+    runs, as in a power cut) and reaps the child; ``stop()`` asks it to exit. ``options`` go to
+    ``serve`` and must be literals (they are written into the child's command line).
+    """
+
+    def __init__(self, root: Path, **options: Any) -> None:
+        self.root = Path(root)
+        self.options = options
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    @property
+    def pid(self) -> int:
+        """The child's process id (the server is running)."""
+        if self.proc is None:
+            raise RuntimeError("the server process is not running")
+        return self.proc.pid
+
+    def start(self, startup_timeout: float = 30.0) -> str:
+        """Start the child on a new free port; its base URL once it answers."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        code = (
+            "from fedpipe.server import serve; "
+            f"serve('127.0.0.1', {port}, {str(self.root)!r}, log_level='warning'{', ' if options else ''}{options})"
+        )
+        # the child imports this very fedpipe, installed or not
+        here = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+        scheme = "https" if self.options.get("certfile") else "http"
+        self.url = f"{scheme}://127.0.0.1:{port}"
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("the server process exited at start")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return self.url
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError("the server process did not start") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the child and reap it."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def stop(self) -> None:
+        """Ask the child to exit (SIGTERM), SIGKILL it if it takes more than 20 s."""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+            self.proc = None
+
+    def __enter__(self) -> "ServerProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

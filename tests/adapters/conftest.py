@@ -12,6 +12,7 @@ import pytest
 from attrs import define, field
 
 from fedpipe.server import create_app
+from fedpipe.server.auth import TokenStore, bearer
 from fedpipe.server.testing import running_app
 
 
@@ -149,6 +150,38 @@ def server(server_root: Path) -> Iterator[str]:
     """The real file-exchange server on a free loopback port (base URL)."""
     with running_app(create_app(server_root, max_bytes=8 * 1024 * 1024)) as url:
         yield url
+
+
+@pytest.fixture
+def token_store(server_root: Path) -> Iterator[TokenStore]:
+    """The credentials of ``server`` (``<server_root>/board.sqlite``): issue more with ``.issue(role, subject)``."""
+    store = TokenStore(server_root)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def node_token(token_store: TokenStore) -> str:
+    """A node token for node id "node-1", valid on the ``server`` fixture's app."""
+    return token_store.issue("node", "node-1").token
+
+
+@pytest.fixture
+def node_headers(node_token: str) -> dict[str, str]:
+    """``{"Authorization": "Bearer <node_token>"}``."""
+    return bearer(node_token)
+
+
+@pytest.fixture
+def researcher_token(token_store: TokenStore) -> str:
+    """A researcher token (researcher "researcher-1"), valid on the ``server`` fixture's app."""
+    return token_store.issue("researcher", "researcher-1").token
+
+
+@pytest.fixture
+def researcher_headers(researcher_token: str) -> dict[str, str]:
+    """``{"Authorization": "Bearer <researcher_token>"}``."""
+    return bearer(researcher_token)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from fedpipe.adapters.clock import SystemClock
 from fedpipe.adapters.monitor import CallbackMonitor, HttpMonitor
 from fedpipe.ports import Clock, MetricEvent, Monitor
 from fedpipe.server import create_app
+from fedpipe.server.auth import bearer
 from fedpipe.server.testing import running_app
 from fedpipe.testing.fakes import FakeClock, RecordingMonitor
 from tests.adapters.conftest import Fault, FaultProxy
@@ -51,14 +52,23 @@ def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Subject]
         got: list[dict[str, Any]] = []
         yield Subject(CallbackMonitor(lambda e: got.append(e.to_dict())), lambda: got)
     else:
-        app = create_app(tmp_path)
-        with running_app(app) as url, HttpMonitor(f"{url}/monitor") as monitor:
+        app, node, researcher = served_app(tmp_path)
+        with running_app(app) as url, HttpMonitor(f"{url}/monitor", headers=node) as monitor:
 
             def received() -> list[dict[str, Any]]:
                 assert monitor.flush(10)
-                return httpx.get(f"{url}/monitor").json()
+                return httpx.get(f"{url}/monitor", headers=researcher).json()
 
             yield Subject(monitor, received)
+
+
+def served_app(root: Path) -> tuple[Any, dict[str, str], dict[str, str]]:
+    """A server app, node-1's headers and the headers of a researcher who posted a task of job-1."""
+    app = create_app(root)
+    node = bearer(app.state.tokens.issue("node", "node-1").token)
+    researcher = bearer(app.state.tokens.issue("researcher", "r").token)
+    app.state.board.post("r", "node-1", b'{"job_id":"job-1"}', "job-1")
+    return app, node, researcher
 
 
 def test_reported_events_reach_the_researcher_in_order(subject: Subject) -> None:
@@ -76,10 +86,39 @@ def test_every_reference_field_is_forwarded(subject: Subject) -> None:
 
 
 def test_numpy_scalars_in_metrics_are_sent_as_numbers(tmp_path: Path) -> None:
-    with running_app(create_app(tmp_path)) as url, HttpMonitor(f"{url}/monitor") as monitor:
+    app, node, researcher = served_app(tmp_path)
+    with running_app(app) as url, HttpMonitor(f"{url}/monitor", headers=node) as monitor:
         monitor.report(event(0, loss=np.float32(0.25), n=np.int64(3)))  # type: ignore[arg-type]
         assert monitor.flush(10)
-        assert httpx.get(f"{url}/monitor").json()[0]["metric"] == {"loss": 0.25, "n": 3}
+        assert httpx.get(f"{url}/monitor", headers=researcher).json()[0]["metric"] == {"loss": 0.25, "n": 3}
+
+
+def test_non_finite_metrics_reach_the_researcher_as_strings(tmp_path: Path) -> None:
+    app, node, researcher = served_app(tmp_path)
+    with running_app(app) as url, HttpMonitor(f"{url}/monitor", headers=node) as monitor:
+        monitor.report(event(0, loss=float("nan"), up=float("inf"), down=np.float64("-inf")))  # type: ignore[arg-type]
+        assert monitor.flush(10)
+        assert (monitor.sent, monitor.dropped) == (1, 0)
+        got = httpx.get(f"{url}/monitor", headers=researcher)
+    assert got.status_code == 200
+    assert got.json()[0]["metric"] == {"loss": "NaN", "up": "Infinity", "down": "-Infinity"}
+
+
+def test_a_lone_surrogate_in_an_event_is_replaced_not_dropped(tmp_path: Path) -> None:
+    app, node, researcher = served_app(tmp_path)
+    with running_app(app) as url, HttpMonitor(f"{url}/monitor", headers=node) as monitor:
+        monitor.report(event(0, **{"acc\ud800": 1.0}))
+        assert monitor.flush(10)
+        assert monitor.sent == 1
+        assert list(httpx.get(f"{url}/monitor", headers=researcher).json()[0]["metric"]) == ["acc?"]
+
+
+def test_the_monitor_presents_its_credential(tmp_path: Path) -> None:
+    app, _, _ = served_app(tmp_path)
+    with running_app(app) as url, HttpMonitor(f"{url}/monitor") as monitor:
+        monitor.report(event(0))
+        assert monitor.flush(10)
+    assert (monitor.sent, monitor.dropped) == (0, 1)  # no token: 401, dropped and logged
 
 
 def test_unreachable_researcher_drops_without_blocking_and_logs(caplog: pytest.LogCaptureFixture) -> None:
@@ -101,9 +140,9 @@ def test_unreachable_researcher_drops_without_blocking_and_logs(caplog: pytest.L
     assert len(warnings) == 1  # once per outage, not once per event
 
 
-def test_slow_researcher_never_blocks_training(proxy: FaultProxy) -> None:
+def test_slow_researcher_never_blocks_training(proxy: FaultProxy, node_headers: dict[str, str]) -> None:
     proxy.always = Fault("delay", seconds=0.3)
-    with HttpMonitor(f"{proxy.url}/monitor", queue_size=2, timeout=5) as monitor:
+    with HttpMonitor(f"{proxy.url}/monitor", queue_size=2, timeout=5, headers=node_headers) as monitor:
         start = time.perf_counter()
         for i in range(50):
             monitor.report(event(i))
@@ -114,11 +153,11 @@ def test_slow_researcher_never_blocks_training(proxy: FaultProxy) -> None:
 
 
 def test_recovery_is_logged_with_the_count_of_dropped_events(
-    proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+    proxy: FaultProxy, node_headers: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="fedpipe.node")
     proxy.script(Fault("status", status=503), Fault("status", status=503))
-    with HttpMonitor(f"{proxy.url}/monitor") as monitor:
+    with HttpMonitor(f"{proxy.url}/monitor", headers=node_headers) as monitor:
         for i in range(3):
             monitor.report(event(i))
         assert monitor.flush(10)
