@@ -13,12 +13,13 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import evolve
 from returns.result import Failure, Result
@@ -45,10 +46,13 @@ from fedpipe.ports import (
     SecaggCrypter,
     ServerKeyShare,
 )
-from fedpipe.reply import TrainReply
+from fedpipe.reply import TrainReply, header_of, to_reply
 from fedpipe.request import TrainRequest
 from fedpipe.runner import RoundRun, execute_round
 from fedpipe.settings import GpuPolicy, NodeSettings
+
+if TYPE_CHECKING:
+    from fedpipe.adapters.task_client import HttpTaskClient, Task
 
 __all__ = [
     "Node",
@@ -295,63 +299,178 @@ def _default_crypter() -> SecaggCrypter:
     return JoyeLibertCrypter()
 
 
+def read_token_file(path: Path | str) -> str:
+    """The bearer token stored in ``path`` (its first line); NodeAdminError when unusable."""
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise NodeAdminError(f"cannot read the token file {path}: {err}") from err
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        raise NodeAdminError(f"the token file {path} does not hold one token")
+    return text
+
+
+class _LeaseKeeper:
+    """Renews a task's lease from a daemon thread while the round runs (every third of the lease)."""
+
+    def __init__(self, client: "HttpTaskClient", task: "Task", log: logging.Logger) -> None:
+        self._client = client
+        self._task = task
+        self._log = log
+        self._done = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._run, name="fedpipe-lease", daemon=True)
+
+    def _run(self) -> None:
+        from fedpipe.adapters.task_client import TaskBoardRefused, TaskBoardUnavailable
+
+        interval = max(self._task.lease_seconds / 3, 0.2)
+        while not self._done.wait(interval):
+            try:
+                if self._client.renew(self._task):
+                    continue
+            except TaskBoardUnavailable:
+                continue  # the server may come back before the lease runs out
+            except TaskBoardRefused:
+                pass
+            self.lost = True
+            self._log.warning("task %s: lease lost while the round runs", self._task.task_id)
+            return
+
+    def __enter__(self) -> "_LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+
+def _fallback_reply(request: Any, node_id: str) -> TrainReply:
+    """A failure reply that the board always accepts, for a task whose own reply it refused."""
+    error = RoundError(
+        code=ErrorCode.INTERNAL,
+        step="(reply)",
+        detail="the task board refused the round's reply",
+        public="The node could not send the reply of this round.",
+    )
+    return to_reply(Failure(error), header_of(request if isinstance(request, Mapping) else None, node_id))
+
+
 def run_node_agent(
     root: Path | str,
     *,
     server_url: str,
     node_id: str | None = None,
+    token: str | None = None,
+    ca_file: Path | str | None = None,
     poll_wait: float = 10.0,
     stop: threading.Event | None = None,
 ) -> int:
     """Serve train requests from ``server_url`` until ``stop`` is set (or SIGTERM/SIGINT): 0 on a clean stop.
 
-    The node only makes outbound connections: it long-polls the task board, runs each round and
-    posts the reply, backing off (up to 30 s) while the server cannot be reached.
+    The node only makes outbound connections: it long-polls the task board with its ``token``,
+    runs each round while renewing the task's lease, and posts the reply under that lease,
+    backing off (up to 30 s) while the server cannot be reached. One process runs per node
+    root (``NodeLocked`` for a second one). Files are exchanged only with the server's origin
+    and the owner's ``allowed_origins``; ``ca_file`` verifies an HTTPS server
+    signed by a private CA. A task that cannot be parsed or answered gets an error reply; one
+    whose delivery kills the process is set aside by the board after a few deliveries.
+    Returns 1 when the server refuses the node's credential.
     """
-    from fedpipe.adapters.http_exchange import HttpFileExchange
+    from fedpipe.adapters.http_exchange import HttpFileExchange, origin_of
+    from fedpipe.adapters.lock import NodeLock
     from fedpipe.adapters.monitor import HttpMonitor
-    from fedpipe.adapters.task_client import HttpTaskClient, TaskBoardUnavailable
+    from fedpipe.adapters.task_client import (
+        HttpTaskClient,
+        ReplyOutcome,
+        TaskBoardRefused,
+        TaskBoardUnavailable,
+    )
 
     log = logging.getLogger("fedpipe.node")
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
     settings = load_or_create_settings(root, node_id=node_id)
     server = server_url.rstrip("/")
-    exchange = HttpFileExchange(f"{server}/upload")
-    monitor = HttpMonitor(f"{server}/monitor")
-    client = HttpTaskClient(server, settings.node_id, poll_wait=poll_wait)
-    backoff = 0.5
-    with Node.open(settings, exchange=exchange, monitor=monitor, crypter=_default_crypter()) as node:
-        removed = node.clean_workspaces()
-        if removed:
-            log.warning("removed %d round workspace(s) left by an earlier run", removed)
-        log.info("node %s pulling tasks from %s", settings.node_id, server)
-        while not stop.is_set():
-            try:
-                task = client.next_task()
-                backoff = 0.5
-                if task is None:
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with NodeLock(settings.root):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+        try:
+            exchange = HttpFileExchange(
+                f"{server}/upload",
+                headers=headers,
+                allowed_origins=(*settings.allowed_origins, str(origin_of(server))),
+                verify=verify,
+            )
+        except ValueError as err:  # the owner's allow-list, or the server URL, is malformed
+            raise NodeAdminError(f"cannot use the file exchanges of {settings.root}: {err}") from err
+        monitor = HttpMonitor(f"{server}/monitor", headers=headers, verify=verify)
+        client = HttpTaskClient(server, settings.node_id, token=token, poll_wait=poll_wait, verify=verify)
+        backoff = 0.5
+
+        def wait_after(err: Exception) -> None:
+            nonlocal backoff
+            log.warning("%s; retrying in %.1f s", err, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+        def deliver(task: "Task", replies: Sequence[TrainReply]) -> None:
+            """Post the first of ``replies`` the board accepts (the later ones are fallbacks)."""
+            pending = list(replies)
+            while pending and not stop.is_set():
+                try:
+                    outcome = client.post_reply(task, pending[0].to_dict())
+                except TaskBoardUnavailable as err:
+                    wait_after(err)
                     continue
-                log.info("task %s: round started", task.task_id)
-                reply = node.run_round(task.request)
-                log.info("task %s: %s", task.task_id, "success" if reply.success else f"failed ({reply.msg})")
-                monitor.flush()  # the round's metrics reach the researcher before its reply does
-                while True:
+                if outcome is ReplyOutcome.REFUSED and len(pending) > 1:
+                    log.error("task %s: the board refused the reply; sending a failure reply", task.task_id)
+                    pending.pop(0)
+                    continue
+                if outcome is not ReplyOutcome.ACCEPTED:
+                    log.warning("task %s: reply not accepted (%s)", task.task_id, outcome.value)
+                return
+
+        code = 0
+        fresh = True  # the first poll ends the leases a dead predecessor held
+        try:
+            with Node.open(settings, exchange=exchange, monitor=monitor, crypter=_default_crypter()) as node:
+                removed = node.clean_workspaces()
+                if removed:
+                    log.warning("removed %d round workspace(s) left by an earlier run", removed)
+                log.info("node %s pulling tasks from %s", settings.node_id, server)
+                while not stop.is_set():
                     try:
-                        client.post_reply(task.task_id, reply.to_dict())
-                        break
+                        task = client.next_task(fresh=fresh)
                     except TaskBoardUnavailable as err:
-                        if stop.is_set():
-                            raise
-                        log.warning("%s; retrying in %.1f s", err, backoff)
-                        stop.wait(backoff)
-                        backoff = min(backoff * 2, 30.0)
-            except TaskBoardUnavailable as err:
-                log.warning("%s; retrying in %.1f s", err, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-    client.close()
-    monitor.close()
-    return 0
+                        wait_after(err)
+                        continue
+                    fresh, backoff = False, 0.5
+                    if task is None:
+                        continue
+                    log.info("task %s: round started (delivery %d)", task.task_id, task.delivery)
+                    fallback = _fallback_reply(task.request, settings.node_id)
+                    with _LeaseKeeper(client, task, log):
+                        try:
+                            reply = node.run_round(task.request)
+                        except Exception:  # a bug outside the round's own boundary: answer, go on
+                            log.exception("task %s: the round could not run", task.task_id)
+                            reply = fallback
+                        log.info(
+                            "task %s: %s",
+                            task.task_id,
+                            "success" if reply.success else f"failed ({reply.msg})",
+                        )
+                        monitor.flush()  # the round's metrics reach the researcher before its reply does
+                        deliver(task, [reply, fallback] if reply is not fallback else [reply])
+        except TaskBoardRefused as err:
+            log.error("%s", err)
+            code = 1
+        finally:
+            client.close()
+            monitor.close()
+            exchange.close()
+    return code

@@ -1,4 +1,4 @@
-"""The ``fedpipe`` command: demo, serve, node, and the node owner's plans and datasets commands."""
+"""The ``fedpipe`` command: demo, serve, tokens, node, and the node owner's plans and datasets commands."""
 
 import argparse
 import json
@@ -25,20 +25,91 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(options)
 
 
+def _error(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from fedpipe.server import serve
 
-    serve(host=args.host, port=args.port, root=args.root, max_bytes=args.max_bytes)
+    if (args.certfile is None) != (args.keyfile is None):
+        return _error("HTTPS needs both --certfile and --keyfile", 2)
+    serve(
+        host=args.host,
+        port=args.port,
+        root=args.root,
+        max_bytes=args.max_bytes,
+        public_url=args.public_url,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+    )
     return 0
+
+
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    from fedpipe.adapters.private_file import write_private
+    from fedpipe.server.auth import TokenStore
+
+    try:
+        store = TokenStore(args.root)
+    except (OSError, ValueError) as err:
+        return _error(f"cannot open the credentials of {args.root}: {err}")
+    try:
+        if args.action == "list":
+            for info in store.list():
+                state = "revoked" if info.revoked else "active"
+                print(f"{info.token_id}  {info.role:<10} {info.subject:<24} {state}")
+            return 0
+        if args.action == "revoke":
+            if not args.id:
+                return _error("`tokens revoke` needs --id", 2)
+            if not store.revoke(args.id):
+                return _error(f"no token {args.id!r}")
+            print(f"revoked {args.id}")
+            return 0
+        if (args.node is None) == (args.researcher is None):
+            return _error("`tokens issue` needs exactly one of --node ID and --researcher NAME", 2)
+        role, subject = ("node", args.node) if args.node is not None else ("researcher", args.researcher)
+        try:
+            issued = store.issue(role, subject)
+        except ValueError as err:
+            return _error(str(err), 2)
+        if args.out is None:
+            print(issued.token)
+        else:
+            try:
+                write_private(args.out, issued.token)
+            except OSError as err:
+                store.revoke(issued.token_id)  # never leave a live token nobody holds
+                return _error(f"cannot write {args.out}: {err}")
+            print(f"{role} token {issued.token_id} for {subject} written to {args.out}")
+        return 0
+    finally:
+        store.close()
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
     import logging
 
-    from fedpipe.bootstrap import run_node_agent
+    from fedpipe.adapters.lock import NodeLocked
+    from fedpipe.bootstrap import NodeAdminError, read_token_file, run_node_agent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return run_node_agent(args.root, server_url=args.server, node_id=args.node_id, poll_wait=args.poll_wait)
+    try:
+        token = read_token_file(args.token_file)
+        return run_node_agent(
+            args.root,
+            server_url=args.server,
+            node_id=args.node_id,
+            token=token,
+            ca_file=args.ca_file,
+            poll_wait=args.poll_wait,
+        )
+    except (NodeLocked, NodeAdminError) as err:
+        return _error(str(err))
+    except OSError as err:  # an unreadable --ca-file, say (ssl.SSLError is an OSError too)
+        return _error(f"cannot start the node: {err}")
 
 
 def _cmd_plans(args: argparse.Namespace) -> int:
@@ -126,14 +197,47 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the file-exchange and task server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8844)
-    serve.add_argument("--root", type=Path, required=True, help="directory for uploaded files")
+    serve.add_argument(
+        "--root",
+        type=Path,
+        required=True,
+        help="directory for uploaded files, the task board and credentials",
+    )
     serve.add_argument("--max-bytes", type=int, default=8 * 1024**3, help="largest accepted upload")
+    serve.add_argument(
+        "--public-url", default=None, help="base of the download URLs (default: the listen URL)"
+    )
+    serve.add_argument("--certfile", type=Path, default=None, help="TLS certificate (PEM): serve HTTPS")
+    serve.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM) of --certfile")
     serve.set_defaults(run=_cmd_serve)
+
+    tokens = sub.add_parser("tokens", help="server operator: issue, list or revoke credentials")
+    tokens.add_argument("action", choices=["issue", "list", "revoke"])
+    tokens.add_argument("--root", type=Path, required=True, help="the server's --root directory")
+    tokens.add_argument("--node", default=None, help="issue a token for this node id")
+    tokens.add_argument("--researcher", default=None, help="issue a token for this researcher")
+    tokens.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the token to this file (mode 0600) instead of printing it",
+    )
+    tokens.add_argument("--id", default=None, help="the token id to revoke (see `tokens list`)")
+    tokens.set_defaults(run=_cmd_tokens)
 
     node = sub.add_parser("node", help="run a node that pulls train requests from a server")
     node.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8844")
     node.add_argument(
         "--root", type=Path, required=True, help="the node's directory (settings, database, workspaces)"
+    )
+    node.add_argument(
+        "--token-file",
+        type=Path,
+        required=True,
+        help="file holding this node's token (`fedpipe tokens issue`)",
+    )
+    node.add_argument(
+        "--ca-file", type=Path, default=None, help="CA certificate (PEM) that signed an HTTPS server"
     )
     node.add_argument("--node-id", default=None, help="node id (stored in the root's settings on first run)")
     node.add_argument("--poll-wait", type=float, default=10.0, help="long-poll wait in seconds")

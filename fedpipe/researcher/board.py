@@ -1,5 +1,6 @@
 """The researcher's side of the server's task board: post train requests, wait for replies, read metrics."""
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,11 +14,28 @@ class BoardError(Exception):
 
 
 class BoardClient:
-    """httpx client of the task-board and monitor routes of ``fedpipe serve``."""
+    """httpx client of the task-board and monitor routes of ``fedpipe serve``.
 
-    def __init__(self, server_url: str, *, timeout: float = 30.0) -> None:
+    ``token`` is the researcher's bearer token (``fedpipe tokens issue --researcher ...``);
+    ``verify`` is httpx's TLS verification (True, a CA file path, or an ``ssl.SSLContext``).
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        verify: ssl.SSLContext | str | bool = True,
+    ) -> None:
         self.server_url = server_url.rstrip("/")
-        self._client = httpx.Client(base_url=self.server_url, timeout=httpx.Timeout(timeout, connect=5.0))
+        self._client = httpx.Client(
+            base_url=self.server_url,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            verify=verify,
+            trust_env=False,  # the token goes to this server only, never through an environment proxy
+            timeout=httpx.Timeout(timeout, connect=5.0),
+        )
 
     def post_task(self, node_id: str, request: Mapping[str, Any]) -> str:
         """Queue ``request`` for ``node_id``; return the task id."""
@@ -26,7 +44,7 @@ class BoardClient:
         except httpx.HTTPError as err:
             raise BoardError(f"cannot post a task for {node_id}: {type(err).__name__}") from err
         if response.status_code != 201:
-            raise BoardError(f"posting a task for {node_id}: HTTP {response.status_code}")
+            raise BoardError(f"posting a task for {node_id}: HTTP {response.status_code}{_why(response)}")
         return str(response.json()["task_id"])
 
     def reply(self, task_id: str, wait: float) -> dict[str, Any] | None:
@@ -54,6 +72,28 @@ class BoardClient:
         events = body if isinstance(body, list) else []
         return [e for e in events if isinstance(e, dict) and e.get("job_id") == job_id]
 
+    def nodes(self) -> dict[str, float]:
+        """The nodes that polled the board, with the time of their last poll (seconds since the epoch)."""
+        try:
+            response = self._client.get("/nodes")
+        except httpx.HTTPError as err:
+            raise BoardError(f"cannot list the nodes: {type(err).__name__}") from err
+        if response.status_code != 200:
+            raise BoardError(f"listing the nodes: HTTP {response.status_code}{_why(response)}")
+        body = response.json()
+        nodes = body.get("nodes") if isinstance(body, dict) else None
+        return dict(nodes) if isinstance(nodes, dict) else {}
+
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
+
+
+def _why(response: httpx.Response) -> str:
+    """The server's one-line reason, when it gave one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    return f" ({error[:200]})" if isinstance(error, str) else ""

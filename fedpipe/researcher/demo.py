@@ -29,6 +29,7 @@ __all__ = ["DEMO_PLAN_CLASS", "DemoOptions", "demo_plan_source", "run_demo"]
 
 DEMO_PLAN_CLASS = "BreastCancerMlp"
 DATASET_ID = "breast-cancer"
+TOKEN_FILE = "node.token"  # noqa: S105 - the name of the file, not a secret
 
 
 @frozen(kw_only=True)
@@ -133,6 +134,8 @@ class _NodeSupervisor:
                     str(root),
                     "--node-id",
                     f"node-{i + 1}",
+                    "--token-file",
+                    str(root / TOKEN_FILE),
                     "--poll-wait",
                     "2",
                 ],
@@ -263,11 +266,26 @@ def initial_params(seed: int, hidden: int = 16) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _issue_credentials(server_root: Path, roots: list[Path]) -> str:
+    """What the server operator does by hand: one token per node (given to its owner), one for us."""
+    from fedpipe.adapters.private_file import write_private
+    from fedpipe.server.auth import TokenStore
+
+    store = TokenStore(server_root)
+    try:
+        for i, root in enumerate(roots):
+            write_private(root / TOKEN_FILE, store.issue("node", f"node-{i + 1}").token)
+        return store.issue("researcher", "demo-researcher").token
+    finally:
+        store.close()
+
+
 def run_experiment(options: DemoOptions) -> ExperimentResult:
     """Run the whole demo and return the experiment's records (used by ``run_demo`` and the tests)."""
     from fedpipe.adapters.http_exchange import HttpFileExchange
     from fedpipe.researcher.board import BoardClient
     from fedpipe.researcher.strategies import make_strategy
+    from fedpipe.server.auth import bearer
     from fedpipe.server.testing import running_server
 
     out = options.output.resolve()
@@ -289,12 +307,13 @@ def run_experiment(options: DemoOptions) -> ExperimentResult:
     _say(options, "node owners:")
     _prepare_nodes(options, roots, source, secagg)
     with running_server(out / "server") as server_url:
-        _say(options, f"server: {server_url} (file exchange + task board)")
-        exchange = HttpFileExchange(f"{server_url}/upload")
+        token = _issue_credentials(out / "server", roots)
+        _say(options, f"server: {server_url} (file exchange + task board; a token for each node and us)")
+        exchange = HttpFileExchange(f"{server_url}/upload", headers=bearer(token))
         plan_path = out / "demo_plan.py"
         plan_path.write_text(source, encoding="utf-8")
         plan_url = exchange.upload(plan_path).unwrap()
-        board = BoardClient(server_url)
+        board = BoardClient(server_url, token=token)
         with _NodeSupervisor(options, server_url, roots):
             training_args: Mapping[str, Any] = {
                 "epochs": options.epochs,

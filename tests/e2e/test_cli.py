@@ -11,11 +11,12 @@ import pytest
 
 from fedpipe.cli import main
 from fedpipe.researcher.demo import demo_plan_source
+from fedpipe.server.auth import bearer
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("command", ["demo", "serve", "node", "plans", "datasets"])
+@pytest.mark.parametrize("command", ["demo", "serve", "tokens", "node", "plans", "datasets"])
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`fedpipe <command> --help` prints usage and exits 0."""
     with pytest.raises(SystemExit) as exit_info:
@@ -47,8 +48,9 @@ def test_owner_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["plans", "approve", "--root", str(root), "--file", str(bad)]) == 1
 
 
-def test_serve_answers_health(tmp_path: Path) -> None:
-    """`fedpipe serve` starts the server on the given port; /health answers; it stops on SIGTERM."""
+def test_serve_answers_health(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`fedpipe serve` starts the server on the given port; /health answers, the board wants a token
+    (issued while it runs); it stops on SIGTERM."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -68,7 +70,64 @@ def test_serve_answers_health(tmp_path: Path) -> None:
                     raise
                 time.sleep(0.2)
         assert response.json() == {"status": "ok"}
-        assert httpx.get(f"http://127.0.0.1:{port}/tasks/node-x/next", params={"wait": 0}).status_code == 204
+        anonymous = httpx.get(f"http://127.0.0.1:{port}/tasks/node-x/next", params={"wait": 0})
+        assert anonymous.status_code == 401
+        assert main(["tokens", "issue", "--root", str(tmp_path / "srv"), "--node", "node-x"]) == 0
+        token = capsys.readouterr().out.strip()
+        polled = httpx.get(
+            f"http://127.0.0.1:{port}/tasks/node-x/next", params={"wait": 0}, headers=bearer(token)
+        )
+        assert polled.status_code == 204
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) is not None
+
+
+def test_tokens_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tokens issue (printed or to a 0600 file), list (never the secret) and revoke; errors are one line."""
+    root = tmp_path / "srv"
+    assert main(["tokens", "issue", "--root", str(root), "--researcher", "alice"]) == 0
+    printed = capsys.readouterr().out.strip()
+    out = tmp_path / "node-1.token"
+    assert main(["tokens", "issue", "--root", str(root), "--node", "node-1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert out.stat().st_mode & 0o777 == 0o600
+    written = out.read_text().strip()
+    assert main(["tokens", "list", "--root", str(root)]) == 0
+    listing = capsys.readouterr().out
+    assert "alice" in listing and "node-1" in listing
+    token_id = written.split(".")[1]
+    assert written.split(".")[2] not in listing and printed.split(".")[2] not in listing
+    assert main(["tokens", "revoke", "--root", str(root), "--id", token_id]) == 0
+    assert main(["tokens", "list", "--root", str(root)]) == 0
+    assert "revoked" in capsys.readouterr().out
+    for bad in (
+        ["tokens", "issue", "--root", str(root)],
+        ["tokens", "issue", "--root", str(root), "--node", "a", "--researcher", "b"],
+        ["tokens", "issue", "--root", str(root), "--node", "bad id\n"],
+        ["tokens", "revoke", "--root", str(root), "--id", "0" * 16],
+    ):
+        assert main(bad) != 0
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_node_needs_a_readable_token_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`fedpipe node` with a missing or empty token file exits 1 with one line, before any connection."""
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    for token_file in (tmp_path / "absent.token", empty):
+        code = main(
+            [
+                "node",
+                "--server",
+                "http://127.0.0.1:9",
+                "--root",
+                str(tmp_path / "n"),
+                "--token-file",
+                str(token_file),
+            ]
+        )
+        assert code == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1

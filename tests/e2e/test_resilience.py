@@ -1,12 +1,8 @@
 """Researcher resilience over the real server and a real node process: failing and silent nodes."""
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -18,14 +14,16 @@ from fedpipe.researcher.board import BoardClient
 from fedpipe.researcher.demo import DEMO_PLAN_CLASS, demo_plan_source, initial_params, reference_statistics
 from fedpipe.researcher.experiment import Experiment, ExperimentStopped
 from fedpipe.researcher.strategies import FedAvg
+from fedpipe.server.auth import bearer
 from fedpipe.server.testing import running_server
 from fedpipe.training import load_breast_cancer
+from tests.e2e.support import issue, node_token_file, spawn_node, wait_for_nodes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, str]]:
     """A server and two real node processes; node-2 registered its data under another dataset id."""
     work = tmp_path_factory.mktemp("resilience")
     data = load_breast_cancer()
@@ -41,31 +39,11 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
             owner.approvals.register(demo_plan_source(), name="demo", status=Approval.APPROVED)
         roots.append(root)
     with running_server(work / "server") as url:
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedpipe",
-                    "node",
-                    "--server",
-                    url,
-                    "--root",
-                    str(root),
-                    "--poll-wait",
-                    "1",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for root in roots
-        ]
+        researcher = issue(work / "server", "researcher", "resilience")
+        procs = [spawn_node(url, root, node_token_file(work / "server", root, root.name)) for root in roots]
         try:
-            deadline = time.monotonic() + 120
-            while set(httpx.get(f"{url}/nodes").json()["nodes"]) != {"node-1", "node-2"}:
-                assert time.monotonic() < deadline, "the node processes never polled the server"
-                time.sleep(0.5)
-            yield url, work
+            wait_for_nodes(url, researcher, ["node-1", "node-2"])
+            yield url, work, researcher
         finally:
             for proc in procs:
                 proc.terminate()
@@ -73,13 +51,13 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
                 proc.wait(timeout=10)
 
 
-def experiment(url: str, work: Path, node_ids: list[str], **options: object) -> Experiment:
-    exchange = HttpFileExchange(f"{url}/upload")
+def experiment(url: str, work: Path, token: str, node_ids: list[str], **options: object) -> Experiment:
+    exchange = HttpFileExchange(f"{url}/upload", headers=bearer(token))
     plan = work / "plan.py"
     plan.write_text(demo_plan_source())
     mean, std = reference_statistics()
     return Experiment(
-        board=BoardClient(url),
+        board=BoardClient(url, token=token),
         exchange=exchange,
         node_ids=node_ids,
         plan_source_url=exchange.upload(plan).unwrap(),
@@ -94,10 +72,10 @@ def experiment(url: str, work: Path, node_ids: list[str], **options: object) -> 
     )
 
 
-def test_silent_node_hits_the_deadline_and_the_others_go_on(federation: tuple[str, Path]) -> None:
+def test_silent_node_hits_the_deadline_and_the_others_go_on(federation: tuple[str, Path, str]) -> None:
     """A node that never answers is reported after the round deadline; the round aggregates the others."""
-    url, work = federation
-    result = experiment(url, work, ["node-1", "ghost"], round_deadline_s=15.0).run(1)
+    url, work, token = federation
+    result = experiment(url, work, token, ["node-1", "ghost"], round_deadline_s=15.0).run(1)
     first = {r.node_id: r for r in result.rounds[0].results}
     assert first["node-1"].success
     assert not first["ghost"].success
@@ -105,10 +83,10 @@ def test_silent_node_hits_the_deadline_and_the_others_go_on(federation: tuple[st
     assert result.rounds[0].seconds < 60
 
 
-def test_failed_node_is_reported_and_the_others_go_on(federation: tuple[str, Path]) -> None:
+def test_failed_node_is_reported_and_the_others_go_on(federation: tuple[str, Path, str]) -> None:
     """A node that fails a round replies with its error; configured to go on, the round uses the others."""
-    url, work = federation
-    result = experiment(url, work, ["node-1", "node-2"], stop_on_failure=False).run(1)
+    url, work, token = federation
+    result = experiment(url, work, token, ["node-1", "node-2"], stop_on_failure=False).run(1)
     first = {r.node_id: r for r in result.rounds[0].results}
     assert first["node-1"].success
     assert not first["node-2"].success
@@ -116,8 +94,8 @@ def test_failed_node_is_reported_and_the_others_go_on(federation: tuple[str, Pat
     assert result.final is not None
 
 
-def test_stop_on_failure_stops_cleanly(federation: tuple[str, Path]) -> None:
+def test_stop_on_failure_stops_cleanly(federation: tuple[str, Path, str]) -> None:
     """Configured to stop, the researcher stops at the first failed round, naming the node and its error."""
-    url, work = federation
+    url, work, token = federation
     with pytest.raises(ExperimentStopped, match="node-2: The requested dataset is not available"):
-        experiment(url, work, ["node-1", "node-2"], stop_on_failure=True).run(2)
+        experiment(url, work, token, ["node-1", "node-2"], stop_on_failure=True).run(2)
