@@ -53,6 +53,7 @@ __all__ = [
     "expected_digest",
     "origin_of",
     "parse_origin",
+    "ssl_context",
 ]
 
 log = logging.getLogger("fedpipe.node")
@@ -255,8 +256,9 @@ def _storage_error(detail: str) -> RoundError:
     return RoundError(code=ErrorCode.DOWNLOAD_FAILED, step="", detail=detail, public=DOWNLOAD_PUBLIC)
 
 
-def _ssl_context(verify: ssl.SSLContext | str | os.PathLike[str] | bool) -> ssl.SSLContext | bool:
-    """A CA file or directory as a context (httpx deprecates paths); contexts and booleans as given."""
+def ssl_context(verify: ssl.SSLContext | str | os.PathLike[str] | bool) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for a CA file or directory (a context: httpx deprecates paths); contexts and
+    booleans as given."""
     if isinstance(verify, ssl.SSLContext | bool):
         return verify
     path = os.fspath(verify)
@@ -376,7 +378,7 @@ class HttpFileExchange:
             ),
             follow_redirects=False,
             trust_env=False,
-            verify=_ssl_context(verify),
+            verify=ssl_context(verify),
         )
 
     @staticmethod

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from fedpipe.adapters.http_exchange import ssl_context
 from fedpipe.ports import MetricEvent
 
 __all__ = ["CallbackMonitor", "HttpMonitor"]
@@ -115,7 +116,7 @@ class HttpMonitor:
         self._client = client or httpx.Client(
             timeout=httpx.Timeout(timeout),
             headers=headers or {},
-            verify=verify,
+            verify=ssl_context(verify),
             follow_redirects=False,
             trust_env=False,  # the token goes to this server only, never through an environment proxy
         )

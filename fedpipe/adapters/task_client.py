@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 from attrs import frozen
 
+from fedpipe.adapters.http_exchange import ssl_context
+
 __all__ = ["HttpTaskClient", "ReplyOutcome", "Task", "TaskBoardRefused", "TaskBoardUnavailable"]
 
 
@@ -90,7 +92,7 @@ class HttpTaskClient:
         self._client = httpx.Client(
             base_url=server_url.rstrip("/"),
             headers=headers,
-            verify=verify,
+            verify=ssl_context(verify),
             trust_env=False,  # the token goes to this server only, never through an environment proxy
             follow_redirects=False,
             timeout=httpx.Timeout(

@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 
+from fedpipe.adapters.http_exchange import ssl_context
+
 __all__ = ["BoardClient", "BoardError"]
 
 
@@ -32,7 +34,7 @@ class BoardClient:
         self._client = httpx.Client(
             base_url=self.server_url,
             headers={"Authorization": f"Bearer {token}"} if token else {},
-            verify=verify,
+            verify=ssl_context(verify),
             trust_env=False,  # the token goes to this server only, never through an environment proxy
             timeout=httpx.Timeout(timeout, connect=5.0),
         )
