@@ -9,7 +9,7 @@ from returns.result import Failure, Result, Success
 from fedpipe.args import TrainingArgs, parse_training_args_mapping
 from fedpipe.compose import Step
 from fedpipe.context import RoundContext
-from fedpipe.errors import ErrorCode, RoundError
+from fedpipe.errors import ErrorCode, RoundError, printable
 from fedpipe.plan import REQUEST_LOADER_ARGS, DatasetRecord
 from fedpipe.ports import DatasetRegistry
 from fedpipe.settings import NodeSettings
@@ -51,15 +51,6 @@ class _Refused(Exception):
     """Internal signal of a value the node does not allow; never escapes this module."""
 
 
-def _shown(key: str) -> str:
-    """A researcher's key as it may appear in a message: at most 64 characters, printable only.
-
-    >>> _shown("a\\nb\\ud800")
-    'a\\\\nb\\\\ud800'
-    """
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in key[:64])
-
-
 def _amount(value: int) -> str:
     return str(value) if value < 10**18 else "more than 10^18"
 
@@ -81,7 +72,7 @@ def _loader_args(loader_args: Mapping[str, Any], settings: NodeSettings) -> None
     for key in sorted(loader_args):
         if key not in REQUEST_LOADER_ARGS:
             raise _refuse(
-                f"loader_args.{_shown(key)}",
+                f"loader_args.{printable(key)}",
                 f"is not a data-loader argument a request may set (allowed: {_ALLOWED})",
             )
     workers = loader_args.get("num_workers", 0)
