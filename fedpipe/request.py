@@ -52,12 +52,39 @@ def _children(value: Any) -> Iterator[Any] | None:
     return items
 
 
+# trees at most this deep (nearly every request) are copied by plain recursion, which is faster
+_RECURSIVE_DEPTH = 16
+
+
+class _TooDeep(Exception):
+    """The tree is deeper than _RECURSIVE_DEPTH: copy it with the explicit stack instead."""
+
+
+def _recursive(value: Any, freeze: bool, depth: int) -> Any:
+    """Deep copy by recursion (frozen mappings, or plain dicts); _TooDeep past _RECURSIVE_DEPTH."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    if depth >= _RECURSIVE_DEPTH:
+        raise _TooDeep
+    depth += 1
+    if kind is dict or isinstance(value, Mapping):
+        if freeze:
+            return MappingProxyType({str(k): _recursive(v, True, depth) for k, v in value.items()})
+        return {k: _recursive(v, False, depth) for k, v in value.items()}
+    if isinstance(value, list | tuple | ListView | TupleView):
+        items = [_recursive(v, freeze, depth) for v in value]
+        return tuple(items) if isinstance(value, tuple | TupleView) else items
+    return value
+
+
 def _rebuild(root: Any, make_mapping: Callable[[Any, list[Any]], Any]) -> Any:
-    """Deep-copy a tree of mappings, lists and tuples without recursion (leaves are shared).
+    """Deep-copy a tree of mappings, lists and tuples (leaves are shared), whatever its depth.
 
     ``make_mapping(source, values)`` builds the copy of a mapping from its copied values, in the
     source's order. The explicit stack keeps any depth within bounds of memory, not of Python's
-    recursion limit.
+    recursion limit (``freeze_mapping`` and ``thaw`` recurse for trees up to ``_RECURSIVE_DEPTH``
+    deep, which is faster, and come here for deeper ones).
     """
     top = _children(root)
     if top is None:
@@ -94,6 +121,11 @@ def freeze_mapping(value: Mapping[str, Any]) -> JsonMap:
     >>> isinstance(m, MappingProxyType), isinstance(m["a"], MappingProxyType)
     (True, True)
     """
+    try:
+        shallow: JsonMap = _recursive(value, True, 0)
+        return shallow
+    except _TooDeep:
+        pass
     frozen_copy: JsonMap = _rebuild(
         value, lambda source, values: MappingProxyType(dict(zip(map(str, source), values, strict=True)))
     )
@@ -106,7 +138,10 @@ def thaw(value: Any) -> Any:
     >>> thaw(freeze_mapping({"a": {"b": 1}}))
     {'a': {'b': 1}}
     """
-    return _rebuild(value, lambda source, values: dict(zip(source, values, strict=True)))
+    try:
+        return _recursive(value, False, 0)
+    except _TooDeep:
+        return _rebuild(value, lambda source, values: dict(zip(source, values, strict=True)))
 
 
 def finite_float(value: object) -> float | None:
