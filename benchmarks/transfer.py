@@ -1,11 +1,11 @@
 """Transfer throughput: HttpFileExchange upload+download of a large file vs curl, same server, loopback.
 
-The server (``fedpipe.server.serve``) runs in a subprocess so that this process's memory is the
-client's only. Prints the time of one upload plus one download for fedpipe and for ``curl``
-(best of ``--repeat``), the ratio curl_time / fedpipe_time (target >= 0.7) and the growth of this
-process's peak RSS during fedpipe's transfers (read from /proc; target < 64 MiB). Both clients
-present a researcher token (issued with ``TokenStore`` over the server's root), as every
-exchange route requires one. Run:
+The server (``fedpipe.server.serve``, run by ``fedpipe.server.testing.ServerProcess``) runs in a
+subprocess so that this process's memory is the client's only. Prints the time of one upload plus
+one download for fedpipe and for ``curl`` (best of ``--repeat``), the ratio curl_time /
+fedpipe_time (target >= 0.7) and the growth of this process's peak RSS during fedpipe's
+transfers (read from /proc; target < 64 MiB). Both clients present a researcher token (issued
+with ``TokenStore`` over the server's root), as every exchange route requires one. Run:
 
     python benchmarks/transfer.py            # a 400 MB file
     python benchmarks/transfer.py --quick    # a 40 MB file
@@ -14,7 +14,6 @@ exchange route requires one. Run:
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedpipe.adapters.http_exchange import HttpFileExchange  # noqa: E402
 from fedpipe.server.auth import TokenStore, bearer  # noqa: E402
+from fedpipe.server.testing import ServerProcess  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -48,30 +48,6 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    code = f"from fedpipe.server import serve; serve('127.0.0.1', {port}, {str(root)!r}, log_level='warning')"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/health")
-            return proc, url
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
 
 
 def make_file(path: Path, size: int) -> None:
@@ -131,7 +107,8 @@ def main() -> None:
         work = Path(tmp)
         src, dest = work / "payload.bin", work / "copy.bin"
         make_file(src, size)
-        proc, url = start_server(work / "exchange")
+        server = ServerProcess(work / "exchange")
+        url = server.start()
         token = issue_token(work / "exchange")
         try:
             fedpipe_transfer(url, src, dest, size, token)  # warm up: imports, connection, page cache
@@ -144,8 +121,7 @@ def main() -> None:
                 theirs.append(curl_transfer(url, src, dest, token))
             growth = (status_kib("VmHWM") - before) / 1024
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            server.stop()
     mb = size / 1e6
     best_ours, best_curl = min(ours), min(theirs)
     print(f"file: {mb:.0f} MB, upload + download over loopback, best of {args.repeat}")

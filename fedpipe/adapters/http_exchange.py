@@ -200,13 +200,11 @@ def parse_origin(text: str) -> Origin:
 # failures ------------------------------------------------------------------------------------
 
 
-def _refusal(code: ErrorCode, what: str, url: str, why: str, reason: str) -> RoundError:
+def _refusal(code: ErrorCode, url: str, why: str, reason: str) -> RoundError:
+    """A transfer refused before any connection: ``reason`` (URL_INVALID, URL_NOT_ALLOWED) is public."""
     verb = "download" if code is ErrorCode.DOWNLOAD_FAILED else "upload"
     return RoundError(
-        code=code,
-        step="",
-        detail=f"{what} {url!r}: {why}",
-        public=f"Could not {verb} a file: {reason}.",
+        code=code, step="", detail=f"{verb} {url!r}: {why}", public=f"Could not {verb} a file: {reason}."
     )
 
 
@@ -480,7 +478,7 @@ class HttpFileExchange:
         checked = self._target(url)
         if isinstance(checked, Failure):
             why, reason = checked.failure()
-            return Failure(_refusal(ErrorCode.DOWNLOAD_FAILED, "download", url, why, reason))
+            return Failure(_refusal(ErrorCode.DOWNLOAD_FAILED, url, why, reason))
         target = checked.unwrap()
         try:
             partial = _Partial(dest)
@@ -597,7 +595,7 @@ class HttpFileExchange:
         checked = self._target(self.upload_url)
         if isinstance(checked, Failure):
             why, reason = checked.failure()
-            return Failure(_refusal(ErrorCode.UPLOAD_FAILED, "upload", self.upload_url, why, reason))
+            return Failure(_refusal(ErrorCode.UPLOAD_FAILED, self.upload_url, why, reason))
         target = checked.unwrap()
         try:
             size = path.stat().st_size

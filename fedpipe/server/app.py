@@ -37,8 +37,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from fedpipe.server.auth import Principal, TokenStore, forbidden, principal_of, unauthorized
-from fedpipe.server.bodies import BadJson, TooLarge, canonical, monitor_json, read_body
+from fedpipe.server.auth import Principal, TokenStore, authorize, forbidden
+from fedpipe.server.bodies import canonical, json_error, json_object, monitor_json
 from fedpipe.server.events import EventBuffer
 from fedpipe.server.multipart import MultipartError, boundary_of, stream_file_part
 from fedpipe.server.store import BlobStore, is_blob_id
@@ -82,13 +82,14 @@ def digest_headers(blob_id: str) -> dict[str, str]:
     }
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 class _Exchange:
     def __init__(
-        self, store: BlobStore, public_url: str | None, events: EventBuffer, tokens: TokenStore, board: TaskBoard
+        self,
+        store: BlobStore,
+        public_url: str | None,
+        events: EventBuffer,
+        tokens: TokenStore,
+        board: TaskBoard,
     ) -> None:
         self.store = store
         self.public_url = public_url.rstrip("/") if public_url else None
@@ -99,41 +100,39 @@ class _Exchange:
     def base(self, request: Request) -> str:
         return self.public_url or str(request.base_url).rstrip("/")
 
-    def who(self, request: Request, *roles: str) -> Principal | Response:
-        principal = principal_of(request, self.tokens)
-        if principal is None:
-            return unauthorized()
-        return principal if principal.role in roles else forbidden()
-
     async def upload(self, request: Request) -> Response:
-        who = self.who(request, "node", "researcher")
+        who = authorize(request, self.tokens, "node", "researcher")
         if not isinstance(who, Principal):
             return who
         boundary = boundary_of(request.headers.get("content-type", ""))
         if boundary is None:
-            return _error(400, "expected a multipart/form-data body with a `file` part")
+            return json_error(400, "expected a multipart/form-data body with a `file` part")
         declared = request.headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > self.store.max_bytes + _FORM_OVERHEAD:
-            return _error(413, f"files are limited to {self.store.max_bytes} bytes")
+        if (
+            declared.isascii()
+            and declared.isdigit()
+            and int(declared) > self.store.max_bytes + _FORM_OVERHEAD
+        ):
+            return json_error(413, f"files are limited to {self.store.max_bytes} bytes")
         writer = await anyio.to_thread.run_sync(self.store.writer)
         try:
             found = await stream_file_part(request.stream(), boundary, "file", writer.write)
             if not found:
                 writer.abort()
-                return _error(400, "the form has no `file` part")
+                return json_error(400, "the form has no `file` part")
             blob_id = await anyio.to_thread.run_sync(writer.commit)
         except FileTooLarge:
             writer.abort()
-            return _error(413, f"files are limited to {self.store.max_bytes} bytes")
+            return json_error(413, f"files are limited to {self.store.max_bytes} bytes")
         except MultipartError as err:
             writer.abort()
-            return _error(400, str(err))
+            return json_error(400, str(err))
         except ClientDisconnect:
             writer.abort()
             return Response(status_code=400)
         except OSError:  # the server's disk is full or failing: the client may retry later
             writer.abort()
-            return _error(507, "the file exchange cannot store the file")
+            return json_error(507, "the file exchange cannot store the file")
         except BaseException:
             writer.abort()
             raise
@@ -142,43 +141,36 @@ class _Exchange:
         return JSONResponse(body, status_code=201, headers={"Location": url})
 
     async def download(self, request: Request) -> Response:
-        who = self.who(request, "node", "researcher")
+        who = authorize(request, self.tokens, "node", "researcher")
         if not isinstance(who, Principal):
             return who
         blob_id = request.path_params["blob_id"]
         if not is_blob_id(blob_id):
-            return _error(404, "no such file")
+            return json_error(404, "no such file")
         path = self.store.path(blob_id)
         if not await anyio.to_thread.run_sync(path.is_file):
-            return _error(404, "no such file")
+            return json_error(404, "no such file")
         headers = digest_headers(blob_id) | {"Cache-Control": "private, max-age=31536000, immutable"}
         return FileResponse(path, headers=headers, media_type="application/octet-stream")
 
     async def post_event(self, request: Request) -> Response:
-        who = self.who(request, "node")
+        who = authorize(request, self.tokens, "node")
         if not isinstance(who, Principal):
             return who
-        try:
-            event = monitor_json(await read_body(request, MAX_EVENT_BYTES))
-        except TooLarge:
-            return _error(413, f"an event is limited to {MAX_EVENT_BYTES} bytes")
-        except BadJson as err:
-            return _error(400, str(err))
-        except ClientDisconnect:
-            return Response(status_code=400)
+        event = await json_object(request, MAX_EVENT_BYTES, monitor_json)
         if not isinstance(event, dict):
-            return _error(400, "an event is a JSON object")
+            return event
         if event.get("node_id") != who.subject:
             return forbidden()
         job = EventBuffer.job_of(event)
         if job is None:
-            return _error(400, "an event names its job_id")
+            return json_error(400, "an event names its job_id")
         if not self.events.add(job, canonical(event)):
-            return _error(413, "the event is larger than the monitor keeps")
+            return json_error(413, "the event is larger than the monitor keeps")
         return Response(status_code=204)
 
     async def list_events(self, request: Request) -> Response:
-        who = self.who(request, "researcher")
+        who = authorize(request, self.tokens, "researcher")
         if not isinstance(who, Principal):
             return who
         job_id = request.query_params.get("job_id")

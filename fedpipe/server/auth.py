@@ -30,6 +30,7 @@ __all__ = [
     "Principal",
     "TokenInfo",
     "TokenStore",
+    "authorize",
     "bearer",
     "forbidden",
     "parse_token",
@@ -138,7 +139,9 @@ class TokenStore:
                     )
             except sqlite3.IntegrityError:  # a token id drawn twice (2**-64): draw again
                 continue
-            return IssuedToken(token_id=token_id, token=f"fp1.{token_id}.{secret}", role=role, subject=subject)
+            return IssuedToken(
+                token_id=token_id, token=f"fp1.{token_id}.{secret}", role=role, subject=subject
+            )
 
     def revoke(self, token_id: str) -> bool:
         """Revoke ``token_id``; False when no such token is live (unknown or already revoked)."""
@@ -155,9 +158,7 @@ class TokenStore:
             rows = self._conn.execute(
                 "SELECT token_id, role, subject, created, revoked FROM tokens ORDER BY created, token_id"
             ).fetchall()
-        return [
-            TokenInfo(token_id=r[0], role=r[1], subject=r[2], created=r[3], revoked=r[4]) for r in rows
-        ]
+        return [TokenInfo(token_id=r[0], role=r[1], subject=r[2], created=r[3], revoked=r[4]) for r in rows]
 
     def check(self, token: str) -> Principal | None:
         """The principal ``token`` authenticates, or None (malformed, unknown, wrong secret, revoked)."""
@@ -198,3 +199,15 @@ def forbidden() -> JSONResponse:
 def principal_of(request: Request, tokens: TokenStore) -> Principal | None:
     """The principal of ``request``'s bearer token, or None when it has no valid one."""
     return tokens.authenticate(request.headers.get("authorization"))
+
+
+def authorize(request: Request, tokens: TokenStore, *roles: str) -> Principal | JSONResponse:
+    """The principal of ``request`` when its token is valid and has one of ``roles``; else the answer.
+
+    The answer is ``unauthorized()`` (no valid token) or ``forbidden()`` (another role): every
+    route starts with this, so all of them refuse alike.
+    """
+    principal = principal_of(request, tokens)
+    if principal is None:
+        return unauthorized()
+    return principal if principal.role in roles else forbidden()

@@ -6,15 +6,28 @@ one body. ``strict_json`` accepts what any JSON reader accepts back: UTF-8, no N
 infinities, no lone surrogates (in keys or values), at most ``MAX_DEPTH`` nested containers;
 ``canonical`` is the compact UTF-8 text the board stores and serves verbatim, so what it stores
 it can always serve. ``monitor_json`` is the lenient reading of metric events: NaN, Infinity
-and -Infinity become the strings "NaN", "Infinity" and "-Infinity".
+and -Infinity become the strings "NaN", "Infinity" and "-Infinity". ``json_object`` reads a
+route's body with one of them and answers a refusal the same way on every route (413, 400).
 """
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
-__all__ = ["MAX_DEPTH", "BadJson", "TooLarge", "canonical", "monitor_json", "read_body", "strict_json"]
+__all__ = [
+    "MAX_DEPTH",
+    "BadJson",
+    "TooLarge",
+    "canonical",
+    "json_error",
+    "json_object",
+    "monitor_json",
+    "read_body",
+    "strict_json",
+]
 
 MAX_DEPTH = 64
 
@@ -112,7 +125,7 @@ def strict_json(body: bytes, max_depth: int = MAX_DEPTH) -> Any:
     fedpipe.server.bodies.BadJson: NaN is not JSON
     """
     value = _parse(body, _reject_constant, max_depth)
-    canonical(value)  # refuses lone surrogates, which json.loads lets through from \\ud800 escapes
+    canonical(value)  # refuses lone surrogates (from \\ud800 escapes) and 1e400 (read as inf)
     return value
 
 
@@ -125,3 +138,27 @@ def monitor_json(body: bytes, max_depth: int = MAX_DEPTH) -> Any:
     value = _parse(body, _keep_constant, max_depth)
     canonical(value)
     return value
+
+
+def json_error(status: int, message: str) -> JSONResponse:
+    """``{"error": message}`` with ``status``: how the server's routes refuse a request."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def json_object(
+    request: Request, limit: int, parse: Callable[[bytes], Any] = strict_json
+) -> dict[str, Any] | Response:
+    """The JSON object ``request`` carries (read by ``parse``, at most ``limit`` bytes), else the answer.
+
+    The answer is 413 when the body is over ``limit``, 400 when ``parse`` refuses it (its one-line
+    reason) or it is not an object, and a bare 400 when the client hung up while sending it.
+    """
+    try:
+        value = parse(await read_body(request, limit))
+    except TooLarge:
+        return json_error(413, f"the body is limited to {limit} bytes")
+    except BadJson as err:
+        return json_error(400, str(err))
+    except ClientDisconnect:
+        return Response(status_code=400)
+    return value if isinstance(value, dict) else json_error(400, "expected a JSON object")

@@ -38,6 +38,7 @@ every board operation, and waiting polls wake when the next lease ends: no backg
 
 import asyncio
 import contextlib
+import enum
 import hmac
 import json
 import re
@@ -50,13 +51,13 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fedpipe.server.auth import Principal, TokenStore, forbidden, principal_of, unauthorized, valid_subject
+from fedpipe.server.auth import Principal, TokenStore, authorize, forbidden, valid_subject
 from fedpipe.server.board_db import connect
-from fedpipe.server.bodies import BadJson, TooLarge, canonical, read_body, strict_json
+from fedpipe.server.bodies import canonical, json_error, json_object
 
 __all__ = [
     "MAX_LEASE_BODY_BYTES",
@@ -110,7 +111,7 @@ class BoardFull(Exception):
     """The node's queue or the whole board is at its cap; the message says which."""
 
 
-class LeaseCheck:
+class LeaseCheck(enum.StrEnum):
     """What the board made of a node's lease: held (OK), not the node's task (FORBIDDEN), or LOST."""
 
     OK = "ok"
@@ -343,7 +344,7 @@ class TaskBoard:
             delivery=deliveries + 1,
         )
 
-    def _check_lease(self, node_id: str, task_id: str, lease_id: str) -> tuple[str, Any]:
+    def _check_lease(self, node_id: str, task_id: str, lease_id: str) -> tuple[LeaseCheck, int | None]:
         if _TASK_ID.fullmatch(task_id) is None:
             return LeaseCheck.FORBIDDEN, None
         row = self._conn.execute(
@@ -356,23 +357,25 @@ class TaskBoard:
             return LeaseCheck.LOST, None
         return LeaseCheck.OK, row[0]
 
-    def renew(self, node_id: str, task_id: str, lease_id: str) -> str:
-        """Extend the lease ``lease_id`` of ``task_id`` by ``lease_seconds`` from now (a LeaseCheck)."""
+    def renew(self, node_id: str, task_id: str, lease_id: str) -> LeaseCheck:
+        """Extend the lease ``lease_id`` of ``task_id`` by ``lease_seconds`` from now."""
         now = self.clock()
         self._maintain(now)
         with self._transaction() as conn:
             check, seq = self._check_lease(node_id, task_id, lease_id)
-            if check == LeaseCheck.OK:
-                conn.execute("UPDATE tasks SET lease_expires = ? WHERE seq = ?", (now + self.lease_seconds, seq))
+            if check is LeaseCheck.OK:
+                conn.execute(
+                    "UPDATE tasks SET lease_expires = ? WHERE seq = ?", (now + self.lease_seconds, seq)
+                )
         return check
 
-    def answer(self, node_id: str, task_id: str, lease_id: str, reply: bytes) -> str:
-        """Store the canonical JSON ``reply`` of ``task_id`` if ``lease_id`` is its current lease (a LeaseCheck)."""
+    def answer(self, node_id: str, task_id: str, lease_id: str, reply: bytes) -> LeaseCheck:
+        """Store the canonical JSON ``reply`` of ``task_id`` if ``lease_id`` is its current lease."""
         now = self.clock()
         self._maintain(now)
         with self._transaction() as conn:
             check, seq = self._check_lease(node_id, task_id, lease_id)
-            if check == LeaseCheck.OK:
+            if check is LeaseCheck.OK:
                 conn.execute(
                     "UPDATE tasks SET state = 'answered', lease_id = NULL, lease_expires = NULL, reply = ?,"
                     " replied_at = ?, nbytes = nbytes + ? WHERE seq = ?",
@@ -499,57 +502,48 @@ class TaskBoard:
         return outcome[0]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _lease_answer(check: str) -> JSONResponse:
-    return forbidden() if check == LeaseCheck.FORBIDDEN else _error(409, "lease lost")
-
-
 def task_routes(board: TaskBoard, tokens: TokenStore) -> list[Route]:
     """The task-board routes over ``board``, authenticated by ``tokens``, to mount in the server app."""
 
-    def allowed(request: Request, role: str) -> Principal | Response:
-        principal = principal_of(request, tokens)
-        if principal is None:
-            return unauthorized()
-        return principal if principal.role == role else forbidden()
+    async def node_body(request: Request, limit: int) -> tuple[Principal, dict[str, Any]] | Response:
+        # a lease or reply: the node's credential first, then its JSON object body
+        who = authorize(request, tokens, "node")
+        if not isinstance(who, Principal):
+            return who
+        body = await json_object(request, limit)
+        return body if isinstance(body, Response) else (who, body)
 
-    async def json_object(request: Request, limit: int) -> dict[str, Any] | Response:
-        try:
-            value = strict_json(await read_body(request, limit))
-        except TooLarge:
-            return _error(413, f"the body is limited to {limit} bytes")
-        except BadJson as err:
-            return _error(400, str(err))
-        except ClientDisconnect:
-            return Response(status_code=400)
-        return value if isinstance(value, dict) else _error(400, "expected a JSON object")
+    async def lease_answer(check: LeaseCheck, ok: dict[str, Any]) -> Response:
+        await board.notify()
+        if check is LeaseCheck.OK:
+            return JSONResponse(ok)
+        return forbidden() if check is LeaseCheck.FORBIDDEN else json_error(409, "lease lost")
 
     async def post_task(request: Request) -> Response:
-        who = allowed(request, "researcher")
+        who = authorize(request, tokens, "researcher")
         if not isinstance(who, Principal):
             return who
         node_id = request.path_params["node_id"]
         if not valid_subject(node_id):
-            return _error(400, "invalid node id")
+            return json_error(400, "invalid node id")
         body = await json_object(request, MAX_TASK_BYTES)
         if not isinstance(body, dict):
             return body
         task = body.get("request")
         if not isinstance(task, dict):
-            return _error(400, 'expected {"request": {...}}')
+            return json_error(400, 'expected {"request": {...}}')
         job_id = task.get("job_id")
         try:
-            task_id = board.post(who.subject, node_id, canonical(task), job_id if isinstance(job_id, str) else None)
+            task_id = board.post(
+                who.subject, node_id, canonical(task), job_id if isinstance(job_id, str) else None
+            )
         except BoardFull as err:
-            return _error(429, str(err))
+            return json_error(429, str(err))
         await board.notify()
         return JSONResponse({"task_id": task_id}, status_code=201)
 
     async def next_task(request: Request) -> Response:
-        who = allowed(request, "node")
+        who = authorize(request, tokens, "node")
         if not isinstance(who, Principal):
             return who
         if not hmac.compare_digest(_utf8(who.subject), _utf8(request.path_params["node_id"])):
@@ -557,62 +551,52 @@ def task_routes(board: TaskBoard, tokens: TokenStore) -> list[Route]:
         wait = parse_wait(request.query_params.get("wait"))
         fresh = request.query_params.get("fresh", "0")
         if wait is None:
-            return _error(400, f"wait is a number of seconds from 0 to {MAX_WAIT_S:g}")
+            return json_error(400, f"wait is a number of seconds from 0 to {MAX_WAIT_S:g}")
         if fresh not in ("0", "1"):
-            return _error(400, "fresh is 0 or 1")
+            return json_error(400, "fresh is 0 or 1")
         delivery = await board.next_for(who.subject, wait, fresh=fresh == "1", gone=request.is_disconnected)
         if delivery is None:
             return Response(status_code=204)
         return Response(delivery.body(), media_type="application/json")
 
     async def renew_lease(request: Request) -> Response:
-        who = allowed(request, "node")
-        if not isinstance(who, Principal):
-            return who
-        body = await json_object(request, MAX_LEASE_BODY_BYTES)
-        if not isinstance(body, dict):
-            return body
+        got = await node_body(request, MAX_LEASE_BODY_BYTES)
+        if isinstance(got, Response):
+            return got
+        who, body = got
         lease_id = body.get("lease_id")
         if not isinstance(lease_id, str):
-            return _error(400, 'expected {"lease_id": "..."}')
+            return json_error(400, 'expected {"lease_id": "..."}')
         check = board.renew(who.subject, request.path_params["task_id"], lease_id)
-        await board.notify()
-        if check != LeaseCheck.OK:
-            return _lease_answer(check)
-        return JSONResponse({"lease_seconds": board.lease_seconds})
+        return await lease_answer(check, {"lease_seconds": board.lease_seconds})
 
     async def post_reply(request: Request) -> Response:
-        who = allowed(request, "node")
-        if not isinstance(who, Principal):
-            return who
-        body = await json_object(request, MAX_REPLY_BYTES)
-        if not isinstance(body, dict):
-            return body
+        got = await node_body(request, MAX_REPLY_BYTES)
+        if isinstance(got, Response):
+            return got
+        who, body = got
         lease_id, reply = body.get("lease_id"), body.get("reply")
         if not isinstance(lease_id, str) or not isinstance(reply, dict):
-            return _error(400, 'expected {"lease_id": "...", "reply": {...}}')
+            return json_error(400, 'expected {"lease_id": "...", "reply": {...}}')
         check = board.answer(who.subject, request.path_params["task_id"], lease_id, canonical(reply))
-        await board.notify()
-        if check != LeaseCheck.OK:
-            return _lease_answer(check)
-        return JSONResponse({"ok": True})
+        return await lease_answer(check, {"ok": True})
 
     async def get_reply(request: Request) -> Response:
-        who = allowed(request, "researcher")
+        who = authorize(request, tokens, "researcher")
         if not isinstance(who, Principal):
             return who
         wait = parse_wait(request.query_params.get("wait"))
         if wait is None:
-            return _error(400, f"wait is a number of seconds from 0 to {MAX_WAIT_S:g}")
+            return json_error(400, f"wait is a number of seconds from 0 to {MAX_WAIT_S:g}")
         known, reply = await board.reply_of(who.subject, request.path_params["task_id"], wait)
         if not known:
-            return _error(404, "unknown task")
+            return json_error(404, "unknown task")
         if reply is None:
             return Response(status_code=204)
         return Response(reply, media_type="application/json")
 
     async def nodes(request: Request) -> Response:
-        who = allowed(request, "researcher")
+        who = authorize(request, tokens, "researcher")
         if not isinstance(who, Principal):
             return who
         return JSONResponse({"nodes": dict(board.last_poll)})

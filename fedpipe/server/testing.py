@@ -1,4 +1,4 @@
-"""Run the server on 127.0.0.1 in a background thread (HTTP or HTTPS), for tests and demos."""
+"""Run the server on 127.0.0.1 for tests and demos: in a thread (HTTP or HTTPS) or in a child process."""
 
 import contextlib
 import os
@@ -88,18 +88,25 @@ def running_server(
 
 
 class ServerProcess:
-    """``fedpipe.server.serve`` over ``root`` in a child process on a free loopback port, for crash tests.
+    """``fedpipe.server.serve`` over ``root`` in a child process on a loopback port, for crash tests.
 
-    ``start()`` waits until ``/health`` answers; ``kill()`` sends SIGKILL (no cleanup of any kind
-    runs, as in a power cut) and reaps the child; ``stop()`` asks it to exit. ``options`` go to
-    ``serve`` and must be literals (they are written into the child's command line).
+    The port (``port``, else a free one chosen once, here) stays the same across restarts, so a
+    restarted server comes back at the same ``url``, as the nodes and clients that know it expect.
+    ``start()`` waits until the port accepts connections; ``kill()`` sends SIGKILL (no cleanup of
+    any kind runs, as in a power cut) and reaps the child; ``stop()`` asks it to exit. ``options``
+    go to ``serve`` and must be literals (they are written into the child's command line).
     """
 
-    def __init__(self, root: Path, **options: Any) -> None:
+    def __init__(self, root: Path, *, port: int | None = None, **options: Any) -> None:
         self.root = Path(root)
         self.options = options
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
+        if port is None:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+        self.port = port
+        self.url = f"{'https' if options.get('certfile') else 'http'}://127.0.0.1:{port}"
 
     @property
     def pid(self) -> int:
@@ -109,27 +116,28 @@ class ServerProcess:
         return self.proc.pid
 
     def start(self, startup_timeout: float = 30.0) -> str:
-        """Start the child on a new free port; its base URL once it answers."""
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        """Start the child (RuntimeError while one runs); ``url`` once it accepts connections."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("the server process is already running")
+        options = "".join(f", {k}={v!r}" for k, v in self.options.items())
         code = (
             "from fedpipe.server import serve; "
-            f"serve('127.0.0.1', {port}, {str(self.root)!r}, log_level='warning'{', ' if options else ''}{options})"
+            f"serve('127.0.0.1', {self.port}, {str(self.root)!r}, log_level='warning'{options})"
         )
         # the child imports this very fedpipe, installed or not
         here = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p),
+        }
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-        scheme = "https" if self.options.get("certfile") else "http"
-        self.url = f"{scheme}://127.0.0.1:{port}"
         deadline = time.monotonic() + startup_timeout
         while True:
             if self.proc.poll() is not None:
+                self.proc = None
                 raise RuntimeError("the server process exited at start")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return self.url
             except OSError:
                 if time.monotonic() > deadline:

@@ -15,7 +15,7 @@ import pytest
 
 from fedpipe.adapters.http_exchange import DOWNLOAD_PUBLIC, UPLOAD_PUBLIC, HttpFileExchange
 from fedpipe.errors import ErrorCode, RoundError, is_public_safe
-from tests.adapters.conftest import Fault, FaultProxy
+from tests.conftest import Fault, FaultProxy
 
 SIZE = 3 * 1024 * 1024 + 17
 
@@ -173,15 +173,31 @@ def test_digest_pinned_in_the_url_must_match(
 
 
 def test_digest_pinned_in_the_url_is_checked_without_server_header(
-    make_exchange: MakeExchange, server: str, payload: Path, tmp_path: Path
+    make_exchange: MakeExchange, tmp_path: Path
 ) -> None:
+    import hashlib
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from fedpipe.server.testing import running_app
+
     # a plain static server that names no digest: only the URL's pin protects the node
-    with make_exchange(server) as ex:
-        url = ex.upload(payload).unwrap()
-    good = node_dir(tmp_path) / "good.bin"
-    with make_exchange(server) as ex:
-        ex.download(url + "#sha256=" + url.rsplit("/", 1)[1], good, max_bytes=SIZE).unwrap()
-    assert good.read_bytes() == payload.read_bytes()
+    content = b"payload" * 1000
+
+    async def plain(request: Request) -> Response:
+        return Response(content, media_type="application/octet-stream")
+
+    app = Starlette(routes=[Route("/f", plain)])
+    good, bad = node_dir(tmp_path) / "good.bin", tmp_path / "bad" / "bad.bin"
+    bad.parent.mkdir()
+    with running_app(app) as url, make_exchange(url) as ex:
+        pinned = ex.download(f"{url}/f#sha256={hashlib.sha256(content).hexdigest()}", good, max_bytes=10**6)
+        error = ex.download(f"{url}/f#sha256={'ab' * 32}", bad, max_bytes=10**6).failure()
+    assert pinned.unwrap().read_bytes() == content
+    assert_clean_failure(error, ErrorCode.DOWNLOAD_FAILED, bad, "SHA-256 mismatch")
 
 
 def test_server_slower_than_the_timeout_is_retried_then_fails(

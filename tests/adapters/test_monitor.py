@@ -18,7 +18,7 @@ from fedpipe.server import create_app
 from fedpipe.server.auth import bearer
 from fedpipe.server.testing import running_app
 from fedpipe.testing.fakes import FakeClock, RecordingMonitor
-from tests.adapters.conftest import Fault, FaultProxy
+from tests.conftest import Fault, FaultProxy
 
 
 def event(i: int, **metric: float) -> MetricEvent:
@@ -113,7 +113,7 @@ def test_a_lone_surrogate_in_an_event_is_replaced_not_dropped(tmp_path: Path) ->
         assert list(httpx.get(f"{url}/monitor", headers=researcher).json()[0]["metric"]) == ["acc?"]
 
 
-def test_the_monitor_presents_its_credential(tmp_path: Path) -> None:
+def test_an_event_sent_without_a_credential_is_refused_and_counted_dropped(tmp_path: Path) -> None:
     app, _, _ = served_app(tmp_path)
     with running_app(app) as url, HttpMonitor(f"{url}/monitor") as monitor:
         monitor.report(event(0))

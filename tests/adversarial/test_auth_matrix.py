@@ -82,40 +82,34 @@ class Route:
     request: Callable[[World], Request]
 
 
+def next_request(world: World) -> Request:
+    world.board.post("r1", "node-1", b"{}", None)  # something to deliver
+    return "GET", "/tasks/node-1/next", {}
+
+
+def renew_request(world: World) -> Request:
+    task_id, lease_id = leased(world)
+    return "POST", f"/tasks/{task_id}/lease", {"json": {"lease_id": lease_id}}
+
+
+def reply_request(world: World) -> Request:
+    task_id, lease_id = leased(world)
+    return "POST", f"/tasks/{task_id}/reply", {"json": {"lease_id": lease_id, "reply": {}}}
+
+
+EVENT = {"node_id": "node-1", "job_id": "job-1", "metric": {}}
 ROUTES = [
     Route("upload", "any", 201, lambda w: ("POST", "/upload", {"files": {"file": ("f", b"x")}})),
     Route("upload/", "any", 201, lambda w: ("POST", "/upload/", {"files": {"file": ("f", b"y")}})),
     Route("download", "any", 200, lambda w: ("GET", f"/files/{w.blob_id}", {})),
     Route("head", "any", 200, lambda w: ("HEAD", f"/files/{w.blob_id}", {})),
-    Route(
-        "post event",
-        "node",
-        204,
-        lambda w: ("POST", "/monitor", {"json": {"node_id": "node-1", "job_id": "job-1", "metric": {}}}),
-    ),
+    Route("post event", "node", 204, lambda w: ("POST", "/monitor", {"json": EVENT})),
     Route("list events", "researcher", 200, lambda w: ("GET", "/monitor", {"params": {"job_id": "job-1"}})),
     Route("post task", "researcher", 201, lambda w: ("POST", "/tasks/node-1", {"json": {"request": {}}})),
-    Route(
-        "next",
-        "node",
-        200,
-        lambda w: (w.board.post("r1", "node-1", b"{}", None), ("GET", "/tasks/node-1/next", {}))[1],
-    ),
+    Route("next", "node", 200, next_request),
     Route("nodes", "researcher", 200, lambda w: ("GET", "/nodes", {})),
-    Route(
-        "renew",
-        "node",
-        200,
-        lambda w: (lambda t: ("POST", f"/tasks/{t[0]}/lease", {"json": {"lease_id": t[1]}}))(leased(w)),
-    ),
-    Route(
-        "reply",
-        "node",
-        200,
-        lambda w: (lambda t: ("POST", f"/tasks/{t[0]}/reply", {"json": {"lease_id": t[1], "reply": {}}}))(
-            leased(w)
-        ),
-    ),
+    Route("renew", "node", 200, renew_request),
+    Route("reply", "node", 200, reply_request),
     Route("read reply", "researcher", 200, lambda w: ("GET", f"/tasks/{answered(w)}/reply", {})),
 ]
 

@@ -1,5 +1,6 @@
 """The task board under hostile input and lost nodes: strict JSON at the door, leases, dead letters, caps."""
 
+import contextlib
 import json
 import threading
 import time
@@ -63,7 +64,9 @@ class Board:
         return httpx.get(f"{self.url}/tasks/{task_id}/reply", headers=self.researcher)
 
 
+@contextlib.contextmanager
 def serve_board(root: Path, clock: Any = None, **options: Any) -> Iterator[Board]:
+    """The server over ``root`` (on the test's ``Clock`` unless given one), node-1's and r1's credentials."""
     clock = clock or Clock()
     app = create_app(root, clock=clock, **{"lease_seconds": 60.0, **options})
     node = bearer(app.state.tokens.issue("node", "node-1").token)
@@ -74,12 +77,14 @@ def serve_board(root: Path, clock: Any = None, **options: Any) -> Iterator[Board
 
 @pytest.fixture
 def board(tmp_path: Path) -> Iterator[Board]:
-    yield from serve_board(tmp_path / "server")
+    with serve_board(tmp_path / "server") as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
-    yield from serve_board(tmp_path_factory.mktemp("board") / "server")
+    with serve_board(tmp_path_factory.mktemp("board") / "server") as b:
+        yield b
 
 
 def served_strictly(content: bytes) -> Any:
@@ -317,7 +322,7 @@ def test_a_waiting_researcher_is_woken_by_the_dead_letter(board: Board) -> None:
 
 
 def test_a_lease_ends_on_time_with_no_other_request(tmp_path: Path) -> None:
-    for b in serve_board(tmp_path, clock=time.time, lease_seconds=0.3, max_deliveries=1):
+    with serve_board(tmp_path, clock=time.time, lease_seconds=0.3, max_deliveries=1) as b:
         task_id = b.post({"n": 1}).json()["task_id"]
         assert b.poll().status_code == 200
         # the long poll itself wakes when the lease ends: nothing else touches the board meanwhile
@@ -332,7 +337,7 @@ def test_a_lease_ends_on_time_with_no_other_request(tmp_path: Path) -> None:
 
 
 def test_a_full_node_queue_is_429_and_other_nodes_are_unaffected(tmp_path: Path) -> None:
-    for b in serve_board(tmp_path, max_tasks_per_node=3):
+    with serve_board(tmp_path, max_tasks_per_node=3) as b:
         assert [b.post({"i": i}).status_code for i in range(4)] == [201, 201, 201, 429]
         assert "queue is full" in b.post({"i": 4}).json()["error"]
         assert b.post({"i": 0}, node="node-2").status_code == 201
@@ -343,7 +348,7 @@ def test_a_full_node_queue_is_429_and_other_nodes_are_unaffected(tmp_path: Path)
 
 
 def test_the_board_is_bounded_in_bytes(tmp_path: Path) -> None:
-    for b in serve_board(tmp_path, max_board_bytes=20_000, reply_retention_s=100):
+    with serve_board(tmp_path, max_board_bytes=20_000, reply_retention_s=100) as b:
         big = {"blob": "x" * 5000}
         codes = [b.post(big, node=f"n{i}").status_code for i in range(5)]
         assert codes[:3] == [201, 201, 201]
@@ -352,7 +357,7 @@ def test_the_board_is_bounded_in_bytes(tmp_path: Path) -> None:
 
 
 def test_answered_tasks_are_purged_after_the_retention(tmp_path: Path) -> None:
-    for b in serve_board(tmp_path, reply_retention_s=100):
+    with serve_board(tmp_path, reply_retention_s=100) as b:
         task_id = b.post({"n": 1}).json()["task_id"]
         task = b.poll().json()
         b.reply(task, {"ok": True})
@@ -365,7 +370,7 @@ def test_answered_tasks_are_purged_after_the_retention(tmp_path: Path) -> None:
 
 
 def test_unanswered_tasks_are_never_purged(tmp_path: Path) -> None:
-    for b in serve_board(tmp_path, reply_retention_s=100, lease_seconds=1e5):
+    with serve_board(tmp_path, reply_retention_s=100, lease_seconds=1e5) as b:
         queued = b.post({"n": 1}).json()["task_id"]
         b.post({"n": 2})
         b.poll()

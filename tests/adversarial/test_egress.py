@@ -33,9 +33,6 @@ from fedpipe.adapters.http_exchange import (
 from fedpipe.context import RoundContext, new_context
 from fedpipe.errors import ErrorCode, RoundError, printable
 from fedpipe.request import parse_request
-from fedpipe.server import create_app
-from fedpipe.server.auth import TokenStore, bearer
-from fedpipe.server.testing import running_app
 from fedpipe.settings import NodeSettings
 from fedpipe.steps.fetch import (
     MAX_PLAN_SOURCE_BYTES,
@@ -47,42 +44,9 @@ from fedpipe.steps.fetch import (
     fetch_plan,
 )
 from fedpipe.testing import FakeNode
-from tests.adapters.conftest import Fault, FaultProxy
+from tests.conftest import Fault, FaultProxy
 
 TOKEN = {"Authorization": "Bearer node-secret"}
-
-
-# --- the real file-exchange server (with a node credential) and its fault proxy --------------
-
-
-@pytest.fixture
-def exchange_root(tmp_path: Path) -> Path:
-    return tmp_path / "exchange"
-
-
-@pytest.fixture
-def exchange_url(exchange_root: Path) -> Iterator[str]:
-    """The real file-exchange server on a free loopback port."""
-    with running_app(create_app(exchange_root, max_bytes=8 * 1024 * 1024)) as url:
-        yield url
-
-
-@pytest.fixture
-def auth(exchange_url: str, exchange_root: Path) -> Iterator[dict[str, str]]:
-    """The Authorization header of a node credential valid on ``exchange_url``."""
-    store = TokenStore(exchange_root)
-    try:
-        yield bearer(store.issue("node", "node-1").token)
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def fault_proxy(exchange_url: str) -> Iterator[FaultProxy]:
-    """A fault-injecting proxy in front of ``exchange_url`` (another origin)."""
-    p = FaultProxy(exchange_url)
-    yield p
-    p.close()
 
 
 # --- real listeners on loopback -------------------------------------------------------------
@@ -709,19 +673,19 @@ CAUSES = ["refused", "timeout", "reset", "http404", "http500", "truncated", "dig
 
 @pytest.mark.parametrize("cause", [*CAUSES, "redirect-off-origin"])
 def test_download_failures_read_the_same_whatever_the_network_cause(
-    cause: str, exchange_url: str, fault_proxy: FaultProxy, auth: dict[str, str], tmp_path: Path
+    cause: str, server: str, proxy: FaultProxy, node_headers: dict[str, str], tmp_path: Path
 ) -> None:
     """Law: the researcher reads "Could not download the <what>." for every cause; the log tells them apart."""
-    setup = make_cause(cause, exchange_url, fault_proxy, auth, tmp_path)
+    setup = make_cause(cause, server, proxy, node_headers, tmp_path)
     settings = NodeSettings(node_id="node-1", root=tmp_path / "node", max_download_bytes=1000)
     ctx = round_context(tmp_path, setup.url, settings)
-    origins = [exchange_url, fault_proxy.url, *([setup.options["extra"]] if "extra" in setup.options else [])]
+    origins = [server, proxy.url, *([setup.options["extra"]] if "extra" in setup.options else [])]
     options = {"read_timeout": setup.options.get("read_timeout", 5.0)}
     try:
         with HttpFileExchange(
-            f"{exchange_url}/upload",
+            f"{server}/upload",
             allowed_origins=origins,
-            headers=auth,
+            headers=node_headers,
             retries=1,
             sleep=lambda _: None,
             **options,
@@ -738,11 +702,11 @@ def test_download_failures_read_the_same_whatever_the_network_cause(
 
 
 def test_an_allow_list_refusal_says_so_and_connects_nowhere(
-    exchange_url: str, trap: Listener, auth: dict[str, str], tmp_path: Path
+    server: str, trap: Listener, node_headers: dict[str, str], tmp_path: Path
 ) -> None:
     settings = NodeSettings(node_id="node-1", root=tmp_path / "node")
     ctx = round_context(tmp_path, trap.url("/files/x"), settings)
-    with HttpFileExchange(f"{exchange_url}/upload", headers=auth) as ex:
+    with HttpFileExchange(f"{server}/upload", headers=node_headers) as ex:
         for step, what in WHATS.items():
             error = STEPS[step](ex)(ctx).failure()
             assert error.code is ErrorCode.DOWNLOAD_FAILED
@@ -761,14 +725,14 @@ def test_an_allow_list_refusal_says_so_and_connects_nowhere(
     ],
 )
 def test_aggregator_argument_names_are_escaped_and_cut_in_the_public_text(
-    name: str, shown: str | None, exchange_url: str, auth: dict[str, str], tmp_path: Path
+    name: str, shown: str | None, server: str, node_headers: dict[str, str], tmp_path: Path
 ) -> None:
     settings = NodeSettings(node_id="node-1", root=tmp_path / "node")
     node = FakeNode(settings=settings)
-    raw = node.request(aggregator_args={name: {"url": f"{exchange_url}/files/{'0' * 64}"}})
+    raw = node.request(aggregator_args={name: {"url": f"{server}/files/{'0' * 64}"}})
     (tmp_path / "round").mkdir()
     ctx = new_context(parse_request(raw).unwrap(), settings, tmp_path / "round", None)
-    with HttpFileExchange(f"{exchange_url}/upload", headers=auth) as ex:
+    with HttpFileExchange(f"{server}/upload", headers=node_headers) as ex:
         error = fetch_aggregator_args(ex)(ctx).failure()
     named = f" `{shown}`" if shown is not None else ""
     assert error.public == f"Could not download the aggregator argument{named}."
@@ -776,11 +740,11 @@ def test_aggregator_argument_names_are_escaped_and_cut_in_the_public_text(
 
 
 def test_a_payload_that_is_not_msgpack_is_still_a_bad_payload(
-    exchange_url: str, auth: dict[str, str], tmp_path: Path
+    server: str, node_headers: dict[str, str], tmp_path: Path
 ) -> None:
     src = tmp_path / "junk"
     src.write_bytes(b"\xc1 not msgpack")
-    with HttpFileExchange(f"{exchange_url}/upload", headers=auth) as ex:
+    with HttpFileExchange(f"{server}/upload", headers=node_headers) as ex:
         url = ex.upload(src).unwrap()
         ctx = round_context(tmp_path, url, NodeSettings(node_id="node-1", root=tmp_path / "node"))
         for step in ("fetch_aggregator_args", "fetch_aux_vars"):

@@ -33,6 +33,7 @@ def creds(root: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 @pytest.fixture
 def server(root: Path) -> Iterator[ServerProcess]:
+    """The server in a child process; restarted, it comes back at the same URL (kept, as nodes do)."""
     srv = ServerProcess(root, lease_seconds=600.0)
     srv.start()
     yield srv
@@ -49,6 +50,7 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> N
 def test_sigkill_mid_upload_leaves_no_partial_file_after_restart(
     server: ServerProcess, root: Path, creds: tuple[dict[str, str], dict[str, str]]
 ) -> None:
+    url = server.url
     node, _ = creds
     sent = threading.Event()
     content = os.urandom(MIB)
@@ -66,9 +68,7 @@ def test_sigkill_mid_upload_leaves_no_partial_file_after_restart(
     def upload() -> None:
         headers = {"Content-Type": "multipart/form-data; boundary=zz", **node}
         try:
-            outcome.append(
-                httpx.post(f"{server.url}/upload", content=slow_body(), headers=headers, timeout=60)
-            )
+            outcome.append(httpx.post(f"{url}/upload", content=slow_body(), headers=headers, timeout=60))
         except httpx.HTTPError as err:
             outcome.append(err)
 
@@ -83,64 +83,60 @@ def test_sigkill_mid_upload_leaves_no_partial_file_after_restart(
     server.start()
     assert list(parts.glob("*.part")) == []
     assert [p for p in (root / "objects").rglob("*") if p.is_file()] == []
-    reply = httpx.post(f"{server.url}/upload", files={"file": ("f", content)}, headers=node)
+    reply = httpx.post(f"{url}/upload", files={"file": ("f", content)}, headers=node)
     assert reply.status_code == 201  # and the server works on
 
 
 def test_sigkill_loses_no_queued_leased_or_answered_task(
     server: ServerProcess, creds: tuple[dict[str, str], dict[str, str]]
 ) -> None:
+    url = server.url
     node, researcher = creds
     ids = [
-        httpx.post(f"{server.url}/tasks/node-1", json={"request": {"n": n}}, headers=researcher).json()[
-            "task_id"
-        ]
+        httpx.post(f"{url}/tasks/node-1", json={"request": {"n": n}}, headers=researcher).json()["task_id"]
         for n in range(3)
     ]
-    poll = lambda: httpx.get(f"{server.url}/tasks/node-1/next", headers=node)  # noqa: E731
+    poll = lambda: httpx.get(f"{url}/tasks/node-1/next", headers=node)  # noqa: E731
     answered = poll().json()
     reply = {"lease_id": answered["lease_id"], "reply": {"success": True, "n": 0}}
-    assert httpx.post(f"{server.url}/tasks/{ids[0]}/reply", json=reply, headers=node).status_code == 200
+    assert httpx.post(f"{url}/tasks/{ids[0]}/reply", json=reply, headers=node).status_code == 200
     leased = poll().json()
     assert leased["task_id"] == ids[1]
 
     server.kill()
     server.start()
 
-    assert httpx.get(f"{server.url}/tasks/{ids[0]}/reply", headers=researcher).json() == {
+    assert httpx.get(f"{url}/tasks/{ids[0]}/reply", headers=researcher).json() == {
         "success": True,
         "n": 0,
     }
-    assert httpx.get(f"{server.url}/tasks/{ids[1]}/reply", headers=researcher).status_code == 204
+    assert httpx.get(f"{url}/tasks/{ids[1]}/reply", headers=researcher).status_code == 204
     queued = poll().json()
     assert (queued["task_id"], queued["delivery"], queued["request"]) == (ids[2], 1, {"n": 2})
     assert poll().status_code == 204  # the leased one is not redelivered while its lease lasts
-    renew = httpx.post(
-        f"{server.url}/tasks/{ids[1]}/lease", json={"lease_id": leased["lease_id"]}, headers=node
-    )
+    renew = httpx.post(f"{url}/tasks/{ids[1]}/lease", json={"lease_id": leased["lease_id"]}, headers=node)
     assert renew.status_code == 200
     reply = {"lease_id": leased["lease_id"], "reply": {"success": True, "n": 1}}
-    assert httpx.post(f"{server.url}/tasks/{ids[1]}/reply", json=reply, headers=node).status_code == 200
-    assert httpx.get(f"{server.url}/tasks/{ids[1]}/reply", headers=researcher).json() == {
+    assert httpx.post(f"{url}/tasks/{ids[1]}/reply", json=reply, headers=node).status_code == 200
+    assert httpx.get(f"{url}/tasks/{ids[1]}/reply", headers=researcher).json() == {
         "success": True,
         "n": 1,
     }
     assert poll().status_code == 204
-    nodes = httpx.get(f"{server.url}/nodes", headers=researcher).json()["nodes"]
+    nodes = httpx.get(f"{url}/nodes", headers=researcher).json()["nodes"]
     assert set(nodes) == {"node-1"}
 
 
 def test_a_fresh_poll_after_the_restart_of_both_hands_the_leased_task_back(
     server: ServerProcess, creds: tuple[dict[str, str], dict[str, str]]
 ) -> None:
+    url = server.url
     node, researcher = creds
-    task_id = httpx.post(f"{server.url}/tasks/node-1", json={"request": {}}, headers=researcher).json()[
-        "task_id"
-    ]
-    first = httpx.get(f"{server.url}/tasks/node-1/next", headers=node).json()
+    task_id = httpx.post(f"{url}/tasks/node-1", json={"request": {}}, headers=researcher).json()["task_id"]
+    first = httpx.get(f"{url}/tasks/node-1/next", headers=node).json()
     server.kill()
     server.start()
-    again = httpx.get(f"{server.url}/tasks/node-1/next", params={"fresh": "1"}, headers=node).json()
+    again = httpx.get(f"{url}/tasks/node-1/next", params={"fresh": "1"}, headers=node).json()
     assert (again["task_id"], again["delivery"]) == (task_id, 2)
     assert again["lease_id"] != first["lease_id"]
 
@@ -148,12 +144,13 @@ def test_a_fresh_poll_after_the_restart_of_both_hands_the_leased_task_back(
 def test_sigkill_mid_download_then_the_download_resumes_to_the_whole_file(
     server: ServerProcess, creds: tuple[dict[str, str], dict[str, str]]
 ) -> None:
+    url = server.url
     node, _ = creds
     content = os.urandom(48 * MIB)
-    body = httpx.post(f"{server.url}/upload", files={"file": ("f", content)}, headers=node, timeout=60).json()
+    body = httpx.post(f"{url}/upload", files={"file": ("f", content)}, headers=node, timeout=60).json()
     path = f"/files/{body['id']}"
     got = bytearray()
-    with httpx.stream("GET", server.url + path, headers=node, timeout=60) as response:
+    with httpx.stream("GET", url + path, headers=node, timeout=60) as response:
         assert response.status_code == 200
         etag = response.headers["etag"]
         stream = response.iter_bytes(256 * 1024)
@@ -170,7 +167,7 @@ def test_sigkill_mid_download_then_the_download_resumes_to_the_whole_file(
     assert 0 < len(got) < len(content)
     server.start()
     rest = httpx.get(
-        server.url + path, headers={"Range": f"bytes={len(got)}-", "If-Range": etag, **node}, timeout=60
+        url + path, headers={"Range": f"bytes={len(got)}-", "If-Range": etag, **node}, timeout=60
     )
     assert rest.status_code == 206
     whole = bytes(got) + rest.content
