@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import ssl
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -52,7 +51,7 @@ from fedpipe.runner import RoundRun, execute_round
 from fedpipe.settings import GpuPolicy, NodeSettings
 
 if TYPE_CHECKING:
-    from fedpipe.adapters.task_client import HttpTaskClient, Task
+    from fedpipe.adapters.task_client import HttpTaskClient, ReplyOutcome, Task
 
 __all__ = [
     "Node",
@@ -318,7 +317,6 @@ class _LeaseKeeper:
         self._task = task
         self._log = log
         self._done = threading.Event()
-        self.lost = False
         self._thread = threading.Thread(target=self._run, name="fedpipe-lease", daemon=True)
 
     def _run(self) -> None:
@@ -333,7 +331,7 @@ class _LeaseKeeper:
                 continue  # the server may come back before the lease runs out
             except TaskBoardRefused:
                 pass
-            self.lost = True
+            # the round goes on: its reply will be refused, and the board redelivers the task
             self._log.warning("task %s: lease lost while the round runs", self._task.task_id)
             return
 
@@ -357,6 +355,56 @@ def _fallback_reply(request: Any, node_id: str) -> TrainReply:
     return to_reply(Failure(error), header_of(request if isinstance(request, Mapping) else None, node_id))
 
 
+class _Backoff:
+    """The agent's wait after a failure: 0.5 s doubling up to 30 s, back to 0.5 s after a success."""
+
+    def __init__(self, stop: threading.Event, log: logging.Logger) -> None:
+        self._stop = stop
+        self._log = log
+        self.delay = 0.5
+
+    def reset(self) -> None:
+        self.delay = 0.5
+
+    def wait(self, err: Exception) -> None:
+        self._log.warning("%s; retrying in %.1f s", err, self.delay)
+        self._stop.wait(self.delay)
+        self.delay = min(self.delay * 2, 30.0)
+
+
+def deliver_reply(
+    client: "HttpTaskClient",
+    task: "Task",
+    replies: Sequence[TrainReply],
+    *,
+    stop: threading.Event,
+    backoff: _Backoff,
+    log: logging.Logger,
+) -> "ReplyOutcome | None":
+    """Post the first of ``replies`` the board accepts (the later ones are fallbacks for a refusal).
+
+    Waits out an unreachable board until ``stop`` is set; returns the last outcome (None when
+    stopped before any answer). A lost lease is final: the board has redelivered the task.
+    """
+    from fedpipe.adapters.task_client import ReplyOutcome, TaskBoardUnavailable
+
+    pending = list(replies)
+    while not stop.is_set():
+        try:
+            outcome = client.post_reply(task, pending[0].to_dict())
+        except TaskBoardUnavailable as err:
+            backoff.wait(err)
+            continue
+        if outcome is ReplyOutcome.REFUSED and len(pending) > 1:
+            log.error("task %s: the board refused the reply; sending a failure reply", task.task_id)
+            pending.pop(0)
+            continue
+        if outcome is not ReplyOutcome.ACCEPTED:
+            log.warning("task %s: reply not accepted (%s)", task.task_id, outcome.value)
+        return outcome
+    return None
+
+
 def run_node_agent(
     root: Path | str,
     *,
@@ -378,21 +426,16 @@ def run_node_agent(
     whose delivery kills the process is set aside by the board after a few deliveries.
     Returns 1 when the server refuses the node's credential.
     """
-    from fedpipe.adapters.http_exchange import HttpFileExchange, origin_of
+    from fedpipe.adapters.http_exchange import HttpFileExchange, origin_of, ssl_context
     from fedpipe.adapters.lock import NodeLock
     from fedpipe.adapters.monitor import HttpMonitor
-    from fedpipe.adapters.task_client import (
-        HttpTaskClient,
-        ReplyOutcome,
-        TaskBoardRefused,
-        TaskBoardUnavailable,
-    )
+    from fedpipe.adapters.task_client import HttpTaskClient, TaskBoardRefused, TaskBoardUnavailable
 
     log = logging.getLogger("fedpipe.node")
     stop = stop or threading.Event()
     settings = load_or_create_settings(root, node_id=node_id)
     server = server_url.rstrip("/")
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    verify = ssl_context(ca_file) if ca_file else True
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with NodeLock(settings.root):
         if threading.current_thread() is threading.main_thread():
@@ -409,30 +452,7 @@ def run_node_agent(
             raise NodeAdminError(f"cannot use the file exchanges of {settings.root}: {err}") from err
         monitor = HttpMonitor(f"{server}/monitor", headers=headers, verify=verify)
         client = HttpTaskClient(server, settings.node_id, token=token, poll_wait=poll_wait, verify=verify)
-        backoff = 0.5
-
-        def wait_after(err: Exception) -> None:
-            nonlocal backoff
-            log.warning("%s; retrying in %.1f s", err, backoff)
-            stop.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
-
-        def deliver(task: "Task", replies: Sequence[TrainReply]) -> None:
-            """Post the first of ``replies`` the board accepts (the later ones are fallbacks)."""
-            pending = list(replies)
-            while pending and not stop.is_set():
-                try:
-                    outcome = client.post_reply(task, pending[0].to_dict())
-                except TaskBoardUnavailable as err:
-                    wait_after(err)
-                    continue
-                if outcome is ReplyOutcome.REFUSED and len(pending) > 1:
-                    log.error("task %s: the board refused the reply; sending a failure reply", task.task_id)
-                    pending.pop(0)
-                    continue
-                if outcome is not ReplyOutcome.ACCEPTED:
-                    log.warning("task %s: reply not accepted (%s)", task.task_id, outcome.value)
-                return
+        backoff = _Backoff(stop, log)
 
         code = 0
         fresh = True  # the first poll ends the leases a dead predecessor held
@@ -446,9 +466,10 @@ def run_node_agent(
                     try:
                         task = client.next_task(fresh=fresh)
                     except TaskBoardUnavailable as err:
-                        wait_after(err)
+                        backoff.wait(err)
                         continue
-                    fresh, backoff = False, 0.5
+                    fresh = False
+                    backoff.reset()
                     if task is None:
                         continue
                     log.info("task %s: round started (delivery %d)", task.task_id, task.delivery)
@@ -465,7 +486,8 @@ def run_node_agent(
                             "success" if reply.success else f"failed ({reply.msg})",
                         )
                         monitor.flush()  # the round's metrics reach the researcher before its reply does
-                        deliver(task, [reply, fallback] if reply is not fallback else [reply])
+                        replies = [reply, fallback] if reply is not fallback else [reply]
+                        deliver_reply(client, task, replies, stop=stop, backoff=backoff, log=log)
         except TaskBoardRefused as err:
             log.error("%s", err)
             code = 1

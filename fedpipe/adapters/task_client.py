@@ -151,7 +151,8 @@ class HttpTaskClient:
     def post_reply(self, task: Task, reply: Mapping[str, Any]) -> ReplyOutcome:
         """Deliver the reply of ``task`` under its lease.
 
-        A reply that is not strict JSON (NaN, lone surrogates) is REFUSED without being sent.
+        A reply that is not strict JSON is REFUSED: by the node before sending (NaN, infinities)
+        or by the board (lone surrogates); the lease stays, so a fallback reply can follow.
         """
         try:
             body = json.dumps({"lease_id": task.lease_id, "reply": dict(reply)}, allow_nan=False).encode()

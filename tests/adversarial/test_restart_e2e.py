@@ -1,11 +1,6 @@
 """`fedpipe serve` killed with SIGKILL while a real node runs a leased task and another waits: nothing lost,
 nothing run twice."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +17,7 @@ from fedpipe.ports import Approval
 from fedpipe.researcher.board import BoardClient, BoardError
 from fedpipe.researcher.demo import initial_params, reference_statistics
 from fedpipe.server.auth import bearer
+from fedpipe.server.testing import ServerProcess
 from fedpipe.training import load_breast_cancer
 from tests.e2e.support import issue, node_token_file, spawn_node, wait_for_nodes
 
@@ -50,57 +46,17 @@ class SlowPlan(BreastCancerMlp):
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`fedpipe serve` as a child process on a fixed port, killed and restarted at will."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.root, self.port = root, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fedpipe", "serve", "--root", str(self.root), "--port", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
-
-
 @define
 class Rig:
-    server: Server
+    server: ServerProcess
     board: BoardClient
     marks: Path
     request: Callable[[str, int], dict[str, object]]
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """A server (its lease length the test's parameter, else the default), a node, a slow plan."""
     data = load_breast_cancer()
     node_root = tmp_path / "node-1"
     csv = node_root / "data.csv"
@@ -111,7 +67,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     with open_owner(node_root, node_id="node-1") as owner:
         owner.datasets.add(DatasetRecord(dataset_id="bc", name="bc", path=str(csv)))
         owner.approvals.register(source, name="slow", status=Approval.APPROVED)
-    server = Server(tmp_path / "server", _free_port())
+    lease = getattr(request, "param", None)
+    server = ServerProcess(tmp_path / "server", **({} if lease is None else {"lease_seconds": lease}))
     token = issue(server.root, "researcher", "restarter")
     token_file = node_token_file(server.root, node_root, "node-1")
     server.start()
@@ -129,7 +86,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         ).json()["file"]
         mean, std = reference_statistics()
 
-        def request(tag: str, epochs: int) -> dict[str, object]:  # a training task tagged in the marks
+        def task_request(tag: str, epochs: int) -> dict[str, object]:  # a training task tagged in the marks
             return {
                 "researcher_id": "restarter",
                 "job_id": f"job-{tag}",
@@ -142,7 +99,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
                 "training_args": {"epochs": epochs, "loader_args": {"batch_size": 64}},
             }
 
-        yield Rig(server=server, board=board, marks=marks, request=request)
+        yield Rig(server=server, board=board, marks=marks, request=task_request)
     finally:
         board.close()
         node.terminate()
@@ -194,3 +151,13 @@ def test_answered_tasks_survive_a_kill(rig: Rig) -> None:
     assert again == first
     time.sleep(2.0)
     assert marks.read_text().split() == ["c"]
+
+
+@pytest.mark.parametrize("rig", [1.0], indirect=True)
+def test_a_round_longer_than_its_lease_runs_once(rig: Rig) -> None:
+    """With a 1 s lease, a round of several seconds is kept by the node's renewals: one run, one reply."""
+    task = rig.board.post_task("node-1", rig.request("long", 3))
+    reply = _reply(rig.board, task, timeout=120)
+    assert reply["success"] is True, reply
+    time.sleep(2.0)  # a lease lost during the round would have redelivered it by now
+    assert rig.marks.read_text().split() == ["long"]

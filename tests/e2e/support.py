@@ -6,10 +6,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import httpx
-
 from fedpipe.adapters.private_file import write_private
-from fedpipe.server.auth import TokenStore, bearer
+from fedpipe.researcher.board import BoardClient
+from fedpipe.server.auth import TokenStore
 
 
 def issue(server_root: Path, role: str, subject: str) -> str:
@@ -40,7 +39,8 @@ def spawn_node(
     command += ["--token-file", str(token_file), "--poll-wait", str(poll_wait)]
     if node_id is not None:
         command += ["--node-id", node_id]
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed by the child's exit
+    # the child gets its own copy of the log's descriptor: ours is closed once it is started
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     finally:
@@ -52,9 +52,12 @@ def wait_for_nodes(url: str, researcher_token: str, node_ids: Iterable[str], tim
     """Wait until every node in ``node_ids`` has polled the board."""
     wanted = set(node_ids)
     deadline = time.monotonic() + timeout
-    while True:
-        seen = httpx.get(f"{url}/nodes", headers=bearer(researcher_token), timeout=5).json()["nodes"]
-        if wanted <= set(seen):
-            return
-        assert time.monotonic() < deadline, f"nodes never polled the server: {sorted(wanted - set(seen))}"
-        time.sleep(0.3)
+    board = BoardClient(url, token=researcher_token)
+    try:
+        while not wanted <= set(board.nodes()):
+            assert time.monotonic() < deadline, (
+                f"nodes never polled the server: {sorted(wanted - set(board.nodes()))}"
+            )
+            time.sleep(0.3)
+    finally:
+        board.close()
