@@ -11,8 +11,8 @@ the keyword existed still run: the round passes ``stop`` only to a routine that 
 ``**kwargs``), and such a plan is stopped between steps only.
 """
 
-import functools
 import inspect
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -34,9 +34,23 @@ __all__ = [
     "TrainingPlan",
     "accepts_stop",
     "never_stop",
+    "request_loader_arg_problem",
 ]
 
-REQUEST_LOADER_ARGS: frozenset[str] = frozenset({"batch_size", "drop_last", "num_workers", "shuffle"})
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# key -> (what its value must be, the rule that says so)
+_LOADER_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": (lambda v: _whole(v) and v >= 1, "must be a positive integer"),
+    "drop_last": (lambda v: isinstance(v, bool), "must be a boolean"),
+    "num_workers": (lambda v: _whole(v) and v >= 0, "must be a non-negative integer"),
+    "shuffle": (lambda v: isinstance(v, bool), "must be a boolean"),
+}
+
+REQUEST_LOADER_ARGS: frozenset[str] = frozenset(_LOADER_ARG_RULES)
 """The data-loader arguments a request's ``loader_args`` may set; any other key is refused.
 
 The others start processes or threads, name code to run or objects to build (``sampler``,
@@ -44,6 +58,29 @@ The others start processes or threads, name code to run or objects to build (``s
 resources (``prefetch_factor``, ``pin_memory_device``, ``timeout``): they are the plan's choice
 (approved code), never the researcher's. ``num_workers`` is further capped by the node owner.
 """
+
+_NOT_ALLOWED = (
+    f"is not a data-loader argument a request may set (allowed: {', '.join(sorted(REQUEST_LOADER_ARGS))})"
+)
+
+
+def request_loader_arg_problem(key: str, value: Any) -> str | None:
+    """Why a request's ``loader_args`` may not set ``key`` to ``value``, or None when it may.
+
+    The one rule for what a request may hand the data loader (``REQUEST_LOADER_ARGS`` with plain
+    values), applied by the round (``parse_training_args``, which adds the owner's caps) and by
+    the training layer (``fedpipe.training.merge_loader_args``, for a plan driven outside it).
+
+    >>> request_loader_arg_problem("batch_size", 8), request_loader_arg_problem("shuffle", 1)
+    (None, 'must be a boolean')
+    >>> request_loader_arg_problem("worker_init_fn", "os.system")
+    'is not a data-loader argument a request may set (allowed: batch_size, drop_last, num_workers, shuffle)'
+    """
+    rule = _LOADER_ARG_RULES.get(key)
+    if rule is None:
+        return _NOT_ALLOWED
+    allowed, text = rule
+    return None if allowed(value) else text
 
 
 @frozen(kw_only=True)
@@ -107,7 +144,6 @@ def never_stop() -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=256)
 def _declares_stop(fn: Callable[..., Any]) -> bool:
     try:
         parameters = inspect.signature(fn).parameters.values()
@@ -119,11 +155,17 @@ def _declares_stop(fn: Callable[..., Any]) -> bool:
     )
 
 
+# Weak keys: a plan loaded from source is a fresh class each round, and a strong cache would keep
+# its functions, and through them its whole throw-away module, alive after the round.
+_DECLARES_STOP: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
+
+
 def accepts_stop(routine: Callable[..., Any]) -> bool:
     """Whether a plan routine takes the ``stop`` keyword (by name or through ``**kwargs``).
 
     Plans written before ``stop`` was added do not; the round calls them without it. The answer
-    is cached per function, so asking every round costs a dictionary lookup.
+    is cached per function (for as long as the function lives), so asking again costs a
+    dictionary lookup instead of an ``inspect.signature``.
 
     >>> accepts_stop(lambda *, report, gpu: 0), accepts_stop(lambda *, report, gpu, stop: 0)
     (False, True)
@@ -132,9 +174,13 @@ def accepts_stop(routine: Callable[..., Any]) -> bool:
     """
     fn = getattr(routine, "__func__", routine)
     try:
+        return _DECLARES_STOP[fn]
+    except KeyError:
+        pass
+    except TypeError:  # not weakly referenceable, or unhashable: ask without the cache
         return _declares_stop(fn)
-    except TypeError:  # an unhashable callable: ask without the cache
-        return bool(_declares_stop.__wrapped__(fn))
+    answer = _DECLARES_STOP[fn] = _declares_stop(fn)
+    return answer
 
 
 class TrainingPlan(Protocol):

@@ -79,6 +79,12 @@ def _raw_header(raw_request: Any, node_id: str) -> ReplyHeader:
         return ReplyHeader(researcher_id="", job_id="", node_id=node_id)
 
 
+def _bug(step: str, exc: Exception) -> RoundError:
+    """The ``internal`` error of an exception that escaped ``step``; its traceback goes to the node log."""
+    log.error("bug in step %s:\n%s", step, traceback.format_exc())
+    return RoundError(code=ErrorCode.INTERNAL, step=step, detail=f"{type(exc).__name__}: {exc}", cause=exc)
+
+
 def execute_round(
     raw_request: Mapping[str, Any] | TrainRequest,
     ports: Ports,
@@ -90,31 +96,29 @@ def execute_round(
     The round works in a fresh directory under ``settings.tmp_dir`` that is removed whatever
     happens (D9). An exception escaping parsing or a step is a bug: it is logged with its
     traceback and answered with an ``internal`` error that names the step (``parse_request``
-    for parsing) but reveals nothing else.
+    for parsing, ``(setup)`` before the first step) but reveals nothing else.
 
     The owner's ``settings.max_round_seconds`` is enforced from ``ports.clock``: the round's
     deadline is its start plus the limit; past it the round is stopped before the next step
     (``round_timeout``, naming the step that did not run), and training and validation get a
     ``stop`` check from it through ``RoundContext.deadline``.
     """
-    header = ReplyHeader(researcher_id="", job_id="", node_id=settings.node_id)
+    parsed: TrainRequest | Result[TrainRequest, RoundError]
+    try:
+        parsed = raw_request if isinstance(raw_request, TrainRequest) else parse_request(raw_request)
+    except Exception as exc:  # the last-resort boundary covers parsing too: even its bugs get a reply
+        parsed = Failure(_bug("parse_request", exc))
+    if isinstance(parsed, Failure):
+        log.error("%s", parsed.failure().log_line())
+        return RoundRun(reply=to_reply(parsed, _raw_header(raw_request, settings.node_id)), result=parsed)
+    request = parsed if isinstance(parsed, TrainRequest) else parsed.unwrap()
     timings: list[tuple[str, float]] = []
     step_names: list[str] = []
-    stage = "parse_request"  # where an exception is attributed until the steps run
+    state_id: str | None = None
     workdir: Path | None = None
     result: Result[RoundContext, RoundError]
     try:
-        parsed = raw_request if isinstance(raw_request, TrainRequest) else parse_request(raw_request)
-        if isinstance(parsed, Failure):
-            error = parsed.failure()
-            log.error("%s", error.log_line())
-            header = _raw_header(raw_request, settings.node_id)
-            return RoundRun(reply=to_reply(Failure(error), header), result=Failure(error))
-        request = parsed if isinstance(parsed, TrainRequest) else parsed.unwrap()
-        stage = "(setup)"
-        header = header_of(request, settings.node_id)  # the ids, even should new_id raise
         state_id = f"node_state_{ports.new_id()}" if request.training else None
-        header = header_of(request, settings.node_id, state_id)
         start = ports.clock.perf_counter()
         last = [start]
 
@@ -132,37 +136,23 @@ def execute_round(
             settings.tmp_dir.mkdir(parents=True, exist_ok=True)
             workdir = Path(tempfile.mkdtemp(prefix="round_", dir=settings.tmp_dir))
         steps = rounds(ports, request) if callable(rounds) else rounds
-        step_names.extend(s.name for s in steps)
         context = new_context(request, settings, workdir, state_id, deadline=deadline)
-        stage = ""
+        step_names.extend(s.name for s in steps)  # from here on, an exception is a step's
         result = run_steps(context, steps, observe, interrupt=interrupt)
-    except Exception as exc:  # the one last-resort boundary: the node always replies
-        if stage == "parse_request":
-            header = _raw_header(raw_request, settings.node_id)
-            failed = stage
-        elif stage:
-            failed = stage
-        else:
-            # the step that raised is the one after the last that completed
-            failed = step_names[len(timings)] if len(timings) < len(step_names) else "(setup)"
-        log.error("bug in step %s:\n%s", failed, traceback.format_exc())
-        result = Failure(
-            RoundError(
-                code=ErrorCode.INTERNAL,
-                step=failed,
-                detail=f"{type(exc).__name__}: {exc}",
-                cause=exc,
-            )
-        )
+    except Exception as exc:  # the one last-resort boundary of the steps: the node always replies
+        # the step that raised is the one after the last that completed
+        failed = step_names[len(timings)] if len(timings) < len(step_names) else "(setup)"
+        result = Failure(_bug(failed, exc))
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     match result:
         case Failure(error):
-            log.error("round failed for job %s: %s", header.job_id, error.log_line())
+            log.error("round failed for job %s: %s", request.job_id, error.log_line())
         case _:
             for note in result.unwrap().notes:
-                log.warning("job %s: %s", header.job_id, note)
+                log.warning("job %s: %s", request.job_id, note)
+    header = header_of(request, settings.node_id, state_id)
     return RoundRun(reply=to_reply(result, header), result=result, step_seconds=tuple(timings))
 
 

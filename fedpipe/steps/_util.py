@@ -2,14 +2,14 @@
 
 import contextlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from returns.result import Failure, Result, Success
 
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.plan import MetricSink, Scalars
-from fedpipe.ports import MetricEvent, Monitor
+from fedpipe.plan import MetricSink, Scalars, StopCheck, accepts_stop, never_stop
+from fedpipe.ports import Clock, MetricEvent, Monitor
 
 T = TypeVar("T")
 
@@ -32,6 +32,24 @@ def call_plan(step: str, code: ErrorCode, what: str, fn: Callable[[], T]) -> Res
                 cause=exc,
             )
         )
+
+
+def deadline_stop(clock: Clock, deadline: float | None) -> StopCheck:
+    """The ``stop`` check a plan polls: true once ``clock`` reads past ``deadline`` (never if None)."""
+    if deadline is None:
+        return never_stop
+    return lambda: clock.perf_counter() > deadline
+
+
+def call_routine(routine: Callable[..., T], clock: Clock | None, deadline: float | None, **kwargs: Any) -> T:
+    """Call a plan routine with ``kwargs``, plus a ``stop`` check from the round's deadline.
+
+    ``stop`` is passed only when there is a clock and a deadline and the routine declares it
+    (``fedpipe.plan.accepts_stop``): plans written before the keyword existed are called as before.
+    """
+    if clock is not None and deadline is not None and accepts_stop(routine):
+        return routine(**kwargs, stop=deadline_stop(clock, deadline))
+    return routine(**kwargs)
 
 
 def bound_sink(ctx: RoundContext, monitor: Monitor) -> MetricSink:

@@ -10,14 +10,13 @@ from fedpipe.args import TrainingArgs, parse_training_args_mapping
 from fedpipe.compose import Step
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError, printable
-from fedpipe.plan import REQUEST_LOADER_ARGS, DatasetRecord
+from fedpipe.plan import REQUEST_LOADER_ARGS, DatasetRecord, request_loader_arg_problem
 from fedpipe.ports import DatasetRegistry
 from fedpipe.settings import NodeSettings
 
 __all__ = ["check_caps", "find_dataset", "parse_training_args"]
 
 STEP = "parse_training_args"
-_ALLOWED = ", ".join(sorted(REQUEST_LOADER_ARGS))
 
 
 def parse_training_args(ctx: RoundContext) -> Result[RoundContext, RoundError]:
@@ -40,6 +39,8 @@ def parse_training_args(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     The plan's own loader arguments (its ``DataManager`` keywords) are approved code, not the
     researcher's: they win over the request's and are not capped.
     """
+    # parse_training_args_mapping checks for plain JSON again, after parse_request did: a
+    # TrainRequest built in-process (execute_round takes one) reaches here unchecked
     return (
         parse_training_args_mapping(ctx.request.training_args, STEP)
         .bind(lambda args: check_caps(args, ctx.settings))
@@ -64,33 +65,20 @@ def _capped(key: str, value: int | None, cap: int | None, what: str) -> None:
         raise _refuse(key, f"asks for {_amount(value)} {what}; this node allows at most {cap}")
 
 
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _loader_args(loader_args: Mapping[str, Any], settings: NodeSettings) -> None:
-    for key in sorted(loader_args):
-        if key not in REQUEST_LOADER_ARGS:
-            raise _refuse(
-                f"loader_args.{printable(key)}",
-                f"is not a data-loader argument a request may set (allowed: {_ALLOWED})",
-            )
+    # a key a request may not set is named first, then a value of the wrong kind, then a cap
+    for key in sorted(loader_args, key=lambda k: (k in REQUEST_LOADER_ARGS, k)):
+        problem = request_loader_arg_problem(key, loader_args[key])
+        if problem is not None:
+            raise _refuse(f"loader_args.{printable(key)}", problem)
     workers = loader_args.get("num_workers", 0)
-    if not _whole(workers) or workers < 0:
-        raise _refuse("loader_args.num_workers", "must be a non-negative integer")
     _capped("loader_args.num_workers", workers, settings.max_loader_workers, "data-loader worker processes")
-    if "batch_size" in loader_args:
-        size = loader_args["batch_size"]
-        if not _whole(size) or size < 1:
-            raise _refuse("loader_args.batch_size", "must be a positive integer")
-        if settings.max_batch_size is not None and size > settings.max_batch_size:
-            raise _refuse(
-                "loader_args.batch_size",
-                f"asks for batches of {_amount(size)} samples; this node allows at most {settings.max_batch_size}",
-            )
-    for flag in ("shuffle", "drop_last"):
-        if flag in loader_args and not isinstance(loader_args[flag], bool):
-            raise _refuse(f"loader_args.{flag}", "must be a boolean")
+    size = loader_args.get("batch_size")
+    if size is not None and settings.max_batch_size is not None and size > settings.max_batch_size:
+        raise _refuse(
+            "loader_args.batch_size",
+            f"asks for batches of {_amount(size)} samples; this node allows at most {settings.max_batch_size}",
+        )
 
 
 def check_caps(args: TrainingArgs, settings: NodeSettings) -> Result[TrainingArgs, RoundError]:

@@ -5,7 +5,6 @@ the owner's wall-time limit does (``round_timeout``), as it does anywhere in the
 """
 
 from collections.abc import Mapping
-from typing import Any
 
 from attrs import evolve
 from returns.result import Failure, Result, Success
@@ -13,10 +12,8 @@ from returns.result import Failure, Result, Success
 from fedpipe.compose import Step, timeout_error
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.plan import accepts_stop
 from fedpipe.ports import Clock, Monitor
-from fedpipe.steps._util import bound_sink, call_plan
-from fedpipe.steps.train import deadline_stop
+from fedpipe.steps._util import bound_sink, call_plan, call_routine
 
 __all__ = ["validate_global", "validate_local"]
 
@@ -35,29 +32,25 @@ def _validate(monitor: Monitor, clock: Clock | None, *, before_train: bool) -> S
             return Success(
                 ctx.noted(f"{name}: no testing subset (test_ratio is 0 or the dataset is too small)")
             )
-        deadline = ctx.deadline if clock is not None else None
-        kwargs: dict[str, Any] = {
-            "metric": args.test_metric,
-            "metric_args": dict(args.test_metric_args),
-            "report": bound_sink(ctx, monitor),
-            "before_train": before_train,
-        }
-
-        def run() -> Mapping[str, float]:
-            routine = plan.testing_routine
-            if clock is not None and deadline is not None and accepts_stop(routine):
-                return routine(**kwargs, stop=deadline_stop(clock, deadline))
-            return routine(**kwargs)
-
-        outcome = call_plan(name, ErrorCode.DATA_FAILED, "validation failed", run)
-        if clock is not None and deadline is not None:
-            end = clock.perf_counter()
-            if end > deadline:
-                return Failure(
-                    timeout_error(
-                        name, ctx.settings.max_round_seconds, f"{name} ran past the round's deadline"
-                    )
-                )
+        deadline, report = ctx.deadline, bound_sink(ctx, monitor)
+        outcome = call_plan(
+            name,
+            ErrorCode.DATA_FAILED,
+            "validation failed",
+            lambda: call_routine(
+                plan.testing_routine,
+                clock,
+                deadline,
+                metric=args.test_metric,
+                metric_args=dict(args.test_metric_args),
+                report=report,
+                before_train=before_train,
+            ),
+        )
+        if clock is not None and deadline is not None and clock.perf_counter() > deadline:
+            return Failure(
+                timeout_error(name, ctx.settings.max_round_seconds, f"{name} ran past the round's deadline")
+            )
         if not isinstance(outcome, Success):
             return Success(ctx.noted(f"{name}: {outcome.failure().detail}"))
         values = outcome.unwrap()

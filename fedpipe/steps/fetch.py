@@ -1,5 +1,6 @@
 """Downloads from the file exchange: plan source, global parameters, aggregator args, aux vars."""
 
+import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -13,13 +14,11 @@ from fedpipe.codec import Limits, load_file
 from fedpipe.compose import Step
 from fedpipe.context import PlanSource, RoundContext
 from fedpipe.errors import ErrorCode, RoundError, is_public_safe, printable
-from fedpipe.ports import FileExchange
+from fedpipe.ports import URL_INVALID, URL_NOT_ALLOWED, FileExchange
 from fedpipe.views import frozen_view
 
 __all__ = [
     "MAX_PLAN_SOURCE_BYTES",
-    "URL_INVALID",
-    "URL_NOT_ALLOWED",
     "fetch_aggregator_args",
     "fetch_aux_vars",
     "fetch_params",
@@ -27,11 +26,6 @@ __all__ = [
 ]
 
 MAX_PLAN_SOURCE_BYTES = 4 * 1024 * 1024
-
-URL_NOT_ALLOWED = "the URL is not on the node's allowed file exchanges"
-"""The reason an exchange gives (in its public text) for a URL its owner's allow-list refuses."""
-URL_INVALID = "the URL is not a valid http(s) URL"
-"""The reason an exchange gives (in its public text) for a URL it cannot parse."""
 
 # Refusals decided from the URL alone, before any connection: they reveal nothing about the
 # node's network, so the researcher may read them. Every other download failure reads the same.
@@ -59,7 +53,7 @@ def _argument(name: str) -> str:
     ('aggregator argument `lr\\nmu`', 'aggregator argument', 'aggregator argument')
     """
     what = f"aggregator argument `{printable(name)}`"
-    return what if is_public_safe(f"The {what} is not a valid payload.") else "aggregator argument"
+    return what if is_public_safe(what) else "aggregator argument"
 
 
 def _bad_payload(step: str, what: str, reason: str) -> RoundError:
@@ -71,9 +65,15 @@ def _bad_payload(step: str, what: str, reason: str) -> RoundError:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _limits(max_bytes: int) -> Limits:
+    # one Limits per download limit, not one per payload: its validators run once
+    return Limits(max_bytes=max_bytes)
+
+
 def decode_payload(path: Path, ctx: RoundContext, step: str, what: str) -> Result[Any, RoundError]:
     """Decode a downloaded payload file within the node's limits; bad bytes become BAD_PAYLOAD."""
-    limits = Limits(max_bytes=ctx.settings.max_download_bytes)
+    limits = _limits(ctx.settings.max_download_bytes)
     return load_file(path, limits).alt(lambda err: _bad_payload(step, what, err.reason))
 
 

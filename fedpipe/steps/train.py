@@ -9,18 +9,10 @@ from returns.result import Failure, Result, Success
 from fedpipe.compose import Step, require, timeout_error
 from fedpipe.context import RoundContext, TrainingOutcome, Update
 from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.plan import StopCheck, accepts_stop, never_stop
 from fedpipe.ports import Clock, Monitor
-from fedpipe.steps._util import bound_sink, call_plan
+from fedpipe.steps._util import bound_sink, call_plan, call_routine, deadline_stop
 
 __all__ = ["deadline_stop", "make_update", "train_model"]
-
-
-def deadline_stop(clock: Clock, deadline: float | None) -> StopCheck:
-    """The ``stop`` check a plan polls: true once ``clock`` reads past ``deadline`` (never if None)."""
-    if deadline is None:
-        return never_stop
-    return lambda: clock.perf_counter() > deadline
 
 
 def train_model(monitor: Monitor, clock: Clock) -> Step:
@@ -45,15 +37,13 @@ def train_model(monitor: Monitor, clock: Clock) -> Step:
                 )
             )
         report, gpu, deadline = bound_sink(ctx, monitor), ctx.settings.gpu, ctx.deadline
-
-        def run() -> int:
-            routine = plan.training_routine
-            if deadline is not None and accepts_stop(routine):
-                return routine(report=report, gpu=gpu, stop=deadline_stop(clock, deadline))
-            return routine(report=report, gpu=gpu)
-
         start_real, start_cpu = clock.perf_counter(), clock.process_time()
-        trained = call_plan("train_model", ErrorCode.TRAINING_FAILED, "Cannot train model in round", run)
+        trained = call_plan(
+            "train_model",
+            ErrorCode.TRAINING_FAILED,
+            "Cannot train model in round",
+            lambda: call_routine(plan.training_routine, clock, deadline, report=report, gpu=gpu),
+        )
         end_real, end_cpu = clock.perf_counter(), clock.process_time()
         if deadline is not None and end_real > deadline:
             outcome = "returned" if isinstance(trained, Success) else f"failed ({trained.failure().detail})"

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from fedpipe.plan import REQUEST_LOADER_ARGS
+from fedpipe.plan import request_loader_arg_problem
 from fedpipe.training.errors import DataError
 
 __all__ = ["DataManager", "merge_loader_args"]
@@ -15,44 +15,30 @@ __all__ = ["DataManager", "merge_loader_args"]
 _TRAIN_ONLY = frozenset({"shuffle", "sampler", "batch_sampler", "drop_last", "generator"})
 
 
-def _checked_request_arg(key: str, value: Any) -> Any:
-    """A researcher's loader argument, or a DataError when the key or its type is not allowed."""
-    if key not in REQUEST_LOADER_ARGS:
-        raise DataError(
-            f"the loader argument {key[:64]!r} cannot come from a request "
-            f"(allowed: {', '.join(sorted(REQUEST_LOADER_ARGS))})"
-        )
-    whole = isinstance(value, int) and not isinstance(value, bool)
-    if key == "num_workers" and not (whole and value >= 0):
-        raise DataError("the loader argument 'num_workers' must be a non-negative integer")
-    if key == "batch_size" and not (whole and value >= 1):
-        raise DataError("the loader argument 'batch_size' must be a positive integer")
-    if key in ("shuffle", "drop_last") and not isinstance(value, bool):
-        raise DataError(f"the loader argument {key!r} must be a boolean")
-    return value
-
-
 def merge_loader_args(plan_args: Mapping[str, Any], researcher_args: Mapping[str, Any]) -> dict[str, Any]:
     """The plan's loader arguments, with the researcher's filling only the keys the plan left out.
 
     The plan's arguments are approved code and pass as they are (its choice wins). The
-    researcher's may only be ``fedpipe.plan.REQUEST_LOADER_ARGS`` with plain values; any other
-    key raises ``DataError`` even where the plan sets it, so nothing from a request reaches the
-    DataLoader unchecked. The round's ``parse_training_args`` step refuses the same keys earlier,
-    with a message for the researcher, and caps ``num_workers`` and ``batch_size`` at the owner's
-    limits; this check keeps a plan driven outside the standard round just as safe.
+    researcher's must pass ``fedpipe.plan.request_loader_arg_problem`` (only
+    ``REQUEST_LOADER_ARGS``, with plain values); anything else raises ``DataError`` even where the
+    plan sets the key, so nothing from a request reaches the DataLoader unchecked. The round's
+    ``parse_training_args`` step refuses by the same rule earlier, with a message for the
+    researcher, and caps ``num_workers`` and ``batch_size`` at the owner's limits; this check
+    keeps a plan driven outside the standard round just as safe.
 
     >>> merge_loader_args({"batch_size": 8}, {"batch_size": 32, "shuffle": True})
     {'batch_size': 8, 'shuffle': True}
     >>> merge_loader_args({}, {"worker_init_fn": "os.system"})
     Traceback (most recent call last):
     ...
-    fedpipe.training.errors.DataError: the loader argument 'worker_init_fn' cannot come from a request (allowed: batch_size, drop_last, num_workers, shuffle)
+    fedpipe.training.errors.DataError: the loader argument 'worker_init_fn' is not a data-loader argument a request may set (allowed: batch_size, drop_last, num_workers, shuffle)
     """
     merged = dict(plan_args)
     for key, value in researcher_args.items():
-        checked = _checked_request_arg(str(key), value)
-        merged.setdefault(key, checked)
+        problem = request_loader_arg_problem(str(key), value)
+        if problem is not None:
+            raise DataError(f"the loader argument {str(key)[:64]!r} {problem}")
+        merged.setdefault(key, value)
     return merged
 
 

@@ -20,6 +20,7 @@ from tests.adversarial.test_parsing import (
     anything,
     deep,
     hostile_text,
+    sent_as_json,
     substituted,
     valid_request,
 )
@@ -143,7 +144,7 @@ def test_any_request_gets_a_json_encodable_failure_reply(raw: Any) -> None:
     result = parse_request(raw)
     if isinstance(result, Failure):
         wire = reply_dict(raw, result.failure())
-        json.dumps(wire, allow_nan=False).encode("utf-8")
+        sent_as_json(wire)
         assert wire["success"] is False and wire["msg"] == result.failure().public
 
 
@@ -153,7 +154,7 @@ def test_any_error_gets_a_json_encodable_failure_reply(
 ) -> None:
     """Any RoundError, built from any text, answered for any raw request: strict JSON, UTF-8."""
     for err in (error, evolve(error, public=public, detail=detail)):
-        json.dumps(reply_dict(raw, err), allow_nan=False).encode("utf-8")
+        sent_as_json(reply_dict(raw, err))
 
 
 @pytest.mark.parametrize(
@@ -195,7 +196,7 @@ def test_the_adversary_requests_get_one_clean_reply_and_log_line(
     with caplog.at_level("INFO", logger="fedpipe.node"):
         reply = run_round(ADVERSARY_REQUESTS[name], node.ports, node.settings)
     wire = reply.to_dict()
-    json.dumps(wire, allow_nan=False).encode("utf-8")
+    sent_as_json(wire)
     assert wire["success"] is False and reply.error is not None
     assert reply.error.code in (ErrorCode.BAD_REQUEST, ErrorCode.BAD_TRAINING_ARGS)
     assert caplog.records and all(one_line(r.getMessage()) for r in caplog.records)

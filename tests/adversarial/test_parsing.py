@@ -4,6 +4,7 @@ import copy
 import json
 import sys
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -64,6 +65,14 @@ anything = st.one_of(
         non_json, lambda inner: st.lists(inner, max_size=2) | st.dictionaries(hostile_text, inner, max_size=2)
     ),
 )
+
+
+def sent_as_json(value: Any) -> bytes:
+    """``value`` encoded as the node's HTTP client sends it: strict JSON in UTF-8, non-ASCII as is.
+
+    Not ``json.dumps``'s default, which escapes a lone surrogate to ASCII and so never fails on one.
+    """
+    return json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
 
 
 def valid_request() -> dict[str, Any]:
@@ -180,7 +189,7 @@ def test_any_value_in_any_field_is_refused_by_name_or_parsed(path: tuple[str | i
         return
     request = result.unwrap()
     assert isinstance(request, TrainRequest)
-    json.dumps(request.to_dict(), allow_nan=False).encode("utf-8")  # what it holds can be sent on
+    sent_as_json(request.to_dict())  # what it holds can be sent on
     if path[0] != "training_args":
         return
     args = parse_training_args_mapping(request.training_args)
@@ -193,34 +202,39 @@ def test_any_value_in_any_field_is_refused_by_name_or_parsed(path: tuple[str | i
         assert isinstance(args.unwrap(), TrainingArgs)
 
 
-@given(
-    raw=st.one_of(
-        anything, st.dictionaries(st.one_of(hostile_text, st.sampled_from(REQUEST_FIELDS)), anything)
-    )
+@pytest.mark.parametrize(
+    ("parse", "known", "code", "prefix", "parsed"),
+    [
+        (
+            parse_request,
+            REQUEST_FIELDS,
+            ErrorCode.BAD_REQUEST,
+            "Invalid train request: field `",
+            TrainRequest,
+        ),
+        (
+            parse_training_args_mapping,
+            TRAINING_ARGUMENTS,
+            ErrorCode.BAD_TRAINING_ARGS,
+            "Invalid training arguments: training argument",
+            TrainingArgs,
+        ),
+    ],
+    ids=["parse_request", "parse_training_args_mapping"],
 )
-def test_any_top_level_value_is_refused_by_name_or_parsed(raw: Any) -> None:
-    """Whatever the request object is, parse_request returns Success or a bad_request naming a field."""
-    result = parse_request(raw)
-    if isinstance(result, Failure):
-        public = assert_clean_failure(result, ErrorCode.BAD_REQUEST)
-        assert "field `" in public
-    else:
-        assert isinstance(result.unwrap(), TrainRequest)
-
-
-@given(
-    raw=st.one_of(
-        anything, st.dictionaries(st.one_of(hostile_text, st.sampled_from(TRAINING_ARGUMENTS)), anything)
+@given(data=st.data())
+def test_a_parser_is_total_on_any_top_level_value(
+    parse: Any, known: tuple[str, ...], code: ErrorCode, prefix: str, parsed: type, data: st.DataObject
+) -> None:
+    """Called in-process on anything (or on a map of known and hostile names), a parser gives its value or its failure."""
+    raw = data.draw(
+        st.one_of(anything, st.dictionaries(st.one_of(hostile_text, st.sampled_from(known)), anything))
     )
-)
-def test_training_args_parser_is_total(raw: Any) -> None:
-    """parse_training_args_mapping called in-process on anything returns Success or bad_training_args."""
-    result = parse_training_args_mapping(raw)
+    result = parse(raw)
     if isinstance(result, Failure):
-        public = assert_clean_failure(result, ErrorCode.BAD_TRAINING_ARGS)
-        assert public.startswith("Invalid training arguments: training argument")
+        assert assert_clean_failure(result, code).startswith(prefix)
     else:
-        assert isinstance(result.unwrap(), TrainingArgs)
+        assert isinstance(result.unwrap(), parsed)
 
 
 @given(name=st.sampled_from(TRAINING_ARGUMENTS), value=anything)
@@ -466,7 +480,7 @@ def test_unknown_names_are_escaped() -> None:
     assert "training argument `dp.e\\u2028` is not a DP argument" in public
 
 
-# --- freezing and thawing stay iterative ----------------------------------------------------
+# --- freezing and thawing: any depth ------------------------------------------------------------
 
 
 def descend(value: Any, levels: int) -> Any:
@@ -476,7 +490,7 @@ def descend(value: Any, levels: int) -> Any:
 
 
 def test_freeze_and_thaw_do_not_recurse() -> None:
-    """Far past Python's recursion limit, freeze_mapping and thaw still copy (they are iterative)."""
+    """Far past Python's recursion limit, freeze_mapping and thaw still copy (deep trees take an explicit stack)."""
     levels = sys.getrecursionlimit() * 3
     source = {"a": deep(levels, leaf="leaf", kind="dict")}
     frozen_value = freeze_mapping(source)
@@ -488,8 +502,32 @@ def test_freeze_and_thaw_do_not_recurse() -> None:
     assert json_problem(source, "x")[0] is not None  # and the validator refuses such depth
 
 
+def wrapped_in(value: Any, levels: int) -> dict[str, Any]:
+    """``value`` under ``levels`` containers, taking turns: a map, a list, a tuple."""
+    for level in range(levels):
+        value = ({"k": value}, [value, 1], (value,))[level % 3]
+    return {"v": value}
+
+
+def shape(value: Any, frozen: bool = False) -> Any:
+    """``value`` with each container tagged by its type (a map's as freezing makes it, when ``frozen``)."""
+    if isinstance(value, Mapping):
+        tag = MappingProxyType if frozen else type(value)
+        return (tag, {key: shape(item, frozen) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return (type(value), [shape(item, frozen) for item in value])
+    return value
+
+
+@pytest.mark.parametrize("levels", [0, 20], ids=["shallow", "past-the-recursive-copy"])
 @given(value=json_like.filter(lambda v: json_problem(v, "v")[0] is None))
-def test_thaw_inverts_freeze(value: Any) -> None:
-    """freeze then thaw gives back an equal plain value (same types: lists, tuples, dicts)."""
-    wrapped = {"v": copy.deepcopy(value)}
-    assert thaw(freeze_mapping(wrapped)) == wrapped
+def test_thaw_inverts_freeze(levels: int, value: Any) -> None:
+    """freeze gives read-only maps and keeps lists and tuples; thaw gives back the plain value, types too.
+
+    At 20 levels the copy goes past the depth that plain recursion handles, so both ways of
+    copying are held to the same law.
+    """
+    source = wrapped_in(copy.deepcopy(value), levels)
+    frozen_value = freeze_mapping(source)
+    assert shape(frozen_value) == shape(source, frozen=True)
+    assert shape(thaw(frozen_value)) == shape(source)

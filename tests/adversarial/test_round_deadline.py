@@ -245,3 +245,23 @@ def test_stop_is_offered_only_to_routines_that_declare_it() -> None:
     assert not accepts_stop(Old().training_routine)
     assert accepts_stop(Kw().testing_routine)
     assert accepts_stop(ScriptedPlan().training_routine) and accepts_stop(MlpPlan().training_routine)
+
+
+def test_asking_whether_a_plan_takes_stop_does_not_keep_the_plan_alive() -> None:
+    """A plan loaded from source is a new class every round: the answer's cache must not hold it after the round."""
+    import gc
+    import weakref
+
+    from fedpipe.plan import accepts_stop
+
+    namespace: dict[str, Any] = {}
+    exec(  # a throw-away class, as the plan loader makes one per round
+        "class Fresh:\n    def training_routine(self, *, report, gpu, stop=None):\n        return 0\n",
+        namespace,
+    )
+    fresh = namespace["Fresh"]  # its module (here: namespace) holds it, as a plan module holds its class
+    assert accepts_stop(fresh().training_routine) and accepts_stop(fresh().training_routine)
+    gone = weakref.ref(fresh)
+    del fresh, namespace
+    gc.collect()
+    assert gone() is None

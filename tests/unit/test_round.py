@@ -131,6 +131,28 @@ def test_port_that_raises_gives_internal_reply(node: FakeNode, caplog: pytest.Lo
     assert reply.job_id == "job-1" and reply.researcher_id == "researcher-1"
 
 
+@pytest.mark.parametrize("where", ["new_id", "rounds"])
+def test_a_bug_before_the_first_step_is_a_setup_reply_with_the_ids(node: FakeNode, where: str) -> None:
+    """An exception while the round is set up (the state id, the round's steps) is answered too.
+
+    It is attributed to ``(setup)``, not to a step that never ran, and the reply still names the
+    researcher and the job (and the state id only once it was made).
+    """
+
+    def explode(*_: Any) -> Any:
+        raise RuntimeError("id source at /var/lib/node/ids is gone")
+
+    ports = evolve(node.ports, new_id=explode) if where == "new_id" else node.ports
+    steps = explode if where == "rounds" else standard_round(ports)
+    run = execute_round(node.request(), ports, node.settings, steps)
+    reply = run.reply
+    assert reply.error is not None and (reply.error.code, reply.error.step) == (ErrorCode.INTERNAL, "(setup)")
+    assert (reply.researcher_id, reply.job_id, reply.node_id) == ("researcher-1", "job-1", "node-1")
+    assert (reply.state_id is None) is (where == "new_id")
+    assert "/var/lib" not in reply.msg and run.step_seconds == ()
+    assert node.plans.instances == [] and node.states.saves == 0
+
+
 @pytest.mark.parametrize("status", [Approval.REJECTED, Approval.PENDING, None])
 def test_unapproved_plan_is_refused(node: FakeNode, status: Approval | None) -> None:
     """§12.1 item 8: with approval on, a plan that is not approved fails the round before any params download."""
