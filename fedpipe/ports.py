@@ -17,6 +17,8 @@ from fedpipe.errors import RoundError
 from fedpipe.plan import DatasetRecord, TrainingPlan
 
 __all__ = [
+    "URL_INVALID",
+    "URL_NOT_ALLOWED",
     "Approval",
     "ApprovalRegistry",
     "Biprime",
@@ -37,8 +39,18 @@ __all__ = [
 ]
 
 
+URL_NOT_ALLOWED = "the URL is not on the node's allowed file exchanges"
+"""The reason an exchange gives (in its public text) for a URL its owner's allow-list refuses."""
+URL_INVALID = "the URL is not a valid http(s) URL"
+"""The reason an exchange gives (in its public text) for a URL it cannot parse."""
+
+
 class FileExchange(Protocol):
-    """Moves files between the node and the researcher's file exchange."""
+    """Moves files between the node and the researcher's file exchange.
+
+    A transfer refused before any connection may name its reason in the error's public text
+    (``URL_NOT_ALLOWED``, ``URL_INVALID``); any other failure says nothing of the network.
+    """
 
     def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
         """Fetch ``url`` into the file ``dest`` (complete or absent, never partial)."""

@@ -41,7 +41,7 @@ from attrs import frozen
 from returns.result import Failure, Result, Success
 
 from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.steps.fetch import URL_INVALID, URL_NOT_ALLOWED
+from fedpipe.ports import URL_INVALID, URL_NOT_ALLOWED
 
 __all__ = [
     "DOWNLOAD_PUBLIC",

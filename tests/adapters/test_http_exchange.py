@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from fedpipe.adapters.http_exchange import HttpFileExchange, expected_digest
 from fedpipe.errors import ErrorCode, is_public_safe
-from fedpipe.ports import FileExchange
-from fedpipe.steps.fetch import URL_INVALID
+from fedpipe.ports import URL_INVALID, FileExchange
 from fedpipe.testing.fakes import InMemoryFileExchange
 
 

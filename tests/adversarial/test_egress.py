@@ -32,12 +32,11 @@ from fedpipe.adapters.http_exchange import (
 )
 from fedpipe.context import RoundContext, new_context
 from fedpipe.errors import ErrorCode, RoundError, printable
+from fedpipe.ports import URL_INVALID, URL_NOT_ALLOWED
 from fedpipe.request import parse_request
 from fedpipe.settings import NodeSettings
 from fedpipe.steps.fetch import (
     MAX_PLAN_SOURCE_BYTES,
-    URL_INVALID,
-    URL_NOT_ALLOWED,
     fetch_aggregator_args,
     fetch_aux_vars,
     fetch_params,
