@@ -14,9 +14,8 @@ the node keeps no other reference to them, which makes them read-only for whoeve
   equal to that (``MapView({"a": [1]}) == {"a": [1]}``, ``ListView([1]) != (1,)``, as ``[1] != (1,)``).
 - Hashing follows the plain types: map and list views are unhashable, a tuple view hashes as its
   tuple (and fails as it does when the tuple holds a map or a list).
-- ``dict(view)`` is a shallow, mutable copy (its values views). ``fedpipe.request.thaw`` copies
-  the maps of a view into dicts, and its list and tuple views into lists and tuples once it
-  treats ``ListView`` and ``TupleView`` as it treats lists and tuples.
+- ``dict(view)`` is a shallow, mutable copy (its values views); ``fedpipe.request.thaw`` is a
+  deep one, into plain dicts, lists and tuples.
 - Arrays and tensors are returned as they are: they are the values' memory, and the plan that
   reads them may use it in place (it is fresh memory of the decode).
 """

@@ -92,17 +92,21 @@ _BUFFER_KINDS: Final = frozenset({"np.ndarray", "torch.Tensor", "fedpipe.tensor"
 
 # Memory charges (see Limits): upper bounds of what CPython (3.11, 64-bit) allocates for each
 # object, GC header included, as its allocator rounds it: pymalloc to 16 bytes, malloc with an
-# 8-byte header to 16 bytes, so an object of x bytes takes at most (x + 23) & -16 (_alloc).
-_INT: Final = 32  # an int below 2**60 in magnitude (28 or 32 bytes); -5..256 are shared, free
-_LONG: Final = 48  # an int of up to 64 bits (36 bytes)
-_FLOAT: Final = 32  # 24 bytes
-_STR: Final = 49 + 23  # & -16, plus its length: an ASCII str (those of 0 or 1 char are shared)
-_WIDE_STR: Final = 76 + 23  # & -16, plus 4 per input byte: any other str, at worst UCS-4
-_BYTES: Final = 33 + 23  # & -16, plus its length
-_LIST: Final = 64 + 24  # plus 8 per item: a decoded list is allocated once, at its length
-_TUPLE: Final = 40 + 24  # plus 8 per item
+# 8-byte header to 16 bytes, so an object of x bytes takes at most _alloc(x) = (x + 23) & -16.
+# The constants marked "charge" are rounded already; those marked "size" are rounded by _alloc,
+# in _str_cost and _bytes_cost, the one place each of those charges is computed.
+_INT: Final = 32  # charge: an int below 2**60 in magnitude (28 or 32 bytes); -5..256 are shared
+_LONG: Final = 48  # charge: an int of up to 64 bits (36 bytes)
+_FLOAT: Final = 32  # charge: 24 bytes
+_STR: Final = 49  # size: an ASCII str but its chars (strs of 0 or 1 char are shared)
+_WIDE_STR: Final = 76  # size: any other str but its chars, 4 bytes each at worst (UCS-4)
+_BYTES: Final = 33  # size: a bytes but its bytes
+# a list of n items is charged _LIST + _SLOT * n (the list, and its item array allocated once at
+# its length, rounded), a tuple _TUPLE + _SLOT * n
+_LIST: Final = 64 + 24
+_TUPLE: Final = 40 + 24
 _SLOT: Final = 8
-_DICT: Final = 64  # the dict object; its key tables are _dict_tables
+_DICT: Final = 64  # charge: the dict object; its key tables are _dict_tables
 # an array or tensor, besides its bytes: its objects (ndarray or tensor and storage, memoryview,
 # shape; 0.6-3.8 KiB measured), its place among the pending buffers, its alignment, and the key
 # of the map entry it may be (a str of at most 31 bytes, at most 208 bytes)
@@ -116,10 +120,6 @@ class Bad(Exception):
 
 def _bad(reason: str) -> NoReturn:
     raise Bad(reason)
-
-
-def _over_memory(bound: int) -> NoReturn:
-    raise Bad(f"decoded payload would exceed {bound} bytes of memory")
 
 
 _torch_module: list[Any] = []
@@ -181,6 +181,8 @@ def _map_cost(n: int) -> int:
 
 
 _MAP_COSTS: Final = tuple(_map_cost(n) for n in range(64))
+# the charges of ASCII strs of up to 31 bytes (fixstrs: nearly every key), looked up per str
+_ASCII_COSTS: Final = tuple(_alloc(_STR + n) for n in range(32))
 # {"__type__": kind, key: value} as the ext-dict path builds it: one table of 8 slots
 _EXT_DICT: Final = _DICT + _dict_tables(2, 24)
 
@@ -193,10 +195,16 @@ def _int_cost(value: int) -> int:
 
 
 def _str_cost(text: str, nbytes: int) -> int:
-    """The charge of ``text``, decoded from ``nbytes`` of UTF-8 (ASCII when as long)."""
-    if nbytes <= 1:
-        return 0
-    return (_STR + nbytes) & -16 if len(text) == nbytes else (_WIDE_STR + 4 * nbytes) & -16
+    """The charge of ``text``, decoded from ``nbytes`` of UTF-8 (ASCII when as long); callers
+    charge nothing for strs of 0 or 1 byte, which CPython shares."""
+    if len(text) != nbytes:
+        return _alloc(_WIDE_STR + 4 * nbytes)
+    return _ASCII_COSTS[nbytes] if nbytes < 32 else _alloc(_STR + nbytes)
+
+
+def _bytes_cost(nbytes: int) -> int:
+    """The charge of a bytes value of ``nbytes``."""
+    return _alloc(_BYTES + nbytes)
 
 
 class _Reader:
@@ -234,12 +242,11 @@ class _Reader:
         """Count ``nbytes`` of memory for what is decoded; past the bound the input is refused."""
         self.memory -= nbytes
         if self.memory < 0:
-            _over_memory(self.bound)
+            _bad(f"decoded payload would exceed {self.bound} bytes of memory")
 
-    @property
-    def charged(self) -> int:
-        """The memory charged so far."""
-        return _budget(self.bound) - self.memory
+    def refund(self, nbytes: int) -> None:
+        """Give back the charge of ``nbytes`` that turned out not to be allocated, or freed."""
+        self.memory += nbytes
 
     # values ------------------------------------------------------------------------------------
 
@@ -290,7 +297,7 @@ class _Reader:
 
     def bytes_of(self, n: int) -> bytes:
         start = self.take(n)
-        self.charge((_BYTES + n) & -16)  # as _bytes_cost
+        self.charge(_bytes_cost(n))
         return bytes(self.buf[start : start + n])
 
     def binary(self, n: int) -> memoryview:
@@ -377,7 +384,7 @@ class _Reader:
                     # its entries, grown from there; a first key makes it general from the start
                     used = len(out)
                     if not used:
-                        self.memory += _dict_tables(n, 16)
+                        self.refund(_dict_tables(n, 16))
                     slots = 8 if used < 3 else 1 << (3 * used - 1).bit_length()
                     self.charge(_dict_tables(n, 24, slots))
             pos = self.pos
@@ -389,7 +396,7 @@ class _Reader:
                     self.pending.append((out, key, value))
                     continue
             if size > 1:  # the short key (strings of one char are shared)
-                self.charge((_STR + size) & -16 if len(key) == size else _str_cost(key, size))
+                self.charge(_str_cost(key, size))
             out[key] = self.value(inner)
         return _apply_extension(out, self, _MAP_COSTS[2]) if n == 2 else out
 
@@ -456,10 +463,7 @@ class _Reader:
             _bad(f"{kind} byte length does not match shape and dtype")
         if len(dims) > limits.max_dims or count == 0:
             _shape(dims, limits)  # an empty array may still claim absurd sizes
-        memory = self.memory - nbytes - _BUFFER  # charge(), inlined: this runs once per layer
-        self.memory = memory
-        if memory < 0:
-            _over_memory(self.bound)
+        self.charge(_BUFFER + nbytes)
         self.pos = pos
         return _Buffer(kind, name, dt, dims, start, nbytes)
 
@@ -469,9 +473,7 @@ class _Reader:
         kind = self.value(depth)
         if bytes(self.buf[self.pos : self.pos + len(_VALUE_KEY)]) != _VALUE_KEY:
             key = _hashable(self.value(depth))  # not the reference's key order: a plain dict unless ext
-            value = self.value(depth)
-            self.charge(_EXT_DICT)
-            return _apply_extension({"__type__": kind, key: value}, self, _EXT_DICT)
+            return self.ext_dict(kind, key, self.value(depth))
         self.pos += len(_VALUE_KEY)
         self.spend(1)
         if (
@@ -491,9 +493,12 @@ class _Reader:
                 dtype = self.value(inner)
                 shape = self.value(inner)
                 return _buffer(kind, raw, dtype, shape, self)
-        value = self.value(depth)
+        return self.ext_dict(kind, "value", self.value(depth))
+
+    def ext_dict(self, kind: Any, key: Any, value: Any) -> Any:
+        """The object of ``{"__type__": kind, key: value}`` (see _apply_extension)."""
         self.charge(_EXT_DICT)
-        return _apply_extension({"__type__": kind, "value": value}, self, _EXT_DICT)
+        return _apply_extension({"__type__": kind, key: value}, self, _EXT_DICT)
 
 
 class _Buffer(NamedTuple):
@@ -568,20 +573,20 @@ def _apply_extension(obj: dict[Any, Any], reader: _Reader, charged: int) -> Any:
         out = tuple(value)
         garbage = _LIST + _SLOT * len(value)  # the list: its items are the tuple's now
     elif kind in ("int", "fedpipe.int"):
-        if not isinstance(value, bytes | memoryview):
+        if not isinstance(value, bytes):
             _bad("int value must be bytes")
         if len(value) > limits.max_int_bytes:
             _bad(f"integer longer than {limits.max_int_bytes} bytes")
         reader.charge(_alloc(24 + 4 * ((8 * len(value) + 29) // 30)))  # a 4-byte digit per 30 bits
         out = int.from_bytes(value, "big", signed=kind == "fedpipe.int")
-        garbage = _bytes_cost(value)
+        garbage = _bytes_cost(len(value))
     elif kind in _BUFFER_KINDS:
-        if not isinstance(value, list) or len(value) != 3 or not isinstance(value[0], bytes | memoryview):
+        if not isinstance(value, list) or len(value) != 3 or not isinstance(value[0], bytes):
             _bad(f"{kind} value must be [bytes, dtype, shape]")
         out = _buffer(kind, memoryview(value[0]), value[1], value[2], reader)
-        garbage = _LIST + 3 * _SLOT + _bytes_cost(value[0])  # the array has a copy of the bytes
+        garbage = _LIST + 3 * _SLOT + _bytes_cost(len(value[0]))  # the array has a copy of the bytes
     elif kind == "np.generic":
-        if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], bytes | memoryview):
+        if not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], bytes):
             _bad("np.generic value must be [bytes, dtype]")
         spec = parse_dtype(value[1], limits.dtypes - {BFLOAT16})
         if spec is None:
@@ -591,18 +596,13 @@ def _apply_extension(obj: dict[Any, Any], reader: _Reader, charged: int) -> Any:
             _bad("np.generic byte length does not match its dtype")
         reader.charge(_NUMPY_SCALAR)
         out = np.frombuffer(value[0], dtype=dt).astype(dt.newbyteorder("="))[0]
-        garbage = _LIST + 2 * _SLOT + _bytes_cost(value[0])
+        garbage = _LIST + 2 * _SLOT + _bytes_cost(len(value[0]))
     else:
         if len(reader.unknown) < 8:
             reader.unknown.add(kind[:64])
         return obj
-    reader.memory += charged + garbage
+    reader.refund(charged + garbage)
     return out
-
-
-def _bytes_cost(value: bytes | memoryview) -> int:
-    """What a decoded bytes value was charged (a memoryview, of the input, was not)."""
-    return (_BYTES + len(value)) & -16 if type(value) is bytes else 0
 
 
 def _shape(shape: Any, limits: Limits) -> tuple[tuple[int, ...], int]:
@@ -805,7 +805,6 @@ _IMMUTABLE: Final = frozenset({str, bytes, int, float, bool, type(None)})
 class _Skeleton(NamedTuple):
     segments: tuple[tuple[int, bytes], ...]  # (offset, exact bytes) of all but the payloads
     template: Any  # the decoded structure, its state-dict buffers as _Buffer placeholders
-    charge: int  # the memory charged when it was parsed, which a rebuild allocates at most
 
     def matches(self, buf: memoryview) -> bool:
         return all(buf[start : start + len(expected)] == expected for start, expected in self.segments)
@@ -868,18 +867,17 @@ def _template(node: Any) -> Any:
 
 def _remember(buf: memoryview, limits: Limits, obj: Any, reader: _Reader) -> None:
     """Record the skeleton of a just-parsed input (before its buffers are materialized)."""
-    if reader.unknown or limits.max_elements - reader.budget > _SKELETON_MAX_ELEMENTS:
+    elements = limits.max_elements - reader.budget
+    if reader.unknown or elements > _SKELETON_MAX_ELEMENTS:
         return
     live = _live(reader.pending)
     kept = len(buf) - sum(item.nbytes for _, _, item in live)  # all but the payloads
     if kept > _SKELETON_MAX_BYTES:
         return
-    # the record is charged too (its bytes, and a copy of a structure of at most 4096 elements),
-    # and only made when that fits
-    cost = 128 * (limits.max_elements - reader.budget) + kept + 160 * (len(live) + 1) + 1024
-    if cost > reader.memory:
+    # the record is made within what the parse may still allocate: 128 bytes per element of the
+    # structure it copies, its bytes, 160 per (offset, bytes) segment, 1 KiB for the rest
+    if 128 * elements + kept + 160 * (len(live) + 1) + 1024 > reader.memory:
         return
-    reader.memory -= cost
     holes = sorted((item.start, item.start + item.nbytes) for _, _, item in live)
     segments: list[tuple[int, bytes]] = []
     offset = 0
@@ -893,18 +891,15 @@ def _remember(buf: memoryview, limits: Limits, obj: Any, reader: _Reader) -> Non
     with _SKELETONS_LOCK:
         if len(_SKELETONS) >= _SKELETON_SLOTS:
             _SKELETONS.pop(next(iter(_SKELETONS)))
-        _SKELETONS[len(buf), limits] = _Skeleton(tuple(segments), template, reader.charged)
+        _SKELETONS[len(buf), limits] = _Skeleton(tuple(segments), template)
 
 
 def decode(buf: memoryview, limits: Limits) -> Any:
     """Decode exactly one object filling ``buf``; raise Bad for anything malformed or over limits."""
     skeleton = _SKELETONS.get((len(buf), limits))
     if skeleton is not None and skeleton.matches(buf):
-        # the record was charged under this bound (the same input size and limits): it holds,
-        # and a rebuild makes the containers of the parse, its buffers of the same sizes
-        bound = limits.memory_bound(len(buf))
-        if skeleton.charge > _budget(bound):
-            _over_memory(bound)
+        # within the memory bound: the parse that recorded it fit the same one (same input size
+        # and limits), and a rebuild makes no more than its containers and buffers
         pending: _Pending = []
         obj = _rebuild(skeleton.template, pending)
         _materialize(pending, buf)

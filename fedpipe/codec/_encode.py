@@ -151,7 +151,7 @@ def _tensor_parts(tensor: Any) -> tuple[str, memoryview, str, list[int]]:
 
 def _small_default(obj: Any) -> Any:
     """msgpack's default hook: every non-native type, except large buffers (raises _Large)."""
-    if isinstance(obj, tuple):
+    if isinstance(obj, tuple | TupleView):  # read-only views (fedpipe.views) as what they show
         return {"__type__": "tuple", "value": list(obj)}
     if isinstance(obj, np.ndarray):
         if obj.nbytes >= LARGE_BUFFER:
@@ -175,8 +175,6 @@ def _small_default(obj: Any) -> Any:
         return dict(obj)
     if isinstance(obj, list | ListView):
         return list(obj)
-    if isinstance(obj, TupleView):  # read-only views (fedpipe.views) are written as what they show
-        return {"__type__": "tuple", "value": list(obj)}
     if _is_tensor(obj):
         if obj.numel() * obj.element_size() >= LARGE_BUFFER:
             raise _Large

@@ -33,6 +33,11 @@ def bin8(raw: bytes) -> bytes:
     return b"\xc4" + bytes([len(raw)]) + raw
 
 
+def array32(n: int, items: bytes) -> bytes:
+    """An array32 header for ``n`` items, then ``items``: their msgpack bytes."""
+    return b"\xdd" + n.to_bytes(4, "big") + items
+
+
 # -- golden bytes, written by hand from the documented format -------------------------------------
 
 GOLDEN: list[tuple[str, Any, bytes]] = [
