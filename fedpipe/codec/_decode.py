@@ -554,6 +554,30 @@ def _extension_value(obj: dict[Any, Any]) -> tuple[Any, Any] | None:
     return obj["__type__"], obj["value"]
 
 
+# an older writer's "int" ext (Fed-BioMed v4.5, fedpipe before it wrote Fed-BioMed 6.4.1's form)
+# holds an int of at least 2**64 in minimal unsigned bytes: at least this many, the first non-zero
+_OLD_INT_MIN_BYTES: Final = 9
+
+
+def _read_signed(raw: bytes) -> bool:
+    """Whether an "int" ext's bytes are read signed, as Fed-BioMed 6.4.1 reads them, rather than
+    unsigned, as its older writers meant them (the rule and its one ambiguity: ``fedpipe.codec.core``).
+
+    Signed, unless the bytes are ones that 6.4.1 never writes (their length is not
+    ``ceil(bit_length / 8) + 1`` for their signed value) and an older writer may have written
+    (at least 9 bytes, the first non-zero), where the two readings differ (top bit set). Of those,
+    6.4.1's form of a negative int starts 0xFF and has the rest in (0, 0xFF00...00]; any other first
+    byte from 0x80 on gives a value whose 6.4.1 form is longer. Decided on the bytes, so that no
+    second int of their size is made."""
+    if len(raw) < _OLD_INT_MIN_BYTES or raw[0] < 0x80:
+        return True  # no older writer wrote these, or both readings agree
+    if raw[0] != 0xFF:
+        return False
+    if raw[1] == 0xFF:
+        return raw.count(0, 2) == len(raw) - 2  # -(2**(8 * (len - 2))): 0xFF 0xFF then zeros
+    return raw.count(0, 1) != len(raw) - 1
+
+
 def _apply_extension(obj: dict[Any, Any], reader: _Reader, charged: int) -> Any:
     """Turn an ext dict (charged ``charged``) into its object; an unknown ``__type__`` keeps the
     dict, as the reference does. The object is charged to ``reader``, then what it leaves as
@@ -578,7 +602,7 @@ def _apply_extension(obj: dict[Any, Any], reader: _Reader, charged: int) -> Any:
         if len(value) > limits.max_int_bytes:
             _bad(f"integer longer than {limits.max_int_bytes} bytes")
         reader.charge(_alloc(24 + 4 * ((8 * len(value) + 29) // 30)))  # a 4-byte digit per 30 bits
-        out = int.from_bytes(value, "big", signed=kind == "fedpipe.int")
+        out = int.from_bytes(value, "big", signed=kind == "fedpipe.int" or _read_signed(value))
         garbage = _bytes_cost(len(value))
     elif kind in _BUFFER_KINDS:
         if not isinstance(value, list) or len(value) != 3 or not isinstance(value[0], bytes):

@@ -41,11 +41,10 @@ class _Large(Exception):
 
 
 def _big_int(value: int) -> dict[str, Any]:
-    if value >= 0:
-        return {"__type__": "int", "value": value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")}
-    # fedpipe extension: two's complement, so the reference reads an unknown ext dict, not a wrong int
-    length = (value.bit_length() + 8) // 8
-    return {"__type__": "fedpipe.int", "value": value.to_bytes(length, "big", signed=True)}
+    """Fed-BioMed 6.4.1's "int" ext for an int beyond 64 bits, byte for byte: two's complement in
+    ``ceil(bit_length / 8) + 1`` big-endian bytes, whatever the sign (see ``fedpipe.codec.core``)."""
+    length = (value.bit_length() + 7) // 8 + 1
+    return {"__type__": "int", "value": value.to_bytes(length, "big", signed=True)}
 
 
 def _torch_module() -> Any:

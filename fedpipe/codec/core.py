@@ -1,18 +1,51 @@
 """Encoding and decoding of payload files (parameters, aux vars, results, node state).
 
-Extension dicts (a map with exactly the keys ``__type__`` and ``value``). The first five are the
-reference's and are read and written byte-compatibly; the ``fedpipe.*`` ones are extensions that
-the reference's decoder leaves as plain dicts (it does so for any unknown ``__type__``):
+Extension dicts (a map with exactly the keys ``__type__`` and ``value``). The first five are
+Fed-BioMed's and are read and written byte-compatibly with Fed-BioMed 6.4.1; the ``fedpipe.*``
+ones are extensions that Fed-BioMed's decoder leaves as plain dicts (it does so for any unknown
+``__type__``):
 
 | object                  | ``__type__``     | ``value``                                          |
 |-------------------------|------------------|----------------------------------------------------|
-| int beyond 64 bit, >= 0 | "int"            | big-endian unsigned bytes                          |
+| int beyond 64 bit       | "int"            | two's complement, big-endian, ceil(bits/8)+1 bytes |
 | tuple                   | "tuple"          | list of items                                      |
 | numpy ndarray           | "np.ndarray"     | [raw C-order little-endian bytes, dtype name, shape] |
 | numpy scalar            | "np.generic"     | [raw little-endian bytes, dtype name]              |
 | torch Tensor            | "torch.Tensor"   | as ndarray (CPU)                                   |
-| negative int < -2**63   | "fedpipe.int"    | big-endian two's complement bytes                  |
 | bfloat16 torch Tensor   | "fedpipe.tensor" | [raw little-endian 16-bit patterns, "bfloat16", shape] |
+| (read only) int         | "fedpipe.int"    | big-endian two's complement bytes                  |
+
+Big ints. An int outside msgpack's native range (below -2**63 or above 2**64 - 1) is written as
+Fed-BioMed 6.4.1 writes it: ``n.to_bytes(ceil(n.bit_length() / 8) + 1, "big", signed=True)``
+(``bit_length`` of the magnitude), so its first byte is 0x00 (n > 0) or 0xFF (n < 0); 6.4.1 reads
+``int.from_bytes(value, "big", signed=True)``. Older writers differ: Fed-BioMed v4.5 and fedpipe
+before this form wrote an int >= 2**64 in minimal unsigned bytes (``ceil(bits / 8)``, first byte
+non-zero) and read unsigned; such fedpipe wrote an int < -2**63 as "fedpipe.int" (two's
+complement, read signed), which is still read but no longer written. A v4.5 reader reads the
+positive ints written here right (unsigned, the leading zero byte changes nothing); it cannot read a
+negative big int in any "int" form (it never wrote one), and reads ours as a large positive int.
+
+Reading "int": signed, as 6.4.1, for every form 6.4.1 writes; a byte string that 6.4.1 never
+writes (its length is not ``ceil(bits / 8) + 1`` for its signed value) and that an older writer
+may have written (at least 9 bytes, first byte non-zero) is read unsigned, as that writer meant.
+This is exact for 6.4.1 (each of its forms has that length, by construction) and for every
+string whose top bit is clear (both readings agree). The one ambiguous case is an older writer's
+m bytes (m >= 9) that are also 6.4.1's form of a negative int: first byte 0xFF and the other
+m - 1 bytes, as an integer r, in 0 < r <= 0xFF00...00 (second byte below 0xFF and not all zero
+after it, or 0xFF 0xFF then only zeros). They are read as 6.4.1 reads them, the negative
+``r - 2**(8 * (m - 1))``; so an older writer's int u with
+``0xFF * 2**(8 * (m - 1)) < u <= 0xFFFF * 2**(8 * (m - 2))`` (m = ceil(u.bit_length() / 8)) reads
+wrong: 1 in 256 of uniformly random m-byte strings with a non-zero first byte. Every other old
+string (first byte 0x80 to 0xFE, or 0xFF whose signed value has a longer 6.4.1 form) reads
+unsigned, right. Below: 2**72 - 1 and -(2**72) as 6.4.1 writes them, and the older minimal
+unsigned form of 2**72 - 1 (0xFF 0xFF then non-zero bytes: not ambiguous), read right.
+
+>>> dumps(2**72 - 1)[-12:].hex()
+'c40a00ffffffffffffffffff'
+>>> dumps(-(2**72))[-13:].hex()
+'c40bffff000000000000000000'
+>>> loads(bytes.fromhex("82a85f5f747970655f5fa3696e74a576616c7565c409ffffffffffffffffff")).unwrap()
+4722366482869645213695
 
 Dtype names are written without a byte-order marker (as the reference does); decoding also accepts
 an explicit order (see ``fedpipe.codec.dtypes``). Decoding is a limit-checking parser of our own:

@@ -42,7 +42,7 @@ def array32(n: int, items: bytes) -> bytes:
 
 GOLDEN: list[tuple[str, Any, bytes]] = [
     ("tuple", (1, "a"), ext("tuple", b"\x92\x01" + fixstr("a"))),
-    ("big int", 2**64, ext("int", bin8(b"\x01" + b"\x00" * 8))),
+    ("big int", 2**64, ext("int", bin8(b"\x00\x01" + b"\x00" * 8))),
     (
         "float32 array",
         np.array([[1.0, 2.0]], dtype=np.float32),
@@ -71,7 +71,7 @@ GOLDEN: list[tuple[str, Any, bytes]] = [
     (
         "negative big int",
         -(2**64),
-        ext("fedpipe.int", bin8(b"\xff" + b"\x00" * 8)),
+        ext("int", bin8(b"\xff\xff" + b"\x00" * 8)),
     ),
     (
         "nested",
@@ -120,6 +120,8 @@ def test_golden_bytes_decode(name: str, obj: Any, wire: bytes) -> None:
 
 
 # -- the reference's (de)serializer, rebuilt from its documented behaviour (§9.1) ---------------
+# Big ints as Fed-BioMed 6.4.1 writes and reads them (signed, ceil(bits/8) + 1 bytes), the form
+# fedpipe now writes; v4.5's unsigned form is read too (tests/properties/test_codec_bigints.py).
 
 
 def reference_default(obj: Any) -> Any:
@@ -133,7 +135,7 @@ def reference_default(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return {"__type__": "tuple", "value": list(obj)}
     if isinstance(obj, int):
-        return {"__type__": "int", "value": obj.to_bytes((obj.bit_length() + 7) // 8, "big")}
+        return {"__type__": "int", "value": obj.to_bytes((obj.bit_length() + 7) // 8 + 1, "big", signed=True)}
     raise TypeError(type(obj))
 
 
@@ -151,7 +153,7 @@ def reference_hook(obj: dict[Any, Any]) -> Any:
     if kind == "tuple":
         return tuple(obj["value"])
     if kind == "int":
-        return int.from_bytes(obj["value"], "big")
+        return int.from_bytes(obj["value"], "big", signed=True)
     return obj  # unknown __type__: kept as a dict
 
 
@@ -170,6 +172,7 @@ REFERENCE_PAYLOAD = {
     "sample_size": 12,
     3: np.int64(7),
     "big": 2**100,
+    "negative big": -(2**100),
     "large": np.arange(70_000, dtype=np.float32),  # over the threshold where arrays are walked
 }
 
@@ -183,10 +186,10 @@ def test_our_files_are_byte_identical_to_the_reference_for_reference_types() -> 
     assert dumps(REFERENCE_PAYLOAD) == reference_dumps(REFERENCE_PAYLOAD)
 
 
-def test_reference_decoder_keeps_fedpipe_extensions_as_dicts() -> None:
+def test_reference_decoder_keeps_fedpipe_extensions_as_dicts_and_reads_negative_big_ints() -> None:
     decoded = reference_loads(dumps({"bf": torch.ones(2, dtype=torch.bfloat16), "neg": -(2**70)}))
     assert decoded["bf"]["__type__"] == "fedpipe.tensor"
-    assert decoded["neg"]["__type__"] == "fedpipe.int"
+    assert decoded["neg"] == -(2**70)
 
 
 def test_unknown_extension_type_is_kept_as_a_dict_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
