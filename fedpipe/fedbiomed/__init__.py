@@ -1,0 +1,1 @@
+"""Fed-BioMed 6.x federations: a fedpipe node driven by a stock Fed-BioMed researcher over gRPC."""
