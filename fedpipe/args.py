@@ -80,6 +80,8 @@ class TrainingArgs:
     test_metric: Metric | None = None
     test_metric_args: JsonMap = MappingProxyType({})
     shuffle_testing_dataset: bool = False
+    test_batch_size: int | None = None
+    """Batch size of validation: None, the loader's; 0, the whole testing subset in one batch."""
     log_interval: int = 10
     fedprox_mu: float | None = None
     use_gpu: bool = False
@@ -108,6 +110,7 @@ class TrainingArgs:
             "test_metric": None if self.test_metric is None else self.test_metric.value,
             "test_metric_args": thaw(self.test_metric_args),
             "shuffle_testing_dataset": self.shuffle_testing_dataset,
+            "test_batch_size": self.test_batch_size,
             "log_interval": self.log_interval,
             "fedprox_mu": self.fedprox_mu,
             "use_gpu": self.use_gpu,
@@ -250,6 +253,7 @@ _SCHEMA: dict[str, Callable[[str, Any], Any]] = {
     "test_metric": _metric,
     "test_metric_args": _dict,
     "shuffle_testing_dataset": _flag,
+    "test_batch_size": _count,
     "log_interval": _log_interval,
     "fedprox_mu": _optional_mu,
     "use_gpu": _flag,

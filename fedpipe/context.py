@@ -48,9 +48,15 @@ class PlanSource:
 
 @frozen(kw_only=True)
 class Downloads:
-    """Files and values fetched from the exchange (written by the fetch_* steps)."""
+    """Files and values fetched from the exchange (written by the fetch_* steps).
+
+    ``params`` holds global parameters that arrived already decoded, inline in the request (a
+    transport without a file exchange, such as a Fed-BioMed 6.x federation): the ``model_weights``
+    map itself. When it is set, ``set_params`` uses it and ``params_path`` is not read.
+    """
 
     params_path: Path | None = None
+    params: Mapping[str, Any] | None = field(default=None, eq=False, repr=False)
     aggregator_args: JsonMap = _EMPTY
     aux_vars: Mapping[str, Any] = field(default=_EMPTY, eq=False)
 

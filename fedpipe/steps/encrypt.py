@@ -35,11 +35,13 @@ def _refuse(detail: str, public: str, code: ErrorCode = ErrorCode.ENCRYPTION_FAI
 
 
 def _parameter_count(ctx: RoundContext) -> int | None:
-    path = ctx.downloads.params_path
-    if path is None:
-        return None
-    content = decode_payload(path, ctx, "start_masks", "model parameters file").value_or(None)
-    weights = content.get("model_weights") if isinstance(content, Mapping) else None
+    weights: Any = ctx.downloads.params
+    if weights is None:
+        path = ctx.downloads.params_path
+        if path is None:
+            return None
+        content = decode_payload(path, ctx, "start_masks", "model parameters file").value_or(None)
+        weights = content.get("model_weights") if isinstance(content, Mapping) else None
     if not isinstance(weights, Mapping):
         return None
     try:

@@ -59,7 +59,10 @@ def init_plan(ctx: RoundContext) -> Result[RoundContext, RoundError]:
 
 
 def set_params(ctx: RoundContext) -> Result[RoundContext, RoundError]:
-    """Decode the global parameters file (once) and load its ``model_weights`` into the plan."""
+    """Decode the global parameters file (once) and load its ``model_weights`` into the plan.
+
+    Parameters that came inline (``Downloads.params``) are loaded as they are.
+    """
 
     def weights_of(content: Any) -> Result[Mapping[str, Any], RoundError]:
         if isinstance(content, Mapping) and isinstance(content.get("model_weights"), Mapping):
@@ -73,11 +76,18 @@ def set_params(ctx: RoundContext) -> Result[RoundContext, RoundError]:
             )
         )
 
-    return require(ctx.plan, step="set_params", what="training plan").bind(
-        lambda plan: (
+    def global_weights() -> Result[Mapping[str, Any], RoundError]:
+        if ctx.downloads.params is not None:  # inline in the request: already decoded
+            return Success(ctx.downloads.params)
+        return (
             require(ctx.downloads.params_path, step="set_params", what="parameters file")
             .bind(lambda path: decode_payload(path, ctx, "set_params", "model parameters file"))
             .bind(weights_of)
+        )
+
+    return require(ctx.plan, step="set_params", what="training plan").bind(
+        lambda plan: (
+            global_weights()
             .bind(
                 lambda weights: call_plan(
                     "set_params",

@@ -75,8 +75,12 @@ class DataManager:
         test_indices: Sequence[int],
         researcher_args: Mapping[str, Any],
         seed: int | None = None,
+        test_batch_size: int | None = None,
     ) -> tuple[DataLoader[Any] | None, DataLoader[Any] | None]:
         """Loaders over the two subsets (None for an empty one); the test loader batches too, in order.
+
+        ``test_batch_size`` (the researcher's) sets the testing batch size: 0 puts the whole
+        testing subset in one batch; None keeps the loader's batch size.
 
         ``seed`` drives the training loader's shuffling through its own generator, so a seeded
         run repeats without touching torch's global random state.
@@ -91,6 +95,8 @@ class DataManager:
         if seed is not None and "generator" not in train_kwargs:
             train_kwargs["generator"] = torch.Generator().manual_seed(seed)
         test_kwargs = {k: v for k, v in kwargs.items() if k not in _TRAIN_ONLY}
+        if test_batch_size is not None and test_indices:
+            test_kwargs["batch_size"] = test_batch_size or len(test_indices)
         return (
             self._loader(train_indices, train_kwargs, "training"),
             self._loader(test_indices, test_kwargs, "testing"),

@@ -376,6 +376,7 @@ class TorchTrainingPlan:
             split.test_indices,
             thaw(self._args.loader_args),
             seed=self._args.random_seed,
+            test_batch_size=self._args.test_batch_size,
         )
 
     @property
