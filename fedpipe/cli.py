@@ -96,6 +96,14 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from fedpipe.bootstrap import NodeAdminError, read_token_file, run_node_agent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if (args.server is None) == (args.fedbiomed is None):
+        return _error(
+            "give either --server URL (a fedpipe server) or --fedbiomed HOST:PORT (a Fed-BioMed researcher)"
+        )
+    if args.fedbiomed is not None:
+        return _fedbiomed_node(args)
+    if args.token_file is None:
+        return _error("--server needs --token-file (issue one with `fedpipe tokens issue --node ID`)")
     try:
         token = read_token_file(args.token_file)
         return run_node_agent(
@@ -112,25 +120,83 @@ def _cmd_node(args: argparse.Namespace) -> int:
         return _error(f"cannot start the node: {err}")
 
 
+def _fedbiomed_node(args: argparse.Namespace) -> int:
+    from fedpipe.adapters.lock import NodeLocked
+    from fedpipe.bootstrap import NodeAdminError
+
+    try:
+        from fedpipe.fedbiomed.node import parse_address, run_fedbiomed_node
+    except ImportError as err:
+        return _error(
+            f"the Fed-BioMed transport needs the `fedbiomed` extra (pip install 'fedpipe[fedbiomed]'): {err}"
+        )
+    try:
+        parse_address(args.fedbiomed)
+        return run_fedbiomed_node(
+            args.root,
+            address=args.fedbiomed,
+            node_id=args.node_id,
+            node_name=args.node_name,
+            certificate_file=args.researcher_certificate,
+            fingerprint=args.researcher_fingerprint,
+        )
+    except (NodeLocked, NodeAdminError, ValueError) as err:
+        return _error(str(err))
+    except OSError as err:
+        return _error(f"cannot start the node: {err}")
+
+
 def _cmd_plans(args: argparse.Namespace) -> int:
     from fedpipe.bootstrap import NodeAdminError, open_owner
     from fedpipe.ports import Approval
 
     try:
-        with open_owner(args.root) as owner:
+        _existing_root(args.root)
+        with open_owner(args.root, node_id=args.node_id) as owner:
             if args.action == "list":
-                for plan in owner.approvals.list():
+                wanted = Approval(args.status) if args.status else None
+                plans = owner.approvals.list(wanted)
+                if not plans:
+                    print("no training plans" + (f" with status {wanted.value}" if wanted else ""))
+                for plan in plans:
+                    origin = f"  from {plan.researcher_id}" if plan.researcher_id else ""
                     print(
-                        f"{plan.plan_id}  {plan.status.value:<9} {plan.algorithm.value}:{plan.hash[:16]}…  {plan.name}"
+                        f"{plan.plan_id}  {plan.status.value:<9} {plan.algorithm.value}:{plan.hash[:16]}…  "
+                        f"{plan.name}{origin}"
                     )
                 return 0
-            if args.file is None:
-                print("error: give the plan source file with --file", file=sys.stderr)
-                return 2
-            source = Path(args.file).read_text(encoding="utf-8")
+            if args.action == "show":
+                if not args.id:
+                    print("error: give the plan id with --id (see `fedpipe plans list`)", file=sys.stderr)
+                    return 2
+                record = owner.approvals.get(args.id)
+                if record is None:
+                    print(f"error: no training plan {args.id!r} (see `fedpipe plans list`)", file=sys.stderr)
+                    return 1
+                print(f"# {record.plan_id}  {record.status.value}  {record.algorithm.value}:{record.hash}")
+                if record.researcher_id:
+                    print(f"# requested by {record.researcher_id}")
+                if record.description:
+                    print(f"# {record.description}")
+                print(owner.approvals.source_of(record.plan_id), end="")
+                return 0
             status = {"approve": Approval.APPROVED, "reject": Approval.REJECTED, "pending": Approval.PENDING}[
                 args.action
             ]
+            if args.id is not None:
+                if owner.approvals.get(args.id) is None:
+                    print(f"error: no training plan {args.id!r} (see `fedpipe plans list`)", file=sys.stderr)
+                    return 1
+                record = owner.approvals.set_status(args.id, status)
+                print(f"{record.plan_id}: {record.status.value} ({record.name})")
+                return 0
+            if args.file is None:
+                print(
+                    "error: give the plan with --id (a registered plan) or --file (a source file)",
+                    file=sys.stderr,
+                )
+                return 2
+            source = Path(args.file).read_text(encoding="utf-8")
             existing = owner.approvals.find(source)
             if existing is None:
                 record = owner.approvals.register(
@@ -145,31 +211,96 @@ def _cmd_plans(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_root(root: Path) -> None:
+    """Refuse a node root that does not exist, instead of creating one by a typo."""
+    from fedpipe.bootstrap import NodeAdminError
+
+    if not Path(root).is_dir():
+        raise NodeAdminError(f"no node directory at {root} (a node creates it on its first run)")
+
+
+def _csv_shape(path: Path) -> tuple[int, int]:
+    """Rows (the header excluded) and columns of a CSV file; ValueError with a one-line reason."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header:
+                raise ValueError(f"{path} is empty: a CSV dataset needs a header row")
+            rows = 0
+            for line in reader:
+                if not line:
+                    continue
+                if len(line) != len(header):
+                    raise ValueError(
+                        f"{path}: row {rows + 2} has {len(line)} columns, the header {len(header)}"
+                    )
+                rows += 1
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a UTF-8 CSV file") from err
+    except csv.Error as err:
+        raise ValueError(f"{path} is not a valid CSV file: {err}") from err
+    return rows, len(header)
+
+
 def _cmd_datasets(args: argparse.Namespace) -> int:
     from fedpipe.bootstrap import NodeAdminError, open_owner
     from fedpipe.plan import DatasetRecord
     from fedpipe.request import freeze_mapping
 
     try:
-        with open_owner(args.root) as owner:
+        if args.action != "add":
+            _existing_root(args.root)
+        with open_owner(args.root, node_id=args.node_id) as owner:
             if args.action == "list":
-                for d in owner.datasets.list():
-                    print(f"{d.dataset_id}  {d.name}  {d.path}  {d.description}")
+                records = owner.datasets.list()
+                if not records:
+                    print("no datasets")
+                for d in records:
+                    listed = f"  tags={','.join(d.tags)}" if d.tags else ""
+                    print(
+                        f"{d.dataset_id}  {d.name}  {d.data_type or '-'}  {d.path}{listed}  {d.description}"
+                    )
+                return 0
+            if args.action == "remove":
+                if not args.id:
+                    print("error: `datasets remove` needs --id", file=sys.stderr)
+                    return 2
+                owner.datasets.remove(args.id)
+                print(f"removed dataset {args.id}")
                 return 0
             if not args.id or not args.path:
                 print("error: `datasets add` needs --id and --path", file=sys.stderr)
                 return 2
+            path = Path(args.path).resolve()
+            if not path.exists():
+                print(f"error: no file or folder at {args.path}", file=sys.stderr)
+                return 1
             params = json.loads(args.parameters) if args.parameters else {}
+            if not isinstance(params, dict):
+                print(
+                    'error: --parameters must be a JSON object, e.g. {"standardize": true}', file=sys.stderr
+                )
+                return 2
+            data_type = args.data_type or ("csv" if path.suffix.lower() == ".csv" else "")
+            shape: tuple[int, ...] = _csv_shape(path) if data_type == "csv" else ()
+            tags = tuple(t.strip() for group in args.tags or () for t in group.split(",") if t.strip())
             record = owner.datasets.add(
                 DatasetRecord(
                     dataset_id=args.id,
                     name=args.name or args.id,
-                    path=str(Path(args.path).resolve()),
+                    path=str(path),
+                    data_type=data_type,
+                    shape=shape,
                     description=args.description,
+                    tags=tags,
                     dataset_parameters=freeze_mapping(params),
                 )
             )
-            print(f"added dataset {record.dataset_id} ({record.path})")
+            tag_text = f", tags {', '.join(record.tags)}" if record.tags else ""
+            print(f"added dataset {record.dataset_id} ({record.path}{tag_text})")
     except (NodeAdminError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -225,16 +356,37 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("--id", default=None, help="the token id to revoke (see `tokens list`)")
     tokens.set_defaults(run=_cmd_tokens)
 
-    node = sub.add_parser("node", help="run a node that pulls train requests from a server")
-    node.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8844")
+    node = sub.add_parser(
+        "node", help="run a node that pulls train requests from a fedpipe server or a Fed-BioMed researcher"
+    )
+    node.add_argument("--server", default=None, help="fedpipe server URL, e.g. http://127.0.0.1:8844")
+    node.add_argument(
+        "--fedbiomed",
+        default=None,
+        metavar="HOST:PORT",
+        help="a Fed-BioMed 6.x researcher to dial over gRPC (HOST: the name its certificate was made for)",
+    )
+    node.add_argument(
+        "--researcher-certificate",
+        type=Path,
+        default=None,
+        help="--fedbiomed: the researcher's certificate (PEM) to pin",
+    )
+    node.add_argument(
+        "--researcher-fingerprint",
+        default=None,
+        metavar="SHA256:HEX",
+        help="--fedbiomed: confirm the served certificate by its fingerprint once; it is then pinned",
+    )
+    node.add_argument("--node-name", default=None, help="--fedbiomed: the name the researcher sees")
     node.add_argument(
         "--root", type=Path, required=True, help="the node's directory (settings, database, workspaces)"
     )
     node.add_argument(
         "--token-file",
         type=Path,
-        required=True,
-        help="file holding this node's token (`fedpipe tokens issue`)",
+        default=None,
+        help="--server: file holding this node's token (`fedpipe tokens issue`)",
     )
     node.add_argument(
         "--ca-file", type=Path, default=None, help="CA certificate (PEM) that signed an HTTPS server"
@@ -243,22 +395,43 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--poll-wait", type=float, default=10.0, help="long-poll wait in seconds")
     node.set_defaults(run=_cmd_node)
 
-    plans = sub.add_parser("plans", help="node owner: approve, reject or list training plans")
-    plans.add_argument("action", choices=["approve", "reject", "pending", "list"])
+    plans = sub.add_parser(
+        "plans",
+        help="node owner: list, review, approve or reject training plans",
+        description="list: the registered plans (--status Pending: those awaiting review, e.g. sent "
+        "by a researcher's approval request); show --id: a plan's source; approve/reject/pending "
+        "--id ID or --file SOURCE: set a plan's status (a new file is registered).",
+    )
+    plans.add_argument("action", choices=["list", "show", "approve", "reject", "pending"])
     plans.add_argument("--root", type=Path, required=True, help="the node's directory")
+    plans.add_argument("--node-id", default=None, help="the node's id (set on first use of the root)")
+    plans.add_argument("--id", default=None, help="a registered plan's id (see `plans list`)")
     plans.add_argument("--file", type=Path, default=None, help="plan source file")
     plans.add_argument("--name", default=None, help="a name for the plan")
+    plans.add_argument(
+        "--status", default=None, choices=["Approved", "Rejected", "Pending"], help="list only these (list)"
+    )
     plans.set_defaults(run=_cmd_plans)
 
-    datasets = sub.add_parser("datasets", help="node owner: add or list datasets")
-    datasets.add_argument("action", choices=["add", "list"])
+    datasets = sub.add_parser("datasets", help="node owner: add, list or remove datasets")
+    datasets.add_argument("action", choices=["add", "list", "remove"])
     datasets.add_argument("--root", type=Path, required=True, help="the node's directory")
+    datasets.add_argument("--node-id", default=None, help="the node's id (set on first use of the root)")
     datasets.add_argument("--id", default=None, help="dataset id (add)")
     datasets.add_argument("--path", default=None, help="dataset file or folder (add)")
     datasets.add_argument("--name", default=None)
     datasets.add_argument("--description", default="")
     datasets.add_argument(
         "--parameters", default=None, help='dataset parameters as JSON, e.g. {"standardize": true}'
+    )
+    datasets.add_argument(
+        "--tags",
+        action="append",
+        default=None,
+        help="tags a researcher searches by, comma-separated or repeated (add), e.g. breast-cancer",
+    )
+    datasets.add_argument(
+        "--data-type", default=None, help="the data type (default: csv for a .csv file; add)"
     )
     datasets.set_defaults(run=_cmd_datasets)
     return parser

@@ -578,6 +578,11 @@ def _read_signed(raw: bytes) -> bool:
     return raw.count(0, 1) != len(raw) - 1
 
 
+# Fed-BioMed 6.x ext types that readers of the payload expect as their dicts (a metric named in
+# the training arguments): kept as dicts, like any unknown type, but not worth a warning.
+_KEPT_AS_DICTS: Final = frozenset({"MetricTypes"})
+
+
 def _apply_extension(obj: dict[Any, Any], reader: _Reader, charged: int) -> Any:
     """Turn an ext dict (charged ``charged``) into its object; an unknown ``__type__`` keeps the
     dict, as the reference does. The object is charged to ``reader``, then what it leaves as
@@ -622,7 +627,7 @@ def _apply_extension(obj: dict[Any, Any], reader: _Reader, charged: int) -> Any:
         out = np.frombuffer(value[0], dtype=dt).astype(dt.newbyteorder("="))[0]
         garbage = _LIST + 2 * _SLOT + _bytes_cost(len(value[0]))
     else:
-        if len(reader.unknown) < 8:
+        if len(reader.unknown) < 8 and kind not in _KEPT_AS_DICTS:
             reader.unknown.add(kind[:64])
         return obj
     reader.refund(charged + garbage)

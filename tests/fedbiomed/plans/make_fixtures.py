@@ -147,10 +147,17 @@ def stock_run(source: str, class_name: str, shard: Path, args: dict[str, Any], r
 
     # the researcher's initial model: its own instance (post_init seeds torch with random_seed)
     researcher = load()
-    researcher.post_init(model_args, TrainingArgs(dict(ta), only_required=False), {}, initialize_optimizer=False)
+    researcher.post_init(
+        model_args, TrainingArgs(dict(ta), only_required=False), {}, initialize_optimizer=False
+    )
     params = researcher.get_model_params(exclude_buffers=False)
-    out: dict[str, Any] = {"class_name": class_name, "model_args": model_args, "training_args": ta,
-                           "initial": _tensors(params), "rounds": []}
+    out: dict[str, Any] = {
+        "class_name": class_name,
+        "model_args": model_args,
+        "training_args": ta,
+        "initial": _tensors(params),
+        "rounds": [],
+    }
     testing_indexes: dict[str, Any] = {"testing_index": [], "training_index": [], "test_ratio": None}
     for round_ in range(rounds):
         plan = load()
@@ -175,10 +182,14 @@ def stock_run(source: str, class_name: str, shard: Path, args: dict[str, Any], r
         metric = testing["test_metric"]
         from fedbiomed.common.metrics import MetricTypes
 
-        metric_type = MetricTypes.get_metric_type_by_name(metric.upper()) if isinstance(metric, str) else metric
+        metric_type = (
+            MetricTypes.get_metric_type_by_name(metric.upper()) if isinstance(metric, str) else metric
+        )
         if testing["test_on_global_updates"] and test_loader is not None:
             plan.testing_routine(metric_type, testing["test_metric_args"], monitor, True)
-        seen = plan.training_routine(history_monitor=monitor, node_args={"gpu": False, "gpu_num": None, "gpu_only": False})
+        seen = plan.training_routine(
+            history_monitor=monitor, node_args={"gpu": False, "gpu_num": None, "gpu_only": False}
+        )
         if testing["test_on_local_updates"] and test_loader is not None:
             plan.testing_routine(metric_type, testing["test_metric_args"], monitor, False)
         params = plan.after_training_params(flatten=False)
@@ -210,8 +221,11 @@ def main() -> None:
     for key, run in RUNS.items():
         source = sources[run["plan"]]
         class_name = "BreastCancerPlan" if run["plan"] == "breast_cancer_plan" else "SgdPlan"
-        runs[key] = {"plan": f"{run['plan']}.sent.py", "shard_rows": SHARD_ROWS,
-                     **stock_run(source, class_name, shard, run["args"], run["rounds"])}
+        runs[key] = {
+            "plan": f"{run['plan']}.sent.py",
+            "shard_rows": SHARD_ROWS,
+            **stock_run(source, class_name, shard, run["args"], run["rounds"]),
+        }
     (HERE / "stock_runs.json").write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
     print(f"torch {torch.__version__}; wrote {', '.join(sorted(sources))} and stock_runs.json")
 

@@ -1,0 +1,466 @@
+"""The composition root of a fedpipe node in a Fed-BioMed 6.x federation.
+
+Three threads: the transport keeps a ``GetTaskUnary`` poll open at all times (also while a round
+trains) and hands each message to ``FedbiomedNode.receive``, which only queues it; the
+dispatcher decodes each message and answers management requests at once (Search, List, Ping,
+plan status, approval); the round worker runs train requests one at a time through
+``fedbiomed_round`` and sends the TrainReply. Every message that names a request gets an answer
+(a reply or an ``ErrorMessage``): a Fed-BioMed researcher waits forever on a dropped reply.
+Metrics go to the researcher as Scalar feedback while the round runs.
+"""
+
+import logging
+import queue
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from attrs import evolve
+from returns.result import Failure, Success
+
+from fedpipe.bootstrap import SETTINGS_FILE, Node, _OfflineExchange, load_or_create_settings
+from fedpipe.compose import NamedStep
+from fedpipe.fedbiomed.compat import FedbiomedPlanLoader
+from fedpipe.fedbiomed.mapping import (
+    InlineRound,
+    approval_reply,
+    error_message,
+    list_reply,
+    ping_reply,
+    refusal_reply,
+    round_reply,
+    scalar_of,
+    search_reply,
+    status_reply,
+    train_request_of,
+)
+from fedpipe.fedbiomed.messages import Message, MessageError, decode_message, encode_message
+from fedpipe.fedbiomed.round import fedbiomed_round, fedbiomed_validation_round
+from fedpipe.fedbiomed.wire import LogFeedback, ScalarFeedback
+from fedpipe.ports import Approval, MetricEvent, Ports
+from fedpipe.request import TrainRequest
+from fedpipe.runner import RoundRun, execute_round
+from fedpipe.settings import NodeSettings
+
+__all__ = ["FedbiomedNode", "FeedbackMonitor", "Link", "run_fedbiomed_node"]
+
+log = logging.getLogger("fedpipe.node")
+
+MAX_QUEUED_MESSAGES = 256
+"""Messages received but not yet handled; past this a message is answered with an error reply."""
+
+_MANAGEMENT = frozenset(
+    {"SearchRequest", "ListRequest", "PingRequest", "ApprovalRequest", "TrainingPlanStatusRequest"}
+)
+
+
+class Link(Protocol):
+    """What the node needs from its connection to the researcher (``ResearcherLink`` in production)."""
+
+    def send(self, message: bytes) -> bool:
+        """Send one application message as a ReplyTask stream; False once retries are spent."""
+        ...
+
+    def feedback(self, item: ScalarFeedback | LogFeedback) -> bool:
+        """Send one Feedback message; False when it could not be sent."""
+        ...
+
+
+class FeedbackMonitor:
+    """The Monitor port over Fed-BioMed's Feedback RPC: each metric report is one Scalar."""
+
+    def __init__(self, link: Link, node_name: str) -> None:
+        """Report through ``link``, naming the node ``node_name``."""
+        self._link = link
+        self._node_name = node_name
+
+    def report(self, event: MetricEvent) -> None:
+        """Send ``event`` as Scalar feedback (a lost scalar never fails the round)."""
+        self._link.feedback(scalar_of(event, node_name=self._node_name))
+
+
+class FedbiomedNode:
+    """Answers a Fed-BioMed researcher's messages with fedpipe's stores and rounds."""
+
+    def __init__(
+        self,
+        node: Node,
+        link: Link,
+        *,
+        researcher_id: str,
+        node_name: str,
+        max_message_bytes: int,
+    ) -> None:
+        """Serve ``node``'s stores and rounds to the researcher ``researcher_id`` over ``link``."""
+        self.node = node
+        self.link = link
+        self.settings: NodeSettings = node.settings
+        self.researcher_id = researcher_id
+        self.node_name = node_name
+        self.max_message_bytes = max_message_bytes
+        self.ports: Ports = evolve(
+            node.ports,
+            exchange=_OfflineExchange(),
+            plans=FedbiomedPlanLoader(),
+            monitor=FeedbackMonitor(link, node_name),
+        )
+        self._inbox: queue.Queue[bytes | None] = queue.Queue(MAX_QUEUED_MESSAGES)
+        self._rounds: queue.Queue[Message | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+
+    # --- receiving ------------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """Queue one message from the transport (called on its thread; never blocks, never raises)."""
+        try:
+            self._inbox.put_nowait(data)
+        except queue.Full:
+            log.error("dropped a message: %d messages are already waiting", MAX_QUEUED_MESSAGES)
+            self._answer_undecoded(data, "The node is overloaded; the request was not handled.")
+
+    def start(self) -> None:
+        """Start the dispatcher and the round worker."""
+        for target, name in (
+            (self._dispatch_loop, "fedbiomed-dispatch"),
+            (self._round_loop, "fedbiomed-rounds"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the message and round in hand (a running round finishes and is answered)."""
+        self._inbox.put(None)
+        self._rounds.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    # --- dispatching ----------------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            data = self._inbox.get()
+            if data is None:
+                return
+            try:
+                self.handle(data)
+            except Exception:  # the dispatcher must outlive a bug in one handler
+                log.exception("bug while handling a researcher message")
+
+    def handle(self, data: bytes) -> None:
+        """Decode one message and answer it (management), queue it (training) or refuse it."""
+        decoded = decode_message(data, max_bytes=self.max_message_bytes)
+        if isinstance(decoded, Failure):
+            self._refuse(decoded.failure())
+            return
+        message = decoded.unwrap()
+        researcher = message.fields.get("researcher_id")
+        if researcher != self.researcher_id:
+            # the pinned certificate names the researcher; anything else is not ours to serve
+            log.error(
+                "refused a %s from researcher %r: this node serves %r (the pinned certificate's)",
+                message.kind,
+                researcher,
+                self.researcher_id,
+            )
+            return
+        if message.kind == "TrainRequest":
+            self._rounds.put(message)
+            return
+        reply = self._management(message)
+        if reply is not None:
+            self._send(*reply)
+
+    def _management(self, message: Message) -> tuple[str, dict[str, Any]] | None:
+        ids = {"node_id": self.settings.node_id, "node_name": self.node_name}
+        kind = message.kind
+        if kind == "PingRequest":
+            return "PingReply", ping_reply(message, **ids)
+        if kind == "SearchRequest":
+            return "SearchReply", search_reply(message, self.node.datasets.list(), **ids)
+        if kind == "ListRequest":
+            return "ListReply", list_reply(message, self.node.datasets.list(), **ids)
+        if kind == "TrainingPlanStatusRequest":
+            return "TrainingPlanStatusReply", self._plan_status(message, ids)
+        if kind == "ApprovalRequest":
+            return "ApprovalReply", self._approval(message, ids)
+        if kind == "OverlayMessage":
+            log.warning("ignored a relayed node-to-node message: secure aggregation is not set up here")
+            return None
+        return "ErrorMessage", error_message(
+            message,
+            **ids,
+            extra_msg=f"This node does not handle `{kind}` requests.",
+        )
+
+    def _plan_status(self, message: Message, ids: Mapping[str, str]) -> dict[str, Any]:
+        source = str(message.fields.get("training_plan", ""))
+        obliged = self.settings.training_plan_approval
+        found = self.node.approvals.status(source)
+        if isinstance(found, Failure):
+            return status_reply(
+                message,
+                **ids,
+                approval_obligation=obliged,
+                status=None,
+                plan_id=None,
+                error=found.failure().public,
+            )
+        record = self.node.approvals.find(source) if found.unwrap() is not Approval.NOT_REGISTERED else None
+        return status_reply(
+            message,
+            **ids,
+            approval_obligation=obliged,
+            status=found.unwrap(),
+            plan_id=record.plan_id if record else None,
+        )
+
+    def _approval(self, message: Message, ids: Mapping[str, str]) -> dict[str, Any]:
+        """Register the researcher's plan as pending, source kept for the owner's review."""
+        from fedpipe.bootstrap import NodeAdminError
+
+        source = str(message.fields.get("training_plan", ""))
+        description = str(message.fields.get("description", ""))
+        existing = self.node.approvals.find(source)
+        if existing is not None:
+            return approval_reply(
+                message,
+                **ids,
+                success=True,
+                plan_id=existing.plan_id,
+                text=f"This training plan is already registered here ({existing.status.value}).",
+            )
+        try:
+            record = self.node.approvals.register(
+                source,
+                description=description[:1000],
+                status=Approval.PENDING,
+                researcher_id=self.researcher_id,
+                notes="approval requested by the researcher",
+            )
+        except NodeAdminError as err:
+            log.warning("approval request refused: %s", err)
+            return approval_reply(
+                message,
+                **ids,
+                success=False,
+                plan_id=None,
+                text="The training plan could not be registered for review (it does not parse).",
+            )
+        log.info(
+            "training plan %s registered as Pending for review (`fedpipe plans show --id %s`)",
+            record.plan_id,
+            record.plan_id,
+        )
+        return approval_reply(message, **ids, success=True, plan_id=record.plan_id, text="")
+
+    # --- rounds ---------------------------------------------------------------------------------
+
+    def _round_loop(self) -> None:
+        while True:
+            message = self._rounds.get()
+            if message is None:
+                return
+            try:
+                self.train(message)
+            except Exception:  # a bug outside the round's own boundary: answer, go on
+                log.exception("a train request could not be handled")
+                self._send(
+                    "ErrorMessage",
+                    error_message(
+                        message,
+                        node_id=self.settings.node_id,
+                        node_name=self.node_name,
+                        extra_msg="The node could not run this round.",
+                    ),
+                )
+
+    def train(self, message: Message) -> RoundRun | None:
+        """Run one TrainRequest and send its TrainReply (or the error reply); return the run."""
+        ids = {"node_id": self.settings.node_id, "node_name": self.node_name}
+        mapped = train_request_of(message)
+        if isinstance(mapped, Failure):
+            error = mapped.failure()
+            log.error("train request refused: %s", error.log_line())
+            refusal = refusal_reply(message, error, **ids)
+            self._send(refusal.kind, refusal.fields)
+            return None
+        request, inline = mapped.unwrap()
+        log.info(
+            "round %d of experiment %s started (%s)",
+            request.round,
+            request.job_id,
+            "training" if request.training else "validation only",
+        )
+        run = execute_round(request, self.ports, self.settings, rounds=_selector(inline))
+        outcome = "success" if run.reply.success else f"failed ({run.reply.msg})"
+        log.info("round %d of experiment %s: %s", request.round, request.job_id, outcome)
+        reply = round_reply(message, run, **ids)
+        for note in reply.notes:
+            log.warning("experiment %s: %s", request.job_id, note)
+        self._send(reply.kind, reply.fields)
+        return run
+
+    # --- sending --------------------------------------------------------------------------------
+
+    def _send(self, kind: str, fields: Mapping[str, Any]) -> None:
+        try:
+            data = encode_message(kind, fields)
+        except Exception:  # a reply we cannot encode is our bug; answer with the error reply
+            log.exception("cannot encode a %s", kind)
+            if kind == "ErrorMessage":
+                return
+            fallback = {k: fields.get(k) for k in ("request_id", "node_id", "node_name")}
+            fallback["researcher_id"] = fields.get("researcher_id") or self.researcher_id
+            data = encode_message(
+                "ErrorMessage",
+                {**fallback, "extra_msg": "The node could not encode its reply.", "errnum": "FB301"},
+            )
+        if not self.link.send(data):
+            log.error("could not send a %s to the researcher", kind)
+
+    def _refuse(self, error: MessageError) -> None:
+        log.error("refused a researcher message: %s", error.reason)
+        if error.request_id is None:
+            return  # nothing to answer: the researcher cannot be waiting for it
+        self._send(
+            "ErrorMessage",
+            error_message(
+                error,
+                node_id=self.settings.node_id,
+                node_name=self.node_name,
+                extra_msg=f"The node could not read the request: {error.reason}",
+            ),
+        )
+
+    def _answer_undecoded(self, data: bytes, text: str) -> None:
+        decoded = decode_message(data, max_bytes=self.max_message_bytes)
+        request_id = (
+            decoded.unwrap().fields.get("request_id")
+            if isinstance(decoded, Success)
+            else decoded.failure().request_id
+        )
+        if not isinstance(request_id, str):
+            return
+        error = MessageError(reason=text, request_id=request_id, researcher_id=self.researcher_id)
+        self._send(
+            "ErrorMessage",
+            error_message(error, node_id=self.settings.node_id, node_name=self.node_name, extra_msg=text),
+        )
+
+
+def _selector(inline: InlineRound) -> Callable[[Ports, TrainRequest], Sequence[NamedStep]]:
+    def rounds(ports: Ports, request: TrainRequest) -> Sequence[NamedStep]:
+        return (
+            fedbiomed_round(ports, inline) if request.training else fedbiomed_validation_round(ports, inline)
+        )
+
+    return rounds
+
+
+def run_fedbiomed_node(
+    root: Path | str,
+    *,
+    address: str,
+    node_id: str | None = None,
+    node_name: str | None = None,
+    certificate_file: Path | None = None,
+    fingerprint: str | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Serve a Fed-BioMed 6.x researcher at ``address`` (HOST:PORT) until stopped: 0 on a clean stop.
+
+    The researcher's certificate must be pinned (``certificate_file``, or ``fingerprint``
+    confirmed once and stored in the root); the node dials exactly the host the certificate
+    names. Returns 2 with a one-line message on stderr's log for a misconfiguration (unreachable
+    researcher, certificate mismatch, wrong host name, bad address).
+    """
+    from fedpipe.adapters.lock import NodeLock
+    from fedpipe.fedbiomed.tls import pin_researcher, wait_reachable
+    from fedpipe.fedbiomed.transport import ResearcherLink
+
+    stop = stop or threading.Event()
+    host, port = parse_address(address)
+    fresh = not (Path(root) / SETTINGS_FILE).exists()
+    # a new root gets an id in Fed-BioMed's form; an existing one keeps its own
+    settings = load_or_create_settings(root, node_id=node_id or (f"NODE_{uuid.uuid4()}" if fresh else None))
+    name = node_name or settings.node_id
+    with NodeLock(settings.root):
+        try:
+            socket.getaddrinfo(host, port)
+        except OSError:
+            log.error("cannot resolve the researcher's host name %r", host)
+            return 2
+        if not wait_reachable(host, port, stop, log=log):
+            return 0  # stopped while waiting
+        pinned = pin_researcher(
+            settings.root, host, port, certificate_file=certificate_file, fingerprint=fingerprint
+        )
+        if isinstance(pinned, Failure):
+            log.error("%s", pinned.failure())
+            return 2
+        researcher = pinned.unwrap()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+        max_bytes = min(settings.max_download_bytes, 100 * 1024**2)
+        holder: list[FedbiomedNode] = []
+        link = ResearcherLink(
+            researcher=researcher,
+            node_id=settings.node_id,
+            max_message_bytes=max_bytes,
+            on_message=lambda data: holder[0].receive(data),
+            log=log,
+        )
+        try:
+            with Node.open(settings, exchange=_OfflineExchange()) as node:
+                removed = node.clean_workspaces()
+                if removed:
+                    log.warning("removed %d round workspace(s) left by an earlier run", removed)
+                server = FedbiomedNode(
+                    node,
+                    link,
+                    researcher_id=researcher.researcher_id,
+                    node_name=name,
+                    max_message_bytes=max_bytes,
+                )
+                holder.append(server)
+                server.start()
+                log.info(
+                    "node %s (%s) serving researcher %s at %s:%d",
+                    settings.node_id,
+                    name,
+                    researcher.researcher_id,
+                    host,
+                    port,
+                )
+                try:
+                    link.run(stop)
+                finally:
+                    server.stop()
+        finally:
+            link.close()
+    log.info("node %s stopped", settings.node_id)
+    return 0
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too); ValueError with a one-line reason otherwise.
+
+    >>> parse_address("127.0.0.1:50051"), parse_address("[::1]:50051")
+    (('127.0.0.1', 50051), ('::1', 50051))
+    >>> parse_address("http://x:1")
+    Traceback (most recent call last):
+    ValueError: the researcher address must be HOST:PORT (e.g. 127.0.0.1:50051), not 'http://x:1'
+    """
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    ok = bool(sep and host and port_text.isdigit() and "/" not in host and 0 < int(port_text) < 65536)
+    if not ok:
+        raise ValueError(f"the researcher address must be HOST:PORT (e.g. 127.0.0.1:50051), not {address!r}")
+    return host, int(port_text)
