@@ -430,6 +430,7 @@ def run_node_agent(
     from fedpipe.adapters.lock import NodeLock
     from fedpipe.adapters.monitor import HttpMonitor
     from fedpipe.adapters.task_client import HttpTaskClient, TaskBoardRefused, TaskBoardUnavailable
+    from fedpipe.training.warm import warm_up_in_background
 
     log = logging.getLogger("fedpipe.node")
     stop = stop or threading.Event()
@@ -461,6 +462,7 @@ def run_node_agent(
                 removed = node.clean_workspaces()
                 if removed:
                     log.warning("removed %d round workspace(s) left by an earlier run", removed)
+                warm_up_in_background()  # torch's lazy imports, off the first round's path
                 log.info("node %s pulling tasks from %s", settings.node_id, server)
                 while not stop.is_set():
                     try:

@@ -45,6 +45,7 @@ from fedpipe.ports import Approval, MetricEvent, Ports
 from fedpipe.request import TrainRequest
 from fedpipe.runner import RoundRun, execute_round
 from fedpipe.settings import NodeSettings
+from fedpipe.training.warm import warm_up_in_background
 
 __all__ = ["FedbiomedNode", "FeedbackMonitor", "Link", "run_fedbiomed_node"]
 
@@ -124,6 +125,7 @@ class FedbiomedNode:
 
     def start(self) -> None:
         """Start the dispatcher and the round worker."""
+        warm_up_in_background()
         for target, name in (
             (self._dispatch_loop, "fedbiomed-dispatch"),
             (self._round_loop, "fedbiomed-rounds"),

@@ -22,6 +22,7 @@ from fedpipe.training.errors import DataError, MetricError, PlanContractError, P
 from fedpipe.training.metrics import evaluate, metric_values
 from fedpipe.training.optim import Scaffold
 from fedpipe.training.plan import TorchTrainingPlan, flatten_params
+from fedpipe.training.warm import warm_up, warm_up_in_background
 
 __all__ = [
     "DataError",
@@ -41,4 +42,6 @@ __all__ = [
     "metric_values",
     "non_iid_shards",
     "select_device",
+    "warm_up",
+    "warm_up_in_background",
 ]

@@ -543,9 +543,11 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
             results["initial_params"] = param_digest(exp.training_plan().after_training_params())
             recorder = ScalarRecorder(exp.monitor().on_message_handler)
             requests.add_monitor_callback(exp.id, recorder)
+            reply_times = _record_reply_times()
             round_walls = []
             for index in range(args.rounds):
                 recorder.run_once = index
+                reply_times["round"] = index
                 last = index == args.rounds - 1
                 t0 = time.monotonic()
                 # As Experiment.run does: the last round also sends the validation-only request.
@@ -554,6 +556,7 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
                 if ran != 1:
                     raise HarnessError(f"run_once {index} ran {ran} rounds")
             results["timings"]["round_walls"] = round_walls
+            results["reply_seconds"] = reply_times["seconds"]
             # Scalars travel on their own RPCs: give the last ones a moment to land.
             time.sleep(0.5)
             final_params = exp.training_plan().after_training_params()
@@ -603,6 +606,29 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
     if not results["completed"]:
         raise HarnessError(f"experiment failed: {'; '.join(results['errors'][:3]) or 'no error logged'}")
     return summary
+
+
+def _record_reply_times() -> dict[str, Any]:
+    """Record, per round and node, the seconds from a train request's send to its reply's arrival.
+
+    The researcher's own ``rtime_total`` is one figure for all nodes of a request, taken after
+    its 0.5 s wait loop; this reads the send and arrival times its Request objects keep.
+    """
+    from fedbiomed.common.message import TrainReply
+    from fedbiomed.researcher.requests import _requests
+
+    state: dict[str, Any] = {"round": None, "seconds": {}}
+    original = _requests.Request.on_reply
+
+    def on_reply(self: Any, reply: Any) -> None:
+        original(self, reply)
+        sent = getattr(self, "_send_time", None)
+        if isinstance(reply, TrainReply) and reply.params is not None and sent:
+            by_node = state["seconds"].setdefault(str(state["round"]), {})
+            by_node[reply.node_id] = self._reply_time - sent
+
+    _requests.Request.on_reply = on_reply
+    return state
 
 
 def _request_replies(requests: Any, message: Any, nodes: list[str]) -> dict[str, Any]:
