@@ -14,6 +14,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -109,8 +110,8 @@ class FedbiomedNode:
             plans=FedbiomedPlanLoader(),
             monitor=FeedbackMonitor(link, node_name),
         )
-        self._inbox: queue.Queue[bytes | None] = queue.Queue(MAX_QUEUED_MESSAGES)
-        self._rounds: queue.Queue[Message | None] = queue.Queue()
+        self._inbox: queue.Queue[tuple[float, bytes] | None] = queue.Queue(MAX_QUEUED_MESSAGES)
+        self._rounds: queue.Queue[tuple[float, Message] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
 
     # --- receiving ------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ class FedbiomedNode:
     def receive(self, data: bytes) -> None:
         """Queue one message from the transport (called on its thread; never blocks, never raises)."""
         try:
-            self._inbox.put_nowait(data)
+            self._inbox.put_nowait((time.perf_counter(), data))
         except queue.Full:
             log.error("dropped a message: %d messages are already waiting", MAX_QUEUED_MESSAGES)
             self._answer_undecoded(data, "The node is overloaded; the request was not handled.")
@@ -145,15 +146,15 @@ class FedbiomedNode:
 
     def _dispatch_loop(self) -> None:
         while True:
-            data = self._inbox.get()
-            if data is None:
+            item = self._inbox.get()
+            if item is None:
                 return
             try:
-                self.handle(data)
+                self.handle(item[1], arrived=item[0])
             except Exception:  # the dispatcher must outlive a bug in one handler
                 log.exception("bug while handling a researcher message")
 
-    def handle(self, data: bytes) -> None:
+    def handle(self, data: bytes, *, arrived: float | None = None) -> None:
         """Decode one message and answer it (management), queue it (training) or refuse it."""
         decoded = decode_message(data, max_bytes=self.max_message_bytes)
         if isinstance(decoded, Failure):
@@ -171,7 +172,7 @@ class FedbiomedNode:
             )
             return
         if message.kind == "TrainRequest":
-            self._rounds.put(message)
+            self._rounds.put((time.perf_counter() if arrived is None else arrived, message))
             return
         reply = self._management(message)
         if reply is not None:
@@ -264,11 +265,12 @@ class FedbiomedNode:
 
     def _round_loop(self) -> None:
         while True:
-            message = self._rounds.get()
-            if message is None:
+            item = self._rounds.get()
+            if item is None:
                 return
+            arrived, message = item
             try:
-                self.train(message)
+                self.train(message, arrived=arrived)
             except Exception:  # a bug outside the round's own boundary: answer, go on
                 log.exception("a train request could not be handled")
                 self._send(
@@ -281,7 +283,7 @@ class FedbiomedNode:
                     ),
                 )
 
-    def train(self, message: Message) -> RoundRun | None:
+    def train(self, message: Message, *, arrived: float | None = None) -> RoundRun | None:
         """Run one TrainRequest and send its TrainReply (or the error reply); return the run."""
         ids = {"node_id": self.settings.node_id, "node_name": self.node_name}
         mapped = train_request_of(message)
@@ -298,13 +300,28 @@ class FedbiomedNode:
             request.job_id,
             "training" if request.training else "validation only",
         )
+        started = time.perf_counter()
         run = execute_round(request, self.ports, self.settings, rounds=_selector(inline))
-        outcome = "success" if run.reply.success else f"failed ({run.reply.msg})"
-        log.info("round %d of experiment %s: %s", request.round, request.job_id, outcome)
+        ran = time.perf_counter()
         reply = round_reply(message, run, **ids)
         for note in reply.notes:
             log.warning("experiment %s: %s", request.job_id, note)
         self._send(reply.kind, reply.fields)
+        done = time.perf_counter()
+        outcome = "success" if run.reply.success else f"failed ({run.reply.msg})"
+        training = dict(run.step_seconds).get("train_model", 0.0)
+        log.info(
+            "round %d of experiment %s: %s; replied %.3f s after the request arrived "
+            "(waited %.3f s, round %.3f s of which training %.3f s, reply %.3f s)",
+            request.round,
+            request.job_id,
+            outcome,
+            done - (arrived if arrived is not None else started),
+            started - (arrived if arrived is not None else started),
+            ran - started,
+            training,
+            done - ran,
+        )
         return run
 
     # --- sending --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import abc
 import csv
 import enum
 import io
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -100,6 +101,11 @@ class Dataset(abc.ABC):
 Column = npt.NDArray[np.int64] | npt.NDArray[np.float64] | None  # None: not numeric
 
 
+_TABLES_KEPT = 4
+_TABLES: dict[tuple[str, int, int], "_Table"] = {}
+_TABLES_LOCK = threading.Lock()
+
+
 class _Table:
     """The columns of a CSV file: names and, per column, int64 or float64 values (None when not numeric)."""
 
@@ -110,6 +116,30 @@ class _Table:
 
     @classmethod
     def read(cls, path: Path) -> "_Table":
+        """The parsed file, from the cache while the file keeps its size and modification time.
+
+        A node reads the same dataset every round; parsing it again is most of the cost of
+        loading it. The arrays are never written to (rows are copied out), so sharing is safe.
+        """
+        try:
+            stat = path.stat()
+        except OSError:
+            stat = None
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat is not None else None
+        with _TABLES_LOCK:
+            cached = _TABLES.get(key) if key is not None else None
+        if cached is not None:
+            return cached
+        table = cls._parse(path)
+        if key is not None:
+            with _TABLES_LOCK:
+                _TABLES[key] = table
+                while len(_TABLES) > _TABLES_KEPT:
+                    _TABLES.pop(next(iter(_TABLES)))
+        return table
+
+    @classmethod
+    def _parse(cls, path: Path) -> "_Table":
         if not path.is_file():
             raise FedbiomedDatasetError("the dataset's CSV file does not exist or is not a file")
         try:
@@ -221,6 +251,9 @@ class TabularDataset(Dataset):
         self._target_columns: Any = target_columns
         self._inputs: npt.NDArray[Any] | None = None
         self._targets: npt.NDArray[Any] | None = None
+        # the matrices converted to the training types once; each item is a copy of one row
+        self._input_rows = torch.empty(0)
+        self._target_rows = torch.empty(0)
 
     def load(self, root: str | Path, to_format: DataReturnFormat = DataReturnFormat.TORCH) -> None:
         """Read the CSV file at ``root``, resolve the columns, and check the transforms on the first row."""
@@ -233,10 +266,12 @@ class TabularDataset(Dataset):
         inputs = table.normalize(self._input_columns)
         self._inputs = table.matrix(inputs)
         self._input_columns = inputs
+        self._input_rows = default_types(torch.from_numpy(self._inputs))
         if self._target_columns is not None:
             targets = table.normalize(self._target_columns)
             self._targets = table.matrix(targets)
             self._target_columns = targets
+            self._target_rows = default_types(torch.from_numpy(self._targets))
         self._check_transform(self._transform, self._inputs, "transform")
         if self._targets is not None:
             self._check_transform(self._target_transform, self._targets, "target_transform")
@@ -253,8 +288,10 @@ class TabularDataset(Dataset):
         if not isinstance(out, torch.Tensor):
             raise FedbiomedDatasetError(f"`{what}` must return a torch.Tensor, got {type(out).__name__}")
 
-    def _row(self, matrix: npt.NDArray[Any], index: int, transform: Transform, what: str) -> torch.Tensor:
-        value = transform(default_types(torch.from_numpy(matrix[index].copy())))
+    @staticmethod
+    def _row(rows: torch.Tensor, index: int, transform: Transform, what: str) -> torch.Tensor:
+        # default_types(row) of the file's values, as a fresh tensor the transform may change
+        value = transform(rows[index].clone())
         if not isinstance(value, torch.Tensor):
             raise FedbiomedDatasetError(f"`{what}` must return a torch.Tensor, got {type(value).__name__}")
         return default_types(value)
@@ -269,10 +306,10 @@ class TabularDataset(Dataset):
             or not 0 <= index < len(self._inputs)
         ):
             raise FedbiomedDatasetError(f"failed to retrieve the item at index {index!r}")
-        data = self._row(self._inputs, int(index), self._transform, "transform")
+        data = self._row(self._input_rows, int(index), self._transform, "transform")
         if self._targets is None:
             return data, None
-        return data, self._row(self._targets, int(index), self._target_transform, "target_transform")
+        return data, self._row(self._target_rows, int(index), self._target_transform, "target_transform")
 
     def __len__(self) -> int:
         if self._inputs is None:
