@@ -16,6 +16,11 @@ Per run it reports, as medians over rounds and nodes:
 - training: the node's ``rtime_training``;
 - peak RSS: the largest ``VmHWM`` of the two node processes, read before they stop.
 
+By default node i runs on CPU i with one torch thread (``taskset``, ``OMP_NUM_THREADS=1``), the
+same for both implementations, as if each node had a machine of its own: two nodes with torch's
+default threads on two shared cores slow each other's training twentyfold and every figure with
+it. ``--shared-cpus`` measures that set-up instead.
+
 and the fedpipe/stock ratio of each (the targets: outside training at most 0.5, peak RSS at most 1).
 Figures move with the machine's load; the ratios compare runs made one after the other here.
 """
@@ -95,6 +100,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="small,big", help="comma-separated: small, big")
     parser.add_argument("--env", type=Path, default=REPO / ".fbm-env", help="the scratch environment")
+    parser.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="let the node processes share every CPU with torch's default threads (default: node i on "
+        "CPU i with one torch thread, as if each node had a machine of its own)",
+    )
     args = parser.parse_args()
     subprocess.run(["bash", str(REPO / "scripts" / "fedbiomed_env.sh"), str(args.env)], check=True)
     python = args.env / "bin" / "python"
@@ -113,12 +124,14 @@ def main() -> None:
         for impl in ("stock", "fedpipe"):
             started = time.monotonic()
             if impl == "stock":
-                with running_nodes(python, stock, cwd=root) as procs:
+                with running_nodes(python, stock, cwd=root, pin=not args.shared_cpus) as procs:
                     results = _experiment(python, root, researcher.dir, name=f"{size}-{impl}", hidden=hidden,
                                           lr=lr, rounds=args.rounds)  # fmt: skip
                     rss = [_peak_rss_mib(p.pid) for p in procs]
             else:
-                with running_fedpipe_nodes(ours, researcher, logs=root / "logs") as procs:
+                with running_fedpipe_nodes(
+                    ours, researcher, logs=root / "logs", pin=not args.shared_cpus
+                ) as procs:
                     results = _experiment(python, root, researcher.dir, name=f"{size}-{impl}", hidden=hidden,
                                           lr=lr, rounds=args.rounds)  # fmt: skip
                     rss = [_peak_rss_mib(p.pid) for p in procs]
@@ -136,7 +149,9 @@ def main() -> None:
         ):
             a, b = runs["stock"][figure], runs["fedpipe"][figure]
             ratio = b / a if a else float("nan")
-            print(f"{size:<6} {figure + (' (' + unit + ')' if unit else ''):<18} {a:>10.3f} {b:>10.3f} {ratio:>7.2f}")
+            print(
+                f"{size:<6} {figure + (' (' + unit + ')' if unit else ''):<18} {a:>10.3f} {b:>10.3f} {ratio:>7.2f}"
+            )
     print(f"\n(work directory: {root})")
 
 

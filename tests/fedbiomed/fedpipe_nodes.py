@@ -12,7 +12,7 @@ from typing import Any
 
 from attrs import frozen
 
-from tests.fedbiomed.stock_federation import StockResearcher
+from tests.fedbiomed.stock_federation import StockResearcher, pinned
 
 REPO = Path(__file__).resolve().parents[2]
 FEDPIPE = [sys.executable, "-m", "fedpipe"]
@@ -71,30 +71,38 @@ def set_up_node(
 
 @contextlib.contextmanager
 def running_fedpipe_nodes(
-    nodes: Sequence[FedpipeNode], researcher: StockResearcher, *, logs: Path
+    nodes: Sequence[FedpipeNode], researcher: StockResearcher, *, logs: Path, pin: bool = False
 ) -> Iterator[list[subprocess.Popen[Any]]]:
-    """Run ``fedpipe node --fedbiomed`` for each node for the block's duration; all stopped on exit."""
+    """Run ``fedpipe node --fedbiomed`` for each node for the block's duration; all stopped on exit.
+
+    ``pin`` puts node i on CPU i with one torch thread (``stock_federation.pinned``).
+    """
     processes: list[subprocess.Popen[Any]] = []
     logs.mkdir(parents=True, exist_ok=True)
     try:
-        for node in nodes:
+        for index, node in enumerate(nodes):
+            command, extra = pinned(
+                [
+                    *FEDPIPE,
+                    "node",
+                    "--fedbiomed",
+                    f"{researcher.host}:{researcher.port}",
+                    "--root",
+                    str(node.root),
+                    "--researcher-certificate",
+                    str(researcher.certificate),
+                    "--node-name",
+                    node.name,
+                ],
+                index,
+                pin,
+            )
             with (logs / f"{node.name}.log").open("w") as log:
                 processes.append(
                     subprocess.Popen(
-                        [
-                            *FEDPIPE,
-                            "node",
-                            "--fedbiomed",
-                            f"{researcher.host}:{researcher.port}",
-                            "--root",
-                            str(node.root),
-                            "--researcher-certificate",
-                            str(researcher.certificate),
-                            "--node-name",
-                            node.name,
-                        ],
+                        command,
                         cwd=REPO,
-                        env=_env(),
+                        env={**_env(), **extra},
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,

@@ -206,20 +206,35 @@ def create_federation(
     return researcher, nodes
 
 
+def pinned(command: list[str], index: int, pin: bool) -> tuple[list[str], dict[str, str]]:
+    """``command`` on CPU ``index`` (modulo the CPUs) with one torch thread when ``pin``: each
+    node as if on a machine of its own (benchmarks); unchanged otherwise. Also the extra env."""
+    if not pin:
+        return command, {}
+    cpu = index % (os.cpu_count() or 1)
+    return ["taskset", "-c", str(cpu), *command], {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 @contextlib.contextmanager
 def running_nodes(
-    python: Path, nodes: Sequence[StockNode], *, cwd: Path
+    python: Path, nodes: Sequence[StockNode], *, cwd: Path, pin: bool = False
 ) -> Iterator[list[subprocess.Popen[Any]]]:
-    """Run each stock node in the foreground for the block's duration; all are stopped on exit."""
+    """Run each stock node in the foreground for the block's duration; all are stopped on exit.
+
+    ``pin`` puts node i on CPU i with one torch thread (see ``pinned``).
+    """
     processes: list[subprocess.Popen[Any]] = []
     try:
-        for node in nodes:
+        for index, node in enumerate(nodes):
+            command, extra = pinned(
+                [str(python), str(HARNESS), "start-node", "--dir", str(node.dir)], index, pin
+            )
             with (node.dir.parent / f"{node.dir.name}.log").open("w") as log:
                 processes.append(
                     subprocess.Popen(
-                        [str(python), str(HARNESS), "start-node", "--dir", str(node.dir)],
+                        command,
                         cwd=cwd,
-                        env=harness_env(),
+                        env={**harness_env(), **extra},
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
