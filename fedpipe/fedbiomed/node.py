@@ -9,6 +9,7 @@ plan status, approval); the round worker runs train requests one at a time throu
 Metrics go to the researcher as Scalar feedback while the round runs.
 """
 
+import json
 import logging
 import queue
 import signal
@@ -25,6 +26,7 @@ from returns.result import Failure, Success
 
 from fedpipe.bootstrap import SETTINGS_FILE, Node, _OfflineExchange, load_or_create_settings
 from fedpipe.compose import NamedStep
+from fedpipe.errors import printable
 from fedpipe.fedbiomed.compat import FedbiomedPlanLoader
 from fedpipe.fedbiomed.mapping import (
     InlineRound,
@@ -306,6 +308,7 @@ class FedbiomedNode:
         reply = round_reply(message, run, **ids)
         for note in reply.notes:
             log.warning("experiment %s: %s", request.job_id, note)
+        self._tell_researcher(request, run, reply.notes)
         self._send(reply.kind, reply.fields)
         done = time.perf_counter()
         outcome = "success" if run.reply.success else f"failed ({run.reply.msg})"
@@ -323,6 +326,27 @@ class FedbiomedNode:
             done - ran,
         )
         return run
+
+    def _tell_researcher(self, request: TrainRequest, run: RoundRun, reply_notes: Sequence[str]) -> None:
+        """Log feedback to the researcher's console: a failed round's public text, the round's notes.
+
+        Only texts meant for the researcher (``RoundError.public``, round notes) are sent.
+        """
+        if isinstance(run.result, Failure):
+            self._log_feedback("ERROR", f"Round {request.round} failed: {run.result.failure().public}")
+            return
+        for note in (*run.result.unwrap().notes, *reply_notes):
+            self._log_feedback("WARNING", f"Round {request.round}: {note}")
+
+    def _log_feedback(self, level: str, text: str) -> None:
+        record = {
+            "asctime": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "node_id": self.settings.node_id,
+            "name": "fedpipe.node",
+            "level": level,
+            "message": printable(text, limit=2000),
+        }
+        self.link.feedback(LogFeedback(node_id=self.settings.node_id, level=level, msg=json.dumps(record)))
 
     # --- sending --------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ becomes float32, with a note). Every other step is the standard one: approval, s
 ``split_data`` keeps its name but draws the test subset as Fed-BioMed 6.4.1 does (see
 ``fedpipe.fedbiomed.compat.steps``), so a stock node and a fedpipe node split alike.
 
+>>> from fedpipe.compose import names
 >>> from fedpipe.testing import fake_ports
 >>> from fedpipe.fedbiomed.mapping import InlineRound
 >>> inline = InlineRound(request_id="r", researcher_id="R", experiment_id="e", plan_source="",

@@ -5,6 +5,7 @@ gRPC server); the stores are the node's real SQLite ones, the plan the sent Fed-
 dataset a CSV shard on disk.
 """
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,10 @@ def test_an_unapproved_plan_is_refused(served: Any) -> None:
     ((_, reply),) = link.replies()
     assert reply["success"] is False
     assert "approv" in reply["msg"].lower()
+    # the researcher's console hears of it too: Log feedback, JSON with a "message" (as 6.4.1 reads it)
+    (logged,) = [f for f in link.feedback_items if isinstance(f, LogFeedback)]
+    assert logged.level == "ERROR" and logged.node_id == NODE_ID
+    assert json.loads(logged.msg)["message"] == f"Round 0 failed: {reply['msg']}"
 
 
 @pytest.fixture(autouse=True)
