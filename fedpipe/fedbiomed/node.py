@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from attrs import evolve
 from returns.result import Failure, Success
 
+from fedpipe.approval import canonical_source
 from fedpipe.bootstrap import SETTINGS_FILE, Node, _OfflineExchange, load_or_create_settings
 from fedpipe.compose import NamedStep
 from fedpipe.errors import printable
@@ -54,8 +55,24 @@ __all__ = ["FedbiomedNode", "FeedbackMonitor", "Link", "run_fedbiomed_node"]
 
 log = logging.getLogger("fedpipe.node")
 
+STOP_GRACE_SECONDS = 30
+"""How long a stopping node waits for the round in hand (plan code that never returns cannot be
+interrupted in-process: the node then stops without that round's reply; nothing half-saved, the
+state is written last and atomically)."""
+
 MAX_QUEUED_MESSAGES = 256
 """Messages received but not yet handled; past this a message is answered with an error reply."""
+
+MAX_QUEUED_BYTES_FACTOR = 4
+"""Received messages wait in at most this many times the message size bound of memory; past it,
+a message is answered with an error reply (each may be up to ``max_message_bytes`` long)."""
+
+MAX_QUEUED_ROUNDS = 4
+"""Train requests waiting for the round worker (each holds its decoded parameters); past this a
+train request is answered with an error reply instead of queued. A Fed-BioMed researcher sends one
+per node and round, so only a misbehaving one meets the bound."""
+
+_STOPPING_TEXT = "The node is stopping; this round was not run."
 
 _MANAGEMENT = frozenset(
     {"SearchRequest", "ListRequest", "PingRequest", "ApprovalRequest", "TrainingPlanStatusRequest"}
@@ -113,17 +130,38 @@ class FedbiomedNode:
             monitor=FeedbackMonitor(link, node_name),
         )
         self._inbox: queue.Queue[tuple[float, bytes] | None] = queue.Queue(MAX_QUEUED_MESSAGES)
+        self._inbox_bytes = 0  # bytes waiting in the inbox, under _inbox_lock
+        self._inbox_lock = threading.Lock()
+        self._max_inbox_bytes = MAX_QUEUED_BYTES_FACTOR * max_message_bytes
+        # bounded by the dispatcher (its only producer) so that stop's sentinel never blocks
         self._rounds: queue.Queue[tuple[float, Message] | None] = queue.Queue()
+        self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # --- receiving ------------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        """Queue one message from the transport (called on its thread; never blocks, never raises)."""
-        try:
-            self._inbox.put_nowait((time.perf_counter(), data))
-        except queue.Full:
-            log.error("dropped a message: %d messages are already waiting", MAX_QUEUED_MESSAGES)
+        """Queue one message from the transport (called on its thread; never raises).
+
+        Past ``MAX_QUEUED_MESSAGES`` waiting messages, or ``MAX_QUEUED_BYTES_FACTOR`` times the
+        message bound of waiting bytes, the message is answered with an error reply instead.
+        """
+        with self._inbox_lock:
+            fits = self._inbox_bytes + len(data) <= self._max_inbox_bytes
+            if fits:
+                try:
+                    self._inbox.put_nowait((time.perf_counter(), data))
+                except queue.Full:
+                    fits = False
+                else:
+                    self._inbox_bytes += len(data)
+        if not fits:
+            log.error(
+                "dropped a message of %d bytes: %d messages (%d bytes) are already waiting",
+                len(data),
+                self._inbox.qsize(),
+                self._inbox_bytes,
+            )
             self._answer_undecoded(data, "The node is overloaded; the request was not handled.")
 
     def start(self) -> None:
@@ -138,11 +176,24 @@ class FedbiomedNode:
             self._threads.append(thread)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop after the message and round in hand (a running round finishes and is answered)."""
+        """Stop after the round in hand: it finishes and is answered; waiting ones are refused.
+
+        Messages already received are still handled (management ones answered, train requests
+        answered with an error reply); ``timeout`` bounds each thread's join.
+        """
+        self._stopping.set()
         self._inbox.put(None)
+        dispatcher = [t for t in self._threads if t.name == "fedbiomed-dispatch"]
+        for thread in dispatcher:
+            # every train request the dispatcher queues goes in before the rounds' sentinel
+            thread.join(timeout)
         self._rounds.put(None)
         for thread in self._threads:
             thread.join(timeout)
+
+    def busy(self) -> bool:
+        """Whether a thread of this node is still running (after ``stop``: a round that did not end)."""
+        return any(thread.is_alive() for thread in self._threads)
 
     # --- dispatching ----------------------------------------------------------------------------
 
@@ -151,6 +202,8 @@ class FedbiomedNode:
             item = self._inbox.get()
             if item is None:
                 return
+            with self._inbox_lock:
+                self._inbox_bytes -= len(item[1])
             try:
                 self.handle(item[1], arrived=item[0])
             except Exception:  # the dispatcher must outlive a bug in one handler
@@ -174,11 +227,51 @@ class FedbiomedNode:
             )
             return
         if message.kind == "TrainRequest":
-            self._rounds.put((time.perf_counter() if arrived is None else arrived, message))
+            self._queue_round(message, arrived)
             return
-        reply = self._management(message)
+        try:
+            reply = self._management(message)
+        except Exception:  # a store's bug: the researcher still gets an answer, never silence
+            log.exception("could not answer a %s", message.kind)
+            reply = (
+                "ErrorMessage",
+                error_message(
+                    message,
+                    node_id=self.settings.node_id,
+                    node_name=self.node_name,
+                    extra_msg=f"The node could not handle this `{message.kind}`.",
+                ),
+            )
         if reply is not None:
             self._send(*reply)
+
+    def _queue_round(self, message: Message, arrived: float | None) -> None:
+        """Hand a train request to the round worker, or refuse it when stopping or too many wait."""
+        if self._stopping.is_set():
+            self._refuse_round(message, _STOPPING_TEXT)
+            return
+        if self._rounds.qsize() >= MAX_QUEUED_ROUNDS:
+            log.error(
+                "refused a train request: %d are already waiting for the round worker", MAX_QUEUED_ROUNDS
+            )
+            self._refuse_round(
+                message,
+                f"The node is busy: {MAX_QUEUED_ROUNDS} train requests are already waiting; this round was not run.",
+            )
+            return
+        self._rounds.put((time.perf_counter() if arrived is None else arrived, message))
+
+    def _refuse_round(self, message: Message, text: str) -> None:
+        self._send(
+            "ErrorMessage",
+            error_message(
+                message,
+                node_id=self.settings.node_id,
+                node_name=self.node_name,
+                extra_msg=text,
+                errnum="FB300",
+            ),
+        )
 
     def _management(self, message: Message) -> tuple[str, dict[str, Any]] | None:
         ids = {"node_id": self.settings.node_id, "node_name": self.node_name}
@@ -230,16 +323,16 @@ class FedbiomedNode:
 
         source = str(message.fields.get("training_plan", ""))
         description = str(message.fields.get("description", ""))
-        existing = self.node.approvals.find(source)
-        if existing is not None:
-            return approval_reply(
-                message,
-                **ids,
-                success=True,
-                plan_id=existing.plan_id,
-                text=f"This training plan is already registered here ({existing.status.value}).",
-            )
         try:
+            existing = self.node.approvals.find(source)  # raises for a source that does not parse
+            if existing is not None:
+                return approval_reply(
+                    message,
+                    **ids,
+                    success=True,
+                    plan_id=existing.plan_id,
+                    text=f"This training plan is already registered here ({existing.status.value}).",
+                )
             record = self.node.approvals.register(
                 source,
                 description=description[:1000],
@@ -254,7 +347,8 @@ class FedbiomedNode:
                 **ids,
                 success=False,
                 plan_id=None,
-                text="The training plan could not be registered for review (it does not parse).",
+                text="The training plan could not be registered for review"
+                + (" (it does not parse)." if isinstance(canonical_source(source), Failure) else "."),
             )
         log.info(
             "training plan %s registered as Pending for review (`fedpipe plans show --id %s`)",
@@ -271,9 +365,12 @@ class FedbiomedNode:
             if item is None:
                 return
             arrived, message = item
+            if self._stopping.is_set():
+                self._refuse_round(message, _STOPPING_TEXT)
+                continue
             try:
                 self.train(message, arrived=arrived)
-            except Exception:  # a bug outside the round's own boundary: answer, go on
+            except BaseException:  # a plan may raise SystemExit here: the worker must live on
                 log.exception("a train request could not be handled")
                 self._send(
                     "ErrorMessage",
@@ -370,6 +467,10 @@ class FedbiomedNode:
         log.error("refused a researcher message: %s", error.reason)
         if error.request_id is None:
             return  # nothing to answer: the researcher cannot be waiting for it
+        if error.researcher_id is not None and error.researcher_id != self.researcher_id:
+            # as for a readable message: another researcher's request is not ours to answer
+            log.error("not answered: it names researcher %r, not %r", error.researcher_id, self.researcher_id)
+            return
         self._send(
             "ErrorMessage",
             error_message(
@@ -423,7 +524,7 @@ def run_fedbiomed_node(
     researcher, certificate mismatch, wrong host name, bad address).
     """
     from fedpipe.adapters.lock import NodeLock
-    from fedpipe.fedbiomed.tls import pin_researcher, wait_reachable
+    from fedpipe.fedbiomed.tls import check_owner_choice, pin_researcher, wait_reachable
     from fedpipe.fedbiomed.transport import ResearcherLink
 
     stop = stop or threading.Event()
@@ -437,6 +538,10 @@ def run_fedbiomed_node(
             socket.getaddrinfo(host, port)
         except OSError:
             log.error("cannot resolve the researcher's host name %r", host)
+            return 2
+        offline = check_owner_choice(certificate_file, fingerprint)
+        if isinstance(offline, Failure):  # a misconfiguration is told now, not once the researcher is up
+            log.error("%s", offline.failure())
             return 2
         if not wait_reachable(host, port, stop, log=log):
             return 0  # stopped while waiting
@@ -484,7 +589,12 @@ def run_fedbiomed_node(
                 try:
                     link.run(stop)
                 finally:
-                    server.stop()
+                    server.stop(timeout=STOP_GRACE_SECONDS)
+                    if server.busy():
+                        log.warning(
+                            "a round was still running %d s after the stop; the node stops without its reply",
+                            STOP_GRACE_SECONDS,
+                        )
         finally:
             link.close()
     log.info("node %s stopped", settings.node_id)

@@ -38,6 +38,7 @@ __all__ = [
     "FINGERPRINT_OPTION",
     "PINS_DIR",
     "PinnedResearcher",
+    "check_owner_choice",
     "fetch_certificate",
     "fingerprint",
     "names_match",
@@ -349,6 +350,17 @@ def _owner_choice(
             f"the researcher certificate {certificate_file} has fingerprint {of_file}, not the given {confirmed}"
         )
     return Success((of_file, f"{of_file} of {certificate_file}"))
+
+
+def check_owner_choice(certificate_file: Path | None, fingerprint: str | None) -> Result[None, str]:
+    """Check what the owner gives to pin, without the network: a readable certificate, a fingerprint.
+
+    The same one-line failures as ``pin_researcher`` for a certificate file that cannot be read
+    or is not one certificate, a text that is not a SHA-256 fingerprint, or a file whose
+    fingerprint is not the given one; so a node can refuse them before it waits for the researcher.
+    """
+    choice = _owner_choice(certificate_file, fingerprint)
+    return Success(None) if isinstance(choice, Success) else Failure(choice.failure())
 
 
 def pin_researcher(

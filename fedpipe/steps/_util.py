@@ -18,11 +18,12 @@ def call_plan(step: str, code: ErrorCode, what: str, fn: Callable[[], T]) -> Res
     """Run user plan code: its value as a Success, any exception as a ``code`` failure.
 
     Plan code is foreign, so every exception it raises is expected here; the detail (type and
-    message) goes to the node log, the researcher reads only ``what``.
+    message) goes to the node log, the researcher reads only ``what``. A plan calling ``exit()``
+    (``SystemExit``) fails its round the same way: it must not stop the node.
     """
     try:
         return Success(fn())
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         return Failure(
             RoundError(
                 code=code,

@@ -67,7 +67,12 @@ def served(tmp_path: Path) -> Any:
     csv = shard(tmp_path)
     node.datasets.add(
         DatasetRecord(
-            dataset_id="bc-1", name="bc-1", path=str(csv), data_type="csv", shape=(284, 31), tags=("breast-cancer",)
+            dataset_id="bc-1",
+            name="bc-1",
+            path=str(csv),
+            data_type="csv",
+            shape=(284, 31),
+            tags=("breast-cancer",),
         )
     )
     link = RecordingLink()
@@ -296,7 +301,9 @@ _json = st.recursive(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    kind=st.sampled_from(["PingRequest", "SearchRequest", "ListRequest", "TrainRequest", "Nope", "ApprovalRequest"]),
+    kind=st.sampled_from(
+        ["PingRequest", "SearchRequest", "ListRequest", "TrainRequest", "Nope", "ApprovalRequest"]
+    ),
     fields=st.dictionaries(
         st.sampled_from(
             ["request_id", "researcher_id", "protocol_version", "tags", "training_plan", "description", "x"]
@@ -322,3 +329,173 @@ def test_parse_address_refuses_urls_and_bad_ports() -> None:
     for bad in ("127.0.0.1", "http://127.0.0.1:50051", "127.0.0.1:0", "127.0.0.1:99999", ":50051"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_address(bad)
+
+
+# --- review fixes: every request answered, the worker survives, bounded queues, stop ------------
+
+
+def test_an_approval_request_whose_source_does_not_parse_is_answered(served: Any) -> None:
+    server, link = served
+    server.handle(_request("ApprovalRequest", description="d", training_plan="def f(:"))
+    ((kind, reply),) = link.replies()
+    assert kind == "ApprovalReply" and reply["success"] is False and reply["request_id"] == "request_1"
+    assert "does not parse" in reply["message"]
+    assert [r.status for r in server.node.approvals.list()] == [Approval.APPROVED]  # only the fixture's plan
+
+
+def test_a_store_failure_in_a_management_request_still_gets_an_error_reply(served: Any) -> None:
+    server, link = served
+    server.node.close()  # every store access now fails
+    server.handle(_request("ListRequest"))
+    server.handle(_request("SearchRequest", tags=["breast-cancer"]))
+    replies = link.replies()
+    assert [k for k, _ in replies] == ["ErrorMessage", "ErrorMessage"]
+    assert all(r["request_id"] == "request_1" and "/" not in r["extra_msg"] for _, r in replies)
+
+
+def test_an_unreadable_request_of_another_researcher_is_not_answered(served: Any) -> None:
+    server, link = served
+    bad = {
+        "__type_message__": {"module": "fedbiomed.common.message", "class": "SearchRequest"},
+        "protocol_version": "7",
+        "request_id": "request_4",
+        "researcher_id": "RESEARCHER_other",
+        "tags": "breast-cancer",  # does not decode, but its ids are recovered
+    }
+    server.handle(dumps(bad))
+    assert link.sent == []
+
+
+def _wait_for_replies(link: RecordingLink, count: int) -> list[tuple[str, dict[str, Any]]]:
+    done = threading.Event()
+
+    def poll() -> None:
+        while len(link.sent) < count and not done.wait(0.05):
+            pass
+        done.set()
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    watcher.join(120)
+    done.set()
+    return link.replies()
+
+
+def test_a_plan_that_raises_system_exit_does_not_kill_the_round_worker(served: Any) -> None:
+    server, link = served
+    exiting = SENT.replace(
+        "def training_step(self, data, target):\n",
+        "def training_step(self, data, target):\n        raise SystemExit(3)\n",
+    )
+    assert exiting != SENT
+    server.node.approvals.register(exiting, status=Approval.APPROVED)
+    server.start()
+    try:
+        server.handle(_train_request(training_plan=exiting, request_id="request_exit"))
+        server.handle(_train_request(request_id="request_next"))
+        replies = _wait_for_replies(link, 2)
+    finally:
+        server.stop(timeout=60)
+    # exit() in plan code fails that round like any plan exception, and the next one runs
+    assert [(k, r["request_id"]) for k, r in replies] == [
+        ("TrainReply", "request_exit"),
+        ("TrainReply", "request_next"),
+    ]
+    assert replies[0][1]["success"] is False and replies[0][1]["msg"]
+    assert replies[1][1]["success"] is True, replies[1][1]["msg"]
+
+
+def test_train_requests_beyond_the_queue_bound_are_refused(served: Any) -> None:
+    from fedpipe.fedbiomed.node import MAX_QUEUED_ROUNDS
+
+    server, link = served
+    # the worker is not started: every accepted request stays queued
+    for i in range(MAX_QUEUED_ROUNDS + 2):
+        server.handle(_train_request(request_id=f"request_{i}"))
+    replies = link.replies()
+    assert [r["request_id"] for _, r in replies] == [
+        f"request_{i}" for i in range(MAX_QUEUED_ROUNDS, MAX_QUEUED_ROUNDS + 2)
+    ]
+    assert all(k == "ErrorMessage" and "busy" in r["extra_msg"] for k, r in replies)
+
+
+def test_the_inbox_is_bounded_in_bytes_and_answers_what_does_not_fit(served: Any) -> None:
+    server, _ = served
+    link = RecordingLink()
+    small = FedbiomedNode(
+        server.node, link, researcher_id=RESEARCHER, node_name="fp1", max_message_bytes=4096
+    )
+    padded = [
+        _request("ApprovalRequest", request_id=f"request_{i}", description="x" * 3000, training_plan="x = 1")
+        for i in range(8)
+    ]
+    for data in padded:  # not started: nothing leaves the inbox
+        small.receive(data)
+    fitting = (4 * 4096) // len(padded[0])
+    replies = link.replies()
+    assert [r["request_id"] for _, r in replies] == [f"request_{i}" for i in range(fitting, 8)]
+    assert all(k == "ErrorMessage" and "overloaded" in r["extra_msg"] for k, r in replies)
+
+
+class BlockingFeedbackLink(RecordingLink):
+    """A RecordingLink whose first feedback call waits until released (the round is then in hand)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_round = threading.Event()
+        self.release = threading.Event()
+
+    def feedback(self, item: ScalarFeedback | LogFeedback) -> bool:
+        self.in_round.set()
+        self.release.wait(120)
+        return super().feedback(item)
+
+
+def test_stop_finishes_the_round_in_hand_and_refuses_the_waiting_ones(served: Any) -> None:
+    server, _ = served
+    link = BlockingFeedbackLink()
+    node = FedbiomedNode(
+        server.node, link, researcher_id=RESEARCHER, node_name="fp1", max_message_bytes=MAX_BYTES
+    )
+    node.start()
+    node.handle(_train_request(request_id="request_0"))
+    assert link.in_round.wait(120)
+    node.handle(_train_request(request_id="request_1"))
+    node.handle(_train_request(request_id="request_2"))
+    stopping = threading.Thread(target=node.stop)
+    stopping.start()
+    link.release.set()
+    stopping.join(120)
+    assert not stopping.is_alive()
+    replies = link.replies()
+    assert [(k, r["request_id"]) for k, r in replies] == [
+        ("TrainReply", "request_0"),
+        ("ErrorMessage", "request_1"),
+        ("ErrorMessage", "request_2"),
+    ]
+    assert replies[0][1]["success"] is True
+    assert all("stopping" in r["extra_msg"] for _, r in replies[1:])
+
+
+@pytest.mark.parametrize("option", ["fingerprint", "certificate_file"])
+def test_a_bad_pin_option_is_refused_before_waiting_for_the_researcher(tmp_path: Path, option: str) -> None:
+    import socket
+
+    from fedpipe.fedbiomed.node import run_fedbiomed_node
+
+    with socket.socket() as sock:  # a port where no researcher listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    given: dict[str, Any] = (
+        {"fingerprint": "SHA256:nope"}
+        if option == "fingerprint"
+        else {"certificate_file": tmp_path / "missing.pem"}
+    )
+    stop = threading.Event()
+    safety = threading.Timer(60, stop.set)  # without the check the node would wait for the researcher
+    safety.start()
+    try:
+        code = run_fedbiomed_node(tmp_path / "node", address=f"127.0.0.1:{port}", stop=stop, **given)
+    finally:
+        safety.cancel()
+    assert code == 2

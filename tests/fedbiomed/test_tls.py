@@ -21,6 +21,7 @@ from returns.result import Failure, Success
 from fedpipe.fedbiomed.tls import (
     FINGERPRINT_OPTION,
     PinnedResearcher,
+    check_owner_choice,
     fetch_certificate,
     fingerprint,
     names_match,
@@ -394,3 +395,19 @@ def test_a_corrupt_stored_pin_is_one_line(
         tmp_path, HOST, stub.port, fingerprint=fingerprint(certificate.certificate)
     ).unwrap()
     assert fingerprint(path.read_bytes()) == fingerprint(certificate.certificate)
+
+
+def test_what_the_owner_gives_is_checked_without_the_network(
+    tmp_path: Path, certificate: StubCertificate
+) -> None:
+    good = tmp_path / "researcher.pem"
+    good.write_bytes(certificate.certificate)
+    assert check_owner_choice(None, None) == Success(None)
+    assert check_owner_choice(good, None) == Success(None)
+    assert check_owner_choice(good, fingerprint(certificate.certificate)) == Success(None)
+    assert "not a SHA-256 fingerprint" in one_line(check_owner_choice(None, "xyz"))
+    assert "cannot read" in one_line(check_owner_choice(tmp_path / "missing.pem", None))
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    assert "not a PEM certificate" in one_line(check_owner_choice(tmp_path / "junk.pem", None))
+    other = make_certificate(HOST, "RESEARCHER_other").certificate
+    assert "not the given" in one_line(check_owner_choice(good, fingerprint(other)))
