@@ -1,0 +1,3 @@
+"""The vector maker runs under the Fed-BioMed scratch environment only: pytest never imports it."""
+
+collect_ignore = ["make_lom_vectors.py"]
