@@ -20,10 +20,12 @@ with the exception's type and message in the node log and a public text with nei
 traceback. Loads are serialised by a lock, since ``sys.modules`` is process-wide.
 """
 
+import contextlib
 import sys
 import threading
 import types
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,37 @@ def _within(module: types.ModuleType, directory: Path) -> bool:
         return Path(file).resolve().is_relative_to(directory)
     except (OSError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def isolated_module(module: types.ModuleType, directory: Path) -> Iterator[None]:
+    """Run a plan module's code leaving no trace: ``sys.path``, ``sys.modules`` and the bytecode
+    switch are as they were afterwards.
+
+    Inside, ``module`` is registered under its name (dataclasses, typing and pickle look a module
+    up by name) and no ``__pycache__`` is written; afterwards every module it added that is the
+    plan's own (its name or below) or lives in ``directory`` is removed, and any module it
+    replaced is put back.
+    """
+    saved_path = list(sys.path)
+    saved_modules = dict(sys.modules)
+    saved_bytecode = sys.dont_write_bytecode
+    try:
+        sys.dont_write_bytecode = True  # helpers the plan imports from its directory leave no __pycache__
+        sys.modules[module.__name__] = module
+        yield
+    finally:
+        sys.dont_write_bytecode = saved_bytecode
+        sys.path[:] = saved_path
+        directory = directory.resolve()
+        name_of = module.__name__
+        for name in [n for n in sys.modules if n not in saved_modules]:
+            added = sys.modules[name]
+            if name == name_of or name.startswith(name_of + ".") or _within(added, directory):
+                del sys.modules[name]
+        for name, previous in saved_modules.items():
+            if sys.modules.get(name) is not previous:
+                sys.modules[name] = previous
 
 
 class ModulePlanLoader:
@@ -115,12 +148,7 @@ class ModulePlanLoader:
         module_name = f"fedpipe_plan_{uuid.uuid4().hex}"
         module = types.ModuleType(module_name)
         module.__file__ = str(source_path)
-        saved_path = list(sys.path)
-        saved_modules = dict(sys.modules)
-        saved_bytecode = sys.dont_write_bytecode
-        try:
-            sys.dont_write_bytecode = True  # helpers the plan imports from its directory leave no __pycache__
-            sys.modules[module_name] = module  # dataclasses, typing and pickle look the module up by name
+        with isolated_module(module, Path(source_path).parent):
             try:
                 exec(code, module.__dict__)  # noqa: S102 the researcher's plan: approved (or approval off) before this step
             except (Exception, SystemExit) as err:  # foreign code: every exception is expected here
@@ -132,17 +160,6 @@ class ModulePlanLoader:
                     )
                 )
             return self._instantiate(module, class_name)
-        finally:
-            sys.dont_write_bytecode = saved_bytecode
-            sys.path[:] = saved_path
-            directory = source_path.parent.resolve()
-            for name in [n for n in sys.modules if n not in saved_modules]:
-                added = sys.modules[name]
-                if name == module_name or name.startswith(module_name + ".") or _within(added, directory):
-                    del sys.modules[name]
-            for name, previous in saved_modules.items():
-                if sys.modules.get(name) is not previous:
-                    sys.modules[name] = previous
 
     @staticmethod
     def _instantiate(module: types.ModuleType, class_name: str) -> Result[TrainingPlan, RoundError]:

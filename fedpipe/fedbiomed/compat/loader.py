@@ -18,7 +18,6 @@ when the source is loaded, rather than in the middle of the round.
 
 import ast
 import builtins
-import sys
 import threading
 import types
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 
 from returns.result import Failure, Result, Success
 
+from fedpipe.adapters.plan_loader import isolated_module
 from fedpipe.errors import ErrorCode, RoundError, printable
 from fedpipe.fedbiomed.compat.errors import FedbiomedError, UnsupportedFeature
 from fedpipe.fedbiomed.compat.plan import TorchTrainingPlan
@@ -56,16 +56,6 @@ _LOCK = threading.Lock()
 
 def _failed(detail: str, public: str, cause: BaseException | None = None) -> RoundError:
     return RoundError(code=ErrorCode.PLAN_LOAD_FAILED, step="", detail=detail, public=public, cause=cause)
-
-
-def _within(module: types.ModuleType, directory: Path) -> bool:
-    file = getattr(module, "__file__", None)
-    if not isinstance(file, str):
-        return False
-    try:
-        return Path(file).resolve().is_relative_to(directory)
-    except (OSError, ValueError):
-        return False
 
 
 def _raised_public(err: BaseException) -> str:
@@ -145,12 +135,7 @@ class FedbiomedPlanLoader:
         scoped = dict(vars(builtins))
         scoped["__import__"] = importer
         module.__dict__["__builtins__"] = scoped  # the plan's functions keep these builtins when called later
-        saved_path = list(sys.path)
-        saved_modules = dict(sys.modules)
-        saved_bytecode = sys.dont_write_bytecode
-        try:
-            sys.dont_write_bytecode = True
-            sys.modules[module_name] = module  # dataclasses and typing look the module up by name
+        with isolated_module(module, Path(source_path).parent):
             try:
                 exec(code, module.__dict__)  # noqa: S102 the researcher's plan: approved (or approval off) before this step
                 check_surface_uses(tree, module.__dict__, importer)
@@ -163,17 +148,6 @@ class FedbiomedPlanLoader:
                     )
                 )
             return self._instantiate(module, class_name)
-        finally:
-            sys.dont_write_bytecode = saved_bytecode
-            sys.path[:] = saved_path
-            directory = source_path.parent.resolve()
-            for name in [n for n in sys.modules if n not in saved_modules]:
-                added = sys.modules[name]
-                if name == module_name or name.startswith(module_name + ".") or _within(added, directory):
-                    del sys.modules[name]
-            for name, previous in saved_modules.items():
-                if sys.modules.get(name) is not previous:
-                    sys.modules[name] = previous
 
     @staticmethod
     def _instantiate(module: types.ModuleType, class_name: str) -> Result[TrainingPlan, RoundError]:
