@@ -393,7 +393,14 @@ def _release(version: str) -> tuple[int, int, int] | None:
     return parts[0], parts[1], parts[2]
 
 
-def field_problem(kind: str, fields: Mapping[Any, Any], *, sending: bool = False) -> str | None:
+def field_problem(
+    kind: str,
+    fields: Mapping[Any, Any],
+    *,
+    sending: bool = False,
+    table: Mapping[str, tuple[FieldSpec, ...]] | None = None,
+    family: str = "a Fed-BioMed 6.4.1 message class",
+) -> str | None:
     """Why ``fields`` are not exactly the fields of class ``kind`` with fitting values (None if they are).
 
     The key set must equal the class' fields; every value must be of a kind the field takes
@@ -402,9 +409,9 @@ def field_problem(kind: str, fields: Mapping[Any, Any], *, sending: bool = False
     >>> field_problem("PingRequest", {"protocol_version": "7", "request_id": None, "researcher_id": 3})
     '`PingRequest.researcher_id` must be str, not int'
     """
-    specs = MESSAGE_FIELDS.get(kind)
+    specs = (MESSAGE_FIELDS if table is None else table).get(kind)
     if specs is None:
-        return f"`{printable(kind)}` is not a Fed-BioMed 6.4.1 message class"
+        return f"`{printable(kind)}` is not {family}"
     names = {spec.name for spec in specs}
     for key in fields:
         if not isinstance(key, str):

@@ -268,22 +268,9 @@ def split_additive(secret: int, parties: int) -> list[int]:
 
 
 def _problem(kind: str, fields: Mapping[Any, Any], *, sending: bool) -> str | None:
-    specs = INNER_FIELDS.get(kind)
-    if specs is None:
-        return f"`{printable(kind)}` is not a node-to-node message class"
-    names = {spec.name for spec in specs}
-    for key in fields:
-        if not isinstance(key, str):
-            return f"`{kind}` field names must be strings"
-        if key not in names:
-            return f"`{kind}` has no field `{printable(key)}`"
-    for spec in specs:
-        if spec.name not in fields:
-            return f"`{kind}` lacks field `{spec.name}`"
-        problem = spec.problem(fields[spec.name], sending=sending)
-        if problem is not None:
-            return f"`{kind}.{spec.name}` {problem}"
-    return None
+    return field_problem(
+        kind, fields, sending=sending, table=INNER_FIELDS, family="a node-to-node message class"
+    )
 
 
 def inner_dict(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
