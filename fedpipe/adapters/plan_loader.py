@@ -20,6 +20,7 @@ with the exception's type and message in the node log and a public text with nei
 traceback. Loads are serialised by a lock, since ``sys.modules`` is process-wide.
 """
 
+import ast
 import contextlib
 import sys
 import threading
@@ -69,6 +70,45 @@ def _within(module: types.ModuleType, directory: Path) -> bool:
         return False
 
 
+def compile_plan(source_path: Path) -> Result[tuple[types.CodeType, ast.Module], RoundError]:
+    """Read and compile a plan source file: its code object and syntax tree, or why it cannot be.
+
+    Unreadable or non-UTF-8 files, syntax errors (with the line) and sources the compiler refuses
+    (null bytes, absurd nesting) are ``plan_load_failed`` failures; nothing of the plan runs here.
+    """
+    try:
+        source = source_path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return Failure(
+            _failed(
+                f"cannot read plan source {source_path}: {type(err).__name__}: {err}",
+                "The training plan source could not be read as UTF-8 text.",
+                err,
+            )
+        )
+    try:
+        tree = ast.parse(source, str(source_path))
+        code = compile(tree, str(source_path), "exec", dont_inherit=True)
+    except SyntaxError as err:
+        line = f" at line {err.lineno}" if err.lineno else ""
+        return Failure(
+            _failed(
+                f"plan source {source_path} has a syntax error{line}: {err.msg}",
+                f"The training plan source is not valid Python (syntax error{line}).",
+                err,
+            )
+        )
+    except (ValueError, RecursionError, MemoryError) as err:
+        return Failure(
+            _failed(
+                f"plan source {source_path} cannot be compiled: {type(err).__name__}: {err}",
+                "The training plan source could not be compiled.",
+                err,
+            )
+        )
+    return Success((code, tree))
+
+
 @contextlib.contextmanager
 def isolated_module(module: types.ModuleType, directory: Path) -> Iterator[None]:
     """Run a plan module's code leaving no trace: ``sys.path``, ``sys.modules`` and the bytecode
@@ -110,35 +150,10 @@ class ModulePlanLoader:
         exception while the module runs, no such class, a constructor that needs arguments or
         raises, or a plan missing protocol methods.
         """
-        try:
-            source = Path(source_path).read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            return Failure(
-                _failed(
-                    f"cannot read plan source {source_path}: {type(err).__name__}: {err}",
-                    "The training plan source could not be read as UTF-8 text.",
-                    err,
-                )
-            )
-        try:
-            code = compile(source, str(source_path), "exec", dont_inherit=True)
-        except SyntaxError as err:
-            line = f" at line {err.lineno}" if err.lineno else ""
-            return Failure(
-                _failed(
-                    f"plan source {source_path} has a syntax error{line}: {err.msg}",
-                    f"The training plan source is not valid Python (syntax error{line}).",
-                    err,
-                )
-            )
-        except (ValueError, RecursionError, MemoryError) as err:
-            return Failure(
-                _failed(
-                    f"plan source {source_path} cannot be compiled: {type(err).__name__}: {err}",
-                    "The training plan source could not be compiled.",
-                    err,
-                )
-            )
+        compiled = compile_plan(Path(source_path))
+        if isinstance(compiled, Failure):
+            return compiled
+        code, _ = compiled.unwrap()
         with _LOCK:
             return self._run(code, Path(source_path), class_name)
 

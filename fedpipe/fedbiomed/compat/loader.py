@@ -26,7 +26,7 @@ from typing import Any
 
 from returns.result import Failure, Result, Success
 
-from fedpipe.adapters.plan_loader import isolated_module
+from fedpipe.adapters.plan_loader import compile_plan, isolated_module
 from fedpipe.errors import ErrorCode, RoundError, printable
 from fedpipe.fedbiomed.compat.errors import FedbiomedError, UnsupportedFeature
 from fedpipe.fedbiomed.compat.plan import TorchTrainingPlan
@@ -92,36 +92,10 @@ class FedbiomedPlanLoader:
         module runs, no such class, a class that is not a surface ``TorchTrainingPlan`` or that
         overrides what the node drives, a constructor that needs arguments or raises.
         """
-        try:
-            source = Path(source_path).read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            return Failure(
-                _failed(
-                    f"cannot read plan source {source_path}: {type(err).__name__}: {err}",
-                    "The training plan source could not be read as UTF-8 text.",
-                    err,
-                )
-            )
-        try:
-            tree = ast.parse(source, str(source_path))
-            code = compile(tree, str(source_path), "exec", dont_inherit=True)
-        except SyntaxError as err:
-            line = f" at line {err.lineno}" if err.lineno else ""
-            return Failure(
-                _failed(
-                    f"plan source {source_path} has a syntax error{line}: {err.msg}",
-                    f"The training plan source is not valid Python (syntax error{line}).",
-                    err,
-                )
-            )
-        except (ValueError, RecursionError, MemoryError) as err:
-            return Failure(
-                _failed(
-                    f"plan source {source_path} cannot be compiled: {type(err).__name__}: {err}",
-                    "The training plan source could not be compiled.",
-                    err,
-                )
-            )
+        compiled = compile_plan(Path(source_path))
+        if isinstance(compiled, Failure):
+            return compiled
+        code, tree = compiled.unwrap()
         with _LOCK:
             return self._run(code, tree, Path(source_path), class_name)
 
