@@ -21,6 +21,7 @@ grpcio's exceptions are translated here and nowhere else.
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -94,7 +95,8 @@ class ResearcherLink:
         poll_deadline: float = 3600.0,
         send_retries: int = 5,
         send_timeout: float = 600.0,
-        feedback_timeout: float = 10.0,
+        feedback_timeout: float = 5.0,
+        feedback_pause: float = 10.0,
     ) -> None:
         self.researcher = researcher
         self.node_id = node_id
@@ -107,6 +109,10 @@ class ResearcherLink:
         self.send_attempts = 1 + max(0, send_retries)
         self.send_timeout = send_timeout
         self.feedback_timeout = feedback_timeout
+        # after a failed Feedback, items are dropped at once for this long: a researcher that
+        # accepts connections but never answers would otherwise hold every batch for the timeout
+        self.feedback_pause = feedback_pause
+        self._feedback_resume = 0.0  # time.monotonic() before which feedback is dropped
         self._request = encode_task_request(node_id)
         self._credentials = grpc.ssl_channel_credentials(root_certificates=researcher.certificate)
         self._lock = threading.Lock()
@@ -362,6 +368,10 @@ class ResearcherLink:
                 err,
             )
             return False
+        with self._lock:
+            paused = time.monotonic() < self._feedback_resume
+        if paused:
+            return False
         channel = self._sender()
         if channel is None:
             return False
@@ -370,6 +380,7 @@ class ResearcherLink:
         except (grpc.RpcError, ValueError) as err:
             with self._lock:
                 first, self._feedback_failing = not self._feedback_failing, True
+                self._feedback_resume = time.monotonic() + self.feedback_pause
             if first and not self._closed.is_set():
                 why = _why(err) if isinstance(err, grpc.RpcError) else str(err)
                 self.log.warning(

@@ -382,7 +382,7 @@ def test_feedback_reaches_the_researcher_with_its_id(
 def test_feedback_failures_are_logged_once_and_never_raise(
     stub: ResearcherStub, start_node: Callable[..., Node]
 ) -> None:
-    node = start_node(stub, feedback_timeout=2.0)
+    node = start_node(stub, feedback_timeout=2.0, feedback_pause=0.0)
     assert stub.wait_for(polls(1))
     stub.stop()
     assert [node.link.feedback(scalar()) for _ in range(3)] == [False] * 3
@@ -392,3 +392,18 @@ def test_feedback_failures_are_logged_once_and_never_raise(
     assert node.lines.matching("feedback reaches the researcher")
     assert node.link.feedback(evolve(scalar(), total_samples=2**40)) is False  # not an int32
     assert node.lines.matching("does not fit the wire")
+
+
+def test_after_a_failed_feedback_items_are_dropped_for_a_while(
+    stub: ResearcherStub, start_node: Callable[..., Node]
+) -> None:
+    """A researcher that fails Feedback does not hold the training loop for a timeout per batch."""
+    node = start_node(stub, feedback_timeout=2.0, feedback_pause=3600.0)
+    assert stub.wait_for(polls(1))
+    stub.stop()
+    assert node.link.feedback(scalar()) is False  # tried: the researcher is gone
+    stub.start()
+    assert eventually(lambda: node.link.send(b"the researcher is back"))  # replies get through
+    # within the pause no feedback is tried, though the researcher is back
+    assert [node.link.feedback(scalar()) for _ in range(5)] == [False] * 5
+    assert stub.of_kind("feedback") == []
