@@ -220,29 +220,14 @@ def _existing_root(root: Path) -> None:
 
 
 def _csv_shape(path: Path) -> tuple[int, int]:
-    """Rows (the header excluded) and columns of a CSV file; ValueError with a one-line reason."""
-    import csv
+    """Rows and columns of a CSV dataset as the round reads it; ValueError with a one-line reason."""
+    from fedpipe.fedbiomed.compat.datasets import csv_shape
+    from fedpipe.training import PlanError
 
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if not header:
-                raise ValueError(f"{path} is empty: a CSV dataset needs a header row")
-            rows = 0
-            for line in reader:
-                if not line:
-                    continue
-                if len(line) != len(header):
-                    raise ValueError(
-                        f"{path}: row {rows + 2} has {len(line)} columns, the header {len(header)}"
-                    )
-                rows += 1
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not a UTF-8 CSV file") from err
-    except csv.Error as err:
-        raise ValueError(f"{path} is not a valid CSV file: {err}") from err
-    return rows, len(header)
+        return csv_shape(path)
+    except PlanError as err:
+        raise ValueError(f"{path}: {err}") from err
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:

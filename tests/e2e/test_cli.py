@@ -131,3 +131,31 @@ def test_node_needs_a_readable_token_file(tmp_path: Path, capsys: pytest.Capture
         assert code == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_datasets_add_reads_a_csv_as_the_round_will(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The shape is the one the round's reader sees (a ';' file has 2 columns), tags are kept, and a
+    file the round could not read, or no file at all, is refused at once in one line."""
+    from fedpipe.bootstrap import open_owner
+
+    root = tmp_path / "node"
+    semi = tmp_path / "semi.csv"
+    semi.write_text("a;label\n1.5;0\n2.5;1\n3.5;0\n")
+    add = ["datasets", "add", "--root", str(root), "--id", "semi", "--path", str(semi), "--tags", "x,y"]
+    assert main(add) == 0
+    with open_owner(root) as owner:
+        (record,) = owner.datasets.list()
+    assert (record.data_type, record.shape, record.tags) == ("csv", (3, 2), ("x", "y"))
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b,c\n1,2,3\n4,5\n6,7,8\n")
+    capsys.readouterr()
+    assert main(["datasets", "add", "--root", str(root), "--id", "r", "--path", str(ragged)]) == 1
+    assert (
+        main(["datasets", "add", "--root", str(root), "--id", "n", "--path", str(tmp_path / "none.csv")]) == 1
+    )
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+    assert main(["datasets", "list", "--root", str(tmp_path / "elsewhere")]) == 1
+    assert not (tmp_path / "elsewhere").exists()

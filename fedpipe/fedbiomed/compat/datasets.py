@@ -32,7 +32,7 @@ from fedpipe.fedbiomed.compat.errors import (
     FedbiomedValueError,
 )
 
-__all__ = ["CustomDataset", "DataReturnFormat", "Dataset", "TabularDataset", "default_types"]
+__all__ = ["CustomDataset", "DataReturnFormat", "Dataset", "TabularDataset", "csv_shape", "default_types"]
 
 _SNIFF_CHARS = 32768  # what 6.4.1 reads to detect the delimiter and the header
 
@@ -216,6 +216,13 @@ class _Table:
         if all(a.dtype == np.int64 for a in arrays):
             return np.stack(arrays, axis=1) if arrays else np.zeros((self.n_rows, 0), dtype=np.int64)
         return np.stack([a.astype(np.float64) for a in arrays], axis=1)
+
+
+def csv_shape(path: Path) -> tuple[int, int]:
+    """Data rows and columns of a CSV dataset, read as a round will read it (delimiter and header
+    sniffed, rows checked); ``FedbiomedDatasetError`` with a one-line reason otherwise."""
+    table = _Table.read(Path(path))
+    return table.n_rows, len(table.names)
 
 
 def _numeric(values: list[str]) -> Column:
