@@ -57,6 +57,7 @@ __all__ = [
     "Node",
     "NodeAdminError",
     "NullMonitor",
+    "OfflineExchange",
     "SystemClock",
     "UnconfiguredCrypter",
     "load_or_create_settings",
@@ -269,8 +270,9 @@ def load_or_create_settings(
     return settings
 
 
-class _OfflineExchange:
-    """The exchange of an owner session: it runs no rounds, so it moves no files."""
+class OfflineExchange:
+    """A FileExchange that moves no files: for an owner session, which runs no rounds, and for
+    transports whose messages carry every payload inline (a Fed-BioMed 6.x federation)."""
 
     def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
         return Failure(RoundError(code=ErrorCode.DOWNLOAD_FAILED, step="", detail="owner session: offline"))
@@ -286,7 +288,7 @@ def open_owner(root: Path | str, *, node_id: str | None = None, gpu: bool = Fals
     if gpu and not settings.gpu.gpu:
         settings = evolve(settings, gpu=GpuPolicy(gpu=True))
         save_settings(settings)
-    return Node.open(settings, exchange=_OfflineExchange())
+    return Node.open(settings, exchange=OfflineExchange())
 
 
 def _default_crypter() -> SecaggCrypter:

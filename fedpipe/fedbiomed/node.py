@@ -25,7 +25,7 @@ from attrs import evolve
 from returns.result import Failure, Success
 
 from fedpipe.approval import canonical_source
-from fedpipe.bootstrap import SETTINGS_FILE, Node, _OfflineExchange, load_or_create_settings
+from fedpipe.bootstrap import SETTINGS_FILE, Node, OfflineExchange, load_or_create_settings
 from fedpipe.compose import NamedStep
 from fedpipe.errors import printable
 from fedpipe.fedbiomed.compat import FedbiomedPlanLoader
@@ -125,7 +125,7 @@ class FedbiomedNode:
         self.max_message_bytes = max_message_bytes
         self.ports: Ports = evolve(
             node.ports,
-            exchange=_OfflineExchange(),
+            exchange=OfflineExchange(),
             plans=FedbiomedPlanLoader(),
             monitor=FeedbackMonitor(link, node_name),
         )
@@ -565,7 +565,7 @@ def run_fedbiomed_node(
             log=log,
         )
         try:
-            with Node.open(settings, exchange=_OfflineExchange()) as node:
+            with Node.open(settings, exchange=OfflineExchange()) as node:
                 removed = node.clean_workspaces()
                 if removed:
                     log.warning("removed %d round workspace(s) left by an earlier run", removed)

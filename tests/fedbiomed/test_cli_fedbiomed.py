@@ -96,7 +96,7 @@ def test_a_pinned_certificate_that_changed_is_refused(stub: ResearcherStub, tmp_
         str(tmp_path / "other.pem"),
     )
     line = _one_line_error(done)
-    assert fingerprint(other.certificate) in line or fingerprint(stub.certificate.certificate) in line
+    assert fingerprint(other.certificate) in line and fingerprint(stub.certificate.certificate) in line
 
 
 def test_a_fingerprint_confirmed_once_is_pinned_and_the_node_serves(stub: ResearcherStub, tmp_path: Path) -> None:
