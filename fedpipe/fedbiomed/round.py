@@ -19,6 +19,8 @@ becomes float32, with a note). Every other step is the standard one: approval, s
 ...                      params={}, aggregator_args={}, aux_vars={}, secagg_arguments=None)
 >>> names(fedbiomed_round(fake_ports(), inline))[3:6]
 ('take_plan', 'check_approval', 'take_params')
+>>> names(fedbiomed_round(fake_ports(), inline)) == FEDBIOMED_STEPS
+True
 >>> names(fedbiomed_validation_round(fake_ports(), inline))[-3:]
 ('ingest_aux_vars', 'split_data', 'validate_global')
 """
@@ -50,6 +52,18 @@ __all__ = [
     "take_params",
     "take_plan",
 ]
+
+
+# standard step -> the step of this variant that takes its place
+_RENAMED = {
+    "fetch_plan": "take_plan",
+    "fetch_params": "take_params",
+    "fetch_aggregator_args": "take_aggregator_args",
+    "fetch_aux_vars": "take_aux_vars",
+    "upload_results": "prepare_reply",
+}
+FEDBIOMED_STEPS: tuple[str, ...] = tuple(_RENAMED.get(n, n) for n in STANDARD_STEPS)
+"""The step names of ``fedbiomed_round``, in order."""
 
 
 def _bad(step: str, detail: str, public: str) -> RoundError:
@@ -182,14 +196,3 @@ def fedbiomed_validation_round(ports: Ports, inline: InlineRound) -> Round:
     """The validation-only variant (``training: false``): validate the global model, save nothing."""
     training_only = tuple(_RENAMED.get(n, n) for n in TRAINING_ONLY_STEPS)
     return without(fedbiomed_round(ports, inline), *training_only)
-
-
-_RENAMED = {
-    "fetch_plan": "take_plan",
-    "fetch_params": "take_params",
-    "fetch_aggregator_args": "take_aggregator_args",
-    "fetch_aux_vars": "take_aux_vars",
-    "upload_results": "prepare_reply",
-}
-FEDBIOMED_STEPS: tuple[str, ...] = tuple(_RENAMED.get(n, n) for n in STANDARD_STEPS)
-"""The step names of ``fedbiomed_round``, in order."""
