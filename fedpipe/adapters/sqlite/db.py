@@ -12,7 +12,9 @@ by a round that must always reply.
 """
 
 import contextlib
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ from fedpipe.errors import ErrorCode, RoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "NodeAdminError", "now_iso", "store_error"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 STORE_ERRORS: Final = (sqlite3.Error, OSError, ValueError)
 """What the stores translate at the edge: SQLite and file errors, and ``ValueError`` for stored data
@@ -100,6 +102,22 @@ _MIGRATIONS: Final[dict[int, str]] = {
         PRIMARY KEY (secagg_id, round)
     );
     """,
+    # 2: the results of the Fed-BioMed secure-aggregation set-ups, kept across restarts: the LOM
+    # pairwise secrets of a context, and this node's private key for the overlay channel to each peer.
+    2: """
+    CREATE TABLE secagg_dh_contexts (
+        secagg_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        parties TEXT NOT NULL,
+        secrets TEXT NOT NULL,
+        date_added TEXT NOT NULL
+    );
+    CREATE TABLE overlay_channels (
+        peer_id TEXT PRIMARY KEY,
+        key_pem TEXT NOT NULL,
+        date_added TEXT NOT NULL
+    );
+    """,
 }
 
 
@@ -117,11 +135,37 @@ def store_error(code: ErrorCode, detail: str, public: str = "", *, retryable: bo
     return RoundError(code=code, step="", detail=detail, public=public, retryable=retryable)
 
 
+def _make_private(path: Path) -> None:
+    """Create ``path`` readable by its owner only, or take group and other access off an existing one.
+
+    The file holds secret key material. SQLite gives its ``-wal`` and ``-shm`` files the mode of the
+    database file, so a private database keeps its journal private too. An empty file is a valid,
+    empty SQLite database. A file owned by another user is left as it is: the owner chose its mode.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        return
+    if os.name != "posix":
+        return
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            info = file.stat()
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077:
+                file.chmod(info.st_mode & 0o700)
+
+
 class Database:
     """One node database file, one connection, one lock; ``transaction()`` for every access."""
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
         """Open (creating if needed) the database at ``path`` and bring its schema up to date.
+
+        The file is created with mode 0600, and an existing one of this user loses group and other
+        access, because it holds secure-aggregation keys.
 
         Raises ``NodeAdminError`` when the file cannot be opened, is not a database, or was
         written by a newer schema version.
@@ -130,6 +174,7 @@ class Database:
         self._lock = threading.RLock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private(self.path)
             conn = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )
