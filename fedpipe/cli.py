@@ -139,6 +139,7 @@ def _fedbiomed_node(args: argparse.Namespace) -> int:
             node_name=args.node_name,
             certificate_file=args.researcher_certificate,
             fingerprint=args.researcher_fingerprint,
+            insecure_validation=not args.no_secagg_validation,
         )
     except (NodeLocked, NodeAdminError, ValueError) as err:
         return _error(str(err))
@@ -364,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="--fedbiomed: confirm the served certificate by its fingerprint once; it is then pinned",
     )
     node.add_argument("--node-name", default=None, help="--fedbiomed: the name the researcher sees")
+    node.add_argument(
+        "--no-secagg-validation",
+        action="store_true",
+        help="--fedbiomed: do not send the secure-aggregation validation factor (it reveals the first "
+        "encrypted values of the update to the researcher; a researcher that validates then refuses the round)",
+    )
     node.add_argument(
         "--root", type=Path, required=True, help="the node's directory (settings, database, workspaces)"
     )

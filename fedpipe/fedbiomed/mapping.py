@@ -25,8 +25,10 @@ from returns.result import Failure, Result, Success
 
 from fedpipe.args import parse_training_args_mapping
 from fedpipe.codec.dtypes import ALLOWED_DTYPES, BFLOAT16
+from fedpipe.context import TrainingOutcome, Update
 from fedpipe.errors import ErrorCode, RoundError, printable
 from fedpipe.fedbiomed.messages import PROTOCOL_VERSION, Message, MessageError
+from fedpipe.fedbiomed.secure import FedbiomedSecagg, secagg_of
 from fedpipe.fedbiomed.wire import ScalarFeedback
 from fedpipe.plan import DatasetRecord
 from fedpipe.ports import Approval, MetricEvent
@@ -44,7 +46,6 @@ from fedpipe.runner import RoundRun
 
 __all__ = [
     "APPROVAL_OFF_TEXT",
-    "SECAGG_UNSUPPORTED",
     "TRAINING_ARGS_DEFAULTS",
     "InlineRound",
     "OutgoingReply",
@@ -63,7 +64,6 @@ __all__ = [
     "translate_training_args",
 ]
 
-SECAGG_UNSUPPORTED: Final = "Secure aggregation in Fed-BioMed federations is not supported by this node yet."
 APPROVAL_OFF_TEXT: Final = "This node does not require training plan approval (maybe for debugging purposes)."
 _UNKNOWN_RESEARCHER: Final = "<unknown>"  # what 6.4.1's node names an unknown researcher
 
@@ -103,7 +103,8 @@ class InlineRound:
 
     ``params`` maps names to tensors; ``aggregator_args`` and ``aux_vars`` are the researcher's
     as decoded (they may hold tensors: 6.4.1's SCAFFOLD correction states travel in the
-    aggregator arguments); ``secagg_arguments`` is None or empty for a plain round.
+    aggregator arguments); ``secagg_arguments`` is None or empty for a plain round, and
+    ``secagg`` holds them checked for a secure one.
     """
 
     request_id: str
@@ -114,6 +115,7 @@ class InlineRound:
     aggregator_args: Mapping[str, Any] = field(eq=False, repr=False)
     aux_vars: Mapping[str, Any] = field(eq=False, repr=False)
     secagg_arguments: Mapping[str, Any] | None = field(eq=False, repr=False)
+    secagg: FedbiomedSecagg | None = None
 
 
 @frozen(kw_only=True)
@@ -294,7 +296,7 @@ def train_request_of(message: Message) -> Result[tuple[TrainRequest, InlineRound
     tensors; ``aggregator_args`` and ``optim_aux_var`` JSON that may hold tensors. The request
     gets ``job_id`` = ``experiment_id`` and empty URLs (nothing is downloaded); its
     ``aggregator_args`` are the plain-JSON entries, the full ones are in the ``InlineRound``.
-    A non-empty ``secagg_arguments`` is refused (``SECAGG_UNSUPPORTED``).
+    A non-empty ``secagg_arguments`` must pass ``fedpipe.fedbiomed.secure.secagg_of``.
     """
     if message.kind != "TrainRequest":
         return Failure(_bad("__type_message__", "must name a TrainRequest", message.kind))
@@ -325,15 +327,9 @@ def train_request_of(message: Message) -> Result[tuple[TrainRequest, InlineRound
     secagg = fields.get("secagg_arguments")
     if secagg is not None and not isinstance(secagg, Mapping):
         return Failure(_bad("secagg_arguments", "must be an object or null", secagg))
-    if secagg:
-        return Failure(
-            RoundError(
-                code=ErrorCode.SECAGG_CONFIG,
-                step="check_secagg",
-                detail=f"the researcher asked for secure aggregation ({len(secagg)} secagg arguments)",
-                public=SECAGG_UNSUPPORTED,
-            )
-        )
+    checked_secagg = secagg_of(secagg)
+    if isinstance(checked_secagg, Failure):
+        return Failure(checked_secagg.failure())
     model_args = _json_field(fields, "model_args")
     if isinstance(model_args, Failure):
         return Failure(model_args.failure())
@@ -375,6 +371,7 @@ def train_request_of(message: Message) -> Result[tuple[TrainRequest, InlineRound
         aggregator_args=MappingProxyType(aggregator_args.unwrap()),
         aux_vars=MappingProxyType(aux_vars.unwrap()),
         secagg_arguments=None if secagg is None else MappingProxyType(dict(secagg)),
+        secagg=checked_secagg.unwrap(),
     )
     return Success((request, inline))
 
@@ -709,7 +706,10 @@ def _success_train_reply(
     if update is None or outcome is None:
         return failed(_UPDATE_REFUSED, "the round succeeded without an update or a training outcome")
     if update.encrypted:
-        return failed(SECAGG_UNSUPPORTED, "an encrypted update cannot be sent to a Fed-BioMed researcher")
+        cipher, factor = update.model_weights, update.encryption_factor
+        if not _ints(cipher) or not (factor is None or _ints(factor)):
+            return failed(_UPDATE_REFUSED, "an encrypted update that is not a list of ints was not sent")
+        return _encrypted_train_reply(base, update, outcome, state_id)
     try:
         weights, notes = fedbiomed_update(update.model_weights)
     except (TypeError, ValueError) as err:
@@ -740,6 +740,30 @@ def _success_train_reply(
         "optim_aux_var": thaw(update.aux_vars),
         "encryption_factor": None,
     }, notes
+
+
+def _ints(values: Any) -> bool:
+    return isinstance(values, list | tuple) and bool(values) and all(type(v) is int and v >= 0 for v in values)
+
+
+def _encrypted_train_reply(
+    base: dict[str, Any], update: Update, outcome: TrainingOutcome, state_id: str | None
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A secure round's TrainReply: the flat ciphertexts and the factor as lists of ints, as 6.4.1."""
+    factor = update.encryption_factor
+    return base | {
+        "timing": {
+            "rtime_training": float(outcome.rtime_training),
+            "ptime_training": float(outcome.ptime_training),
+        },
+        "state_id": state_id,
+        "sample_size": int(outcome.sample_size),
+        "encrypted": True,
+        "params": [int(c) for c in update.model_weights],
+        "optimizer_args": thaw(update.optimizer_args),
+        "optim_aux_var": thaw(update.aux_vars),
+        "encryption_factor": None if factor is None else [int(c) for c in factor],
+    }, ()
 
 
 def _train_reply(

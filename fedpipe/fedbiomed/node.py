@@ -44,8 +44,9 @@ from fedpipe.fedbiomed.mapping import (
 )
 from fedpipe.fedbiomed.messages import Message, MessageError, decode_message, encode_message
 from fedpipe.fedbiomed.round import fedbiomed_round, fedbiomed_validation_round
+from fedpipe.fedbiomed.secure import SecaggSetups, SecaggStore
 from fedpipe.fedbiomed.wire import LogFeedback, ScalarFeedback
-from fedpipe.ports import Approval, MetricEvent, Ports
+from fedpipe.ports import Approval, MetricEvent, Ports, SecaggCrypter
 from fedpipe.request import TrainRequest
 from fedpipe.runner import RoundRun, execute_round
 from fedpipe.settings import NodeSettings
@@ -77,6 +78,12 @@ _STOPPING_TEXT = "The node is stopping; this round was not run."
 _MANAGEMENT = frozenset(
     {"SearchRequest", "ListRequest", "PingRequest", "ApprovalRequest", "TrainingPlanStatusRequest"}
 )
+_SECAGG_SETUP = frozenset(
+    {"SecaggRequest", "AdditiveSSSetupRequest", "SecaggDeleteRequest", "OverlayMessage"}
+)
+
+_EXPIRY_CHECK_SECONDS = 1.0
+"""How often the dispatcher looks for secure-aggregation set-ups that ran out of time."""
 
 
 class Link(Protocol):
@@ -115,8 +122,13 @@ class FedbiomedNode:
         researcher_id: str,
         node_name: str,
         max_message_bytes: int,
+        insecure_validation: bool = True,
     ) -> None:
-        """Serve ``node``'s stores and rounds to the researcher ``researcher_id`` over ``link``."""
+        """Serve ``node``'s stores and rounds to the researcher ``researcher_id`` over ``link``.
+
+        ``insecure_validation``: send the secure-aggregation validation factor that 6.4.1's
+        researcher checks by default (see ``fedpipe.fedbiomed.secure`` for what it reveals).
+        """
         self.node = node
         self.link = link
         self.settings: NodeSettings = node.settings
@@ -129,6 +141,12 @@ class FedbiomedNode:
             plans=FedbiomedPlanLoader(),
             monitor=FeedbackMonitor(link, node_name),
         )
+        self.insecure_validation = insecure_validation
+        self.secagg_store: SecaggStore = node.secagg_keys
+        self.secagg = SecaggSetups.open(
+            node_id=self.settings.node_id, node_name=node_name, store=self.secagg_store
+        )
+        self.jl_crypter = compatible_crypter(node.ports.crypter)
         self._inbox: queue.Queue[tuple[float, bytes] | None] = queue.Queue(MAX_QUEUED_MESSAGES)
         self._inbox_bytes = 0  # bytes waiting in the inbox, under _inbox_lock
         self._inbox_lock = threading.Lock()
@@ -199,7 +217,12 @@ class FedbiomedNode:
 
     def _dispatch_loop(self) -> None:
         while True:
-            item = self._inbox.get()
+            try:
+                item = self._inbox.get(timeout=_EXPIRY_CHECK_SECONDS)
+            except queue.Empty:
+                self._expire_setups()
+                continue
+            self._expire_setups()
             if item is None:
                 return
             with self._inbox_lock:
@@ -208,6 +231,11 @@ class FedbiomedNode:
                 self.handle(item[1], arrived=item[0])
             except Exception:  # the dispatcher must outlive a bug in one handler
                 log.exception("bug while handling a researcher message")
+
+    def _expire_setups(self) -> None:
+        if self.secagg.waiting:
+            for reply in self.secagg.expire():
+                self._send(*reply)
 
     def handle(self, data: bytes, *, arrived: float | None = None) -> None:
         """Decode one message and answer it (management), queue it (training) or refuse it."""
@@ -228,6 +256,29 @@ class FedbiomedNode:
             return
         if message.kind == "TrainRequest":
             self._queue_round(message, arrived)
+            return
+        if message.kind in _SECAGG_SETUP:
+            try:
+                outgoing = self.secagg.handle(message)
+            except Exception:  # a bug in a set-up must not end the dispatcher, nor go unanswered
+                log.exception("could not handle a %s", message.kind)
+                outgoing = (
+                    []
+                    if message.kind == "OverlayMessage"
+                    else [
+                        (
+                            "ErrorMessage",
+                            error_message(
+                                message,
+                                node_id=self.settings.node_id,
+                                node_name=self.node_name,
+                                extra_msg="The node could not set secure aggregation up.",
+                            ),
+                        )
+                    ]
+                )
+            for kind, fields in outgoing:
+                self._send(kind, fields)
             return
         try:
             reply = self._management(message)
@@ -286,9 +337,6 @@ class FedbiomedNode:
             return "TrainingPlanStatusReply", self._plan_status(message, ids)
         if kind == "ApprovalRequest":
             return "ApprovalReply", self._approval(message, ids)
-        if kind == "OverlayMessage":
-            log.warning("ignored a relayed node-to-node message: secure aggregation is not set up here")
-            return None
         return "ErrorMessage", error_message(
             message,
             **ids,
@@ -400,7 +448,7 @@ class FedbiomedNode:
             "training" if request.training else "validation only",
         )
         started = time.perf_counter()
-        run = execute_round(request, self.ports, self.settings, rounds=_selector(inline))
+        run = execute_round(request, self.ports, self.settings, rounds=self._selector(inline))
         ran = time.perf_counter()
         reply = round_reply(message, run, **ids)
         for note in reply.notes:
@@ -423,6 +471,20 @@ class FedbiomedNode:
             done - ran,
         )
         return run
+
+    def _selector(self, inline: InlineRound) -> Callable[[Ports, TrainRequest], Sequence[NamedStep]]:
+        def rounds(ports: Ports, request: TrainRequest) -> Sequence[NamedStep]:
+            if request.training:
+                return fedbiomed_round(
+                    ports,
+                    inline,
+                    secagg_store=self.secagg_store,
+                    crypter=self.jl_crypter,
+                    insecure_validation=self.insecure_validation,
+                )
+            return fedbiomed_validation_round(ports, inline, secagg_store=self.secagg_store)
+
+        return rounds
 
     def _tell_researcher(self, request: TrainRequest, run: RoundRun, reply_notes: Sequence[str]) -> None:
         """Log feedback to the researcher's console: a failed round's public text, the round's notes.
@@ -497,13 +559,20 @@ class FedbiomedNode:
         )
 
 
-def _selector(inline: InlineRound) -> Callable[[Ports, TrainRequest], Sequence[NamedStep]]:
-    def rounds(ports: Ports, request: TrainRequest) -> Sequence[NamedStep]:
-        return (
-            fedbiomed_round(ports, inline) if request.training else fedbiomed_validation_round(ports, inline)
-        )
+def compatible_crypter(crypter: SecaggCrypter) -> SecaggCrypter:
+    """The Joye-Libert crypter of a Fed-BioMed federation: compatible packing, no checksum slot.
 
-    return rounds
+    It shares ``crypter``'s mask workers (masks do not depend on the packing), so closing the
+    node's crypter stops both. Without the secagg extra, ``crypter`` itself (it refuses).
+    """
+    try:
+        from fedpipe.secagg import Encoding, JoyeLibertCrypter, MaskPool
+    except ImportError:
+        return crypter
+    pool = getattr(crypter, "pool", None)
+    return JoyeLibertCrypter(
+        encoding=Encoding(checksum=False), pool=pool if isinstance(pool, MaskPool) else MaskPool()
+    )
 
 
 def run_fedbiomed_node(
@@ -515,6 +584,7 @@ def run_fedbiomed_node(
     certificate_file: Path | None = None,
     fingerprint: str | None = None,
     stop: threading.Event | None = None,
+    insecure_validation: bool = True,
 ) -> int:
     """Serve a Fed-BioMed 6.x researcher at ``address`` (HOST:PORT) until stopped: 0 on a clean stop.
 
@@ -575,6 +645,7 @@ def run_fedbiomed_node(
                     researcher_id=researcher.researcher_id,
                     node_name=name,
                     max_message_bytes=max_bytes,
+                    insecure_validation=insecure_validation,
                 )
                 holder.append(server)
                 server.start()

@@ -35,9 +35,10 @@ from returns.result import Failure, Result, Success
 from fedpipe.compose import NamedStep, Round, Step, replace, require, without
 from fedpipe.context import PlanSource, RoundContext, Update
 from fedpipe.errors import ErrorCode, RoundError
+from fedpipe.fedbiomed import secure
 from fedpipe.fedbiomed.compat.steps import split_data_fedbiomed
 from fedpipe.fedbiomed.mapping import InlineRound, fedbiomed_update
-from fedpipe.ports import Ports
+from fedpipe.ports import Ports, SecaggCrypter
 from fedpipe.rounds import STANDARD_STEPS, TRAINING_ONLY_STEPS, standard_round
 from fedpipe.steps.fetch import MAX_PLAN_SOURCE_BYTES
 from fedpipe.views import frozen_view
@@ -157,6 +158,8 @@ def prepare_reply(convert: Callable[[Any], tuple[Any, tuple[str, ...]]] = fedbio
 
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         def fill(update: Update) -> Result[RoundContext, RoundError]:
+            if update.encrypted:
+                return Success(ctx)  # ciphertexts go as they are, a list of ints
             try:
                 weights, notes = convert(update.model_weights)
             except (TypeError, ValueError) as err:
@@ -176,10 +179,44 @@ def prepare_reply(convert: Callable[[Any], tuple[Any, tuple[str, ...]]] = fedbio
     return step
 
 
-def fedbiomed_round(ports: Ports, inline: InlineRound) -> Round:
+def fedbiomed_round(
+    ports: Ports,
+    inline: InlineRound,
+    *,
+    secagg_store: secure.SecaggStore | None = None,
+    crypter: SecaggCrypter | None = None,
+    insecure_validation: bool = True,
+) -> Round:
     """The standard round over ``ports`` with the plan, parameters, aggregator args and aux vars
-    taken from the message, and the update prepared for the reply instead of uploaded."""
+    taken from the message, and the update prepared for the reply instead of uploaded.
+
+    ``check_secagg``, ``start_masks`` and ``encrypt_update`` are Fed-BioMed's
+    (``fedpipe.fedbiomed.secure``): the contexts come from ``secagg_store`` (None: a secure
+    request is refused), Joye-Libert encrypts with ``crypter`` (the compatible packing without
+    the checksum slot; default ``ports.crypter``) and the validation factor is sent when
+    ``insecure_validation``.
+    """
     steps = standard_round(ports)
+    jl = crypter if crypter is not None else ports.crypter
+    names = tuple(str(name) for name in inline.params)
+    steps = replace(
+        steps, "check_secagg", NamedStep("check_secagg", secure.check_secagg(inline.secagg, secagg_store))
+    )
+    steps = replace(
+        steps,
+        "start_masks",
+        NamedStep("start_masks", secure.start_masks(inline.secagg, secagg_store, jl, inline.params)),
+    )
+    steps = replace(
+        steps,
+        "encrypt_update",
+        NamedStep(
+            "encrypt_update",
+            secure.encrypt_update(
+                inline.secagg, secagg_store, jl, names=names, insecure_validation=insecure_validation
+            ),
+        ),
+    )
     steps = replace(steps, "fetch_plan", NamedStep("take_plan", take_plan(inline)))
     steps = replace(steps, "fetch_params", NamedStep("take_params", take_params(inline)))
     steps = replace(
@@ -192,7 +229,9 @@ def fedbiomed_round(ports: Ports, inline: InlineRound) -> Round:
     return replace(steps, "upload_results", NamedStep("prepare_reply", prepare_reply()))
 
 
-def fedbiomed_validation_round(ports: Ports, inline: InlineRound) -> Round:
+def fedbiomed_validation_round(
+    ports: Ports, inline: InlineRound, *, secagg_store: secure.SecaggStore | None = None
+) -> Round:
     """The validation-only variant (``training: false``): validate the global model, save nothing."""
     training_only = tuple(_RENAMED.get(n, n) for n in TRAINING_ONLY_STEPS)
-    return without(fedbiomed_round(ports, inline), *training_only)
+    return without(fedbiomed_round(ports, inline, secagg_store=secagg_store), *training_only)

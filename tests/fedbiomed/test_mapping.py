@@ -15,7 +15,6 @@ from fedpipe.context import RoundContext, TrainingOutcome, Update, new_context
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.fedbiomed.mapping import (
     APPROVAL_OFF_TEXT,
-    SECAGG_UNSUPPORTED,
     TRAINING_ARGS_DEFAULTS,
     approval_reply,
     error_message,
@@ -39,6 +38,7 @@ from fedpipe.fedbiomed.messages import (
     encode_message,
     field_problem,
 )
+from fedpipe.fedbiomed.secure import FedbiomedSecagg, Scheme
 from fedpipe.plan import DatasetRecord
 from fedpipe.ports import Approval, MetricEvent, NodeState
 from fedpipe.reply import header_of, to_reply
@@ -195,19 +195,54 @@ def test_plain_rounds_have_no_secagg_arguments(secagg: Any) -> None:
     assert not inline.secagg_arguments
 
 
-def test_secure_aggregation_is_refused_clearly() -> None:
-    secagg = {
-        "secagg_random": 0.844,
-        "secagg_clipping_range": None,
-        "secagg_scheme": 2,
-        "parties": ["a", "b"],
-    }
-    error = train_request_of(train_message(secagg_arguments=secagg)).failure()
-    assert (error.code, error.public) == (ErrorCode.SECAGG_CONFIG, SECAGG_UNSUPPORTED)
+SECURE = {
+    "secagg_random": 0.844,
+    "secagg_clipping_range": None,
+    "secagg_scheme": 2,
+    "parties": ["a", "b"],
+    "secagg_dh_id": "secagg_1",
+}
+
+
+def test_secure_arguments_are_checked_and_kept() -> None:
+    _, inline = train_request_of(train_message(secagg_arguments=SECURE)).unwrap()
+    assert inline.secagg == FedbiomedSecagg(
+        scheme=Scheme.LOM, context_id="secagg_1", parties=("a", "b"), random=0.844, clipping_range=None
+    )
+    jl = {**SECURE, "secagg_scheme": 1, "secagg_servkey_id": "k", "secagg_random": None}
+    del jl["secagg_dh_id"]
+    _, inline = train_request_of(train_message(secagg_arguments=jl)).unwrap()
+    assert inline.secagg is not None
+    assert (inline.secagg.scheme, inline.secagg.context_id, inline.secagg.random) == (
+        Scheme.JOYE_LIBERT,
+        "k",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "public"),
+    [
+        ({"secagg_scheme": 0}, "Bad secure-aggregation scheme in the request: 0."),
+        ({"secagg_scheme": "2"}, "Bad secure-aggregation scheme in the request: '2'."),
+        ({"secagg_clipping_range": 2.5}, "`secagg_clipping_range` must be a positive integer or null."),
+        ({"parties": ["a"]}, "The secure-aggregation parties must be at least two distinct node ids."),
+        ({"parties": ["a", "a"]}, "The secure-aggregation parties must be at least two distinct node ids."),
+        ({"secagg_dh_id": None}, "The request names no `secagg_dh_id`."),
+        (
+            {"secagg_random": float("nan")},
+            "`secagg_random` must be a finite number within the clipping range.",
+        ),
+        ({"secagg_random": 7.0}, "`secagg_random` must be a finite number within the clipping range."),
+    ],
+)
+def test_bad_secure_arguments_are_refused_clearly(change: dict[str, Any], public: str) -> None:
+    error = train_request_of(train_message(secagg_arguments={**SECURE, **change})).failure()
+    assert (error.code, error.public) == (ErrorCode.SECAGG_CONFIG, public)
     # as 6.4.1's round: a failed TrainReply, not an ErrorMessage
     reply = refusal_reply(train_message(), error, **NODE)
     assert reply.kind == "TrainReply"
-    assert (reply.fields["success"], reply.fields["msg"]) == (False, SECAGG_UNSUPPORTED)
+    assert (reply.fields["success"], reply.fields["msg"]) == (False, public)
     assert_sendable(reply.kind, reply.fields)
 
 
@@ -464,7 +499,17 @@ def test_an_update_missing_requested_parameters_is_a_failure() -> None:
     assert_sendable(reply.kind, reply.fields)
 
 
-def test_an_encrypted_update_is_never_sent() -> None:
+def test_an_encrypted_update_is_sent_as_6_4_1_sends_it() -> None:
+    message = reply_message("request_5")
+    cipher = [3, 2**64 - 1, 2**2047 + 5]
+    reply = round_reply(message, a_run(message, weights=cipher, encrypted=True), **NODE)
+    fields = reply.fields
+    assert (fields["success"], fields["encrypted"], fields["params"]) == (True, True, cipher)
+    assert fields["sample_size"] == 228 and fields["encryption_factor"] is None
+    assert_sendable(reply.kind, fields)
+
+
+def test_an_encrypted_update_that_is_not_ciphertexts_is_never_sent() -> None:
     message = reply_message("request_5")
     reply = round_reply(message, a_run(message, encrypted=True), **NODE)
     assert (reply.fields["success"], reply.fields["params"]) == (False, None)
