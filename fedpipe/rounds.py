@@ -83,7 +83,7 @@ def standard_round(ports: Ports) -> Round:
         NamedStep("collect_aux_vars", collect_aux_vars),
         NamedStep("validate_local", validate_local(ports.monitor, ports.clock)),
         NamedStep("make_update", make_update),
-        NamedStep("encrypt_update", encrypt_update(ports.crypter, ports.secagg_keys)),
+        NamedStep("encrypt_update", encrypt_update(ports.crypter, ports.secagg_keys, clock=ports.clock)),
         NamedStep("upload_results", upload_results(ports.exchange)),
         NamedStep("save_state", save_state(ports.states)),
     )

@@ -213,7 +213,12 @@ def fedbiomed_round(
         NamedStep(
             "encrypt_update",
             secure.encrypt_update(
-                inline.secagg, secagg_store, jl, names=names, insecure_validation=insecure_validation
+                inline.secagg,
+                secagg_store,
+                jl,
+                names=names,
+                insecure_validation=insecure_validation,
+                clock=ports.clock,
             ),
         ),
     )

@@ -48,7 +48,7 @@ from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError, printable
 from fedpipe.fedbiomed.messages import PROTOCOL_VERSION, Message
 from fedpipe.fedbiomed.overlay import DhSecrets, Overlay, SharedKey
-from fedpipe.ports import Biprime, SecaggCrypter, SecaggKeys, ServerKeyShare
+from fedpipe.ports import Biprime, Clock, SecaggCrypter, SecaggKeys, ServerKeyShare
 from fedpipe.request import is_identifier_text
 from fedpipe.secagg.lom import LomCrypter
 
@@ -342,11 +342,13 @@ def encrypt_update(
     *,
     names: Sequence[str],
     insecure_validation: bool = True,
+    clock: Clock | None = None,
 ) -> Step:
     """Encrypt the update for a Fed-BioMed researcher, and the validation factor (see the module).
 
     ``names`` are the parameters the researcher sent, in its order (the flattening order);
-    ``crypter`` the Joye-Libert crypter with the compatible packing and no checksum slot. The
+    ``crypter`` the Joye-Libert crypter with the compatible packing and no checksum slot;
+    ``clock`` times the encryption for the metadata (``encrypt_seconds``). The
     (context, round) pair is claimed first: a node never masks twice under the same round.
     Optimizer auxiliary variables are refused (6.4.1 encrypts them in a layout of its own).
     """
@@ -369,13 +371,13 @@ def encrypt_update(
         weight = int(training.sample_size)
 
         def encrypt(flat: np.ndarray) -> Result[RoundContext, RoundError]:
-            started = time.perf_counter()
+            started = None if clock is None else clock.perf_counter()
             factor_value = secagg.random if insecure_validation else None
             if secagg.scheme is Scheme.LOM:
                 outcome = _encrypt_lom(secagg, store, ctx, flat, weight, factor_value)
             else:
                 outcome = _encrypt_jl(secagg, store, crypter, ctx, flat, weight, factor_value)
-            seconds = time.perf_counter() - started
+            seconds = None if clock is None or started is None else clock.perf_counter() - started
 
             def finish(pair: tuple[list[int], list[int] | None, dict[str, Any]]) -> RoundContext:
                 cipher, factor, extra = pair
@@ -383,15 +385,21 @@ def encrypt_update(
                     "scheme": str(secagg.scheme),
                     "context_id": secagg.context_id,
                     "n_values": int(flat.size),
-                    "ciphertexts": len(cipher),
+                    "encrypted": {
+                        "weights": int(flat.size),
+                        "aux_values": 0,
+                        "factor": int(factor is not None),
+                    },
+                    "ciphertexts": len(cipher) + len(factor or ()),
                     "factor": factor is not None,
                     "factor_index": 0 if factor is not None else None,
                     "clipping_range": secagg.clipping_range or 3,
                     "num_nodes": len(secagg.parties),
                     "out_of_range": int(np.count_nonzero(np.abs(flat) > (secagg.clipping_range or 3))),
-                    "encrypt_seconds": round(seconds, 6),
                     **extra,
                 }
+                if seconds is not None:
+                    meta["encrypt_seconds"] = round(seconds, 6)
                 notes: tuple[str, ...] = (
                     (
                         f"secagg: {meta['out_of_range']} values beyond the clipping range "

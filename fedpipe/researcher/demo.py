@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from attrs import frozen
 
-from fedpipe.researcher.experiment import Experiment, ExperimentResult, RoundRecord
+from fedpipe.researcher.experiment import Experiment, ExperimentResult, RoundRecord, SecureReport
 
-__all__ = ["DEMO_PLAN_CLASS", "DemoOptions", "demo_plan_source", "run_demo"]
+__all__ = ["DEMO_PLAN_CLASS", "DemoOptions", "demo_plan_source", "run_demo", "secure_line", "secure_totals"]
 
 DEMO_PLAN_CLASS = "BreastCancerMlp"
 DATASET_ID = "breast-cancer"
@@ -179,6 +179,94 @@ def _fmt(value: float | None, pct: bool = True) -> str:
     return f"{100 * value:5.1f}%" if pct else f"{value:6.3f}"
 
 
+def _seconds(value: float | None) -> str:
+    """A duration as the demo prints it.
+
+    >>> _seconds(0.0042), _seconds(0.213), _seconds(3.42), _seconds(None)
+    ('4 ms', '0.21 s', '3.4 s', '-')
+    """
+    if value is None:
+        return "-"
+    if value < 0.1:
+        return f"{1000 * value:.0f} ms"
+    return f"{value:.2f} s" if value < 1 else f"{value:.1f} s"
+
+
+def _counts(values: list[int]) -> str:
+    """One count, or the range when the nodes differ.
+
+    >>> _counts([4097, 4097]), _counts([10, 12])
+    ('4,097', '10-12')
+    """
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
+def _many(count: int, word: str) -> str:
+    """``count`` and ``word``, plural unless one.
+
+    >>> _many(1, "round"), _many(1234, "value")
+    ('1 round', '1,234 values')
+    """
+    return f"{count:,} {word}" + ("" if count == 1 else "s")
+
+
+def _masks(reports: Sequence[SecureReport], *, total: bool = False) -> str:
+    """``, masks <cpu> cpu (<share>% ready)``, or nothing when no node reported its mask figures.
+
+    For one round: the largest mask CPU time and the least ready share of the nodes (the node the
+    round waited for); for the whole run (``total``): the sum, and the mean share.
+    """
+    cpu = [r.mask_cpu_seconds for r in reports if r.mask_cpu_seconds is not None]
+    ready = [r.precomputed_fraction for r in reports if r.precomputed_fraction is not None]
+    if not cpu:
+        return ""
+    text = f", masks {_seconds(sum(cpu) if total else max(cpu))} cpu"
+    if not ready:
+        return text
+    share = sum(ready) / len(ready) if total else min(ready)
+    return text + f" ({100 * share:.0f}% ready{' on average' if total else ''})"
+
+
+def secure_line(record: RoundRecord) -> str | None:
+    """The line that says a round was encrypted, or None for a plain round.
+
+    The encryption time is the slowest node's (the one the round waited for); a figure that no
+    node reported is left out.
+    """
+    reports = record.secure
+    if not reports:
+        return None
+    schemes = sorted({r.scheme for r in reports})
+    encrypt = [r.encrypt_seconds for r in reports if r.encrypt_seconds is not None]
+    clipped = sum(r.out_of_range for r in reports)
+    return (
+        f"round {record.round + 1}: secure ({', '.join(schemes)}) {_many(len(reports), 'node')}, "
+        f"{_counts([r.values for r in reports])} values -> {_counts([r.ciphertexts for r in reports])} "
+        "ciphertexts/node"
+        + (f", encrypt {_seconds(max(encrypt))}" if encrypt else "")
+        + _masks(reports)
+        + (f", {_many(clipped, 'value')} clipped" if clipped else "")
+    )
+
+
+def secure_totals(result: ExperimentResult) -> str | None:
+    """The secure-aggregation totals of the run, or None when no round was encrypted."""
+    reports = [r for record in result.rounds for r in record.secure]
+    if not reports:
+        return None
+    rounds = sum(1 for record in result.rounds if record.secure)
+    encrypt = [r.encrypt_seconds for r in reports if r.encrypt_seconds is not None]
+    return (
+        f"secure aggregation: {_many(rounds, 'round')}, {_many(len(reports), 'encrypted update')}, "
+        f"{_many(sum(r.values for r in reports), 'value')} -> "
+        f"{_many(sum(r.ciphertexts for r in reports), 'ciphertext')}"
+        + (f", encrypt {_seconds(sum(encrypt))}" if encrypt else "")
+        + _masks(reports, total=True)
+        + f" in all, {_many(sum(r.out_of_range for r in reports), 'value')} clipped"
+    )
+
+
 def _print_round(options: DemoOptions, record: RoundRecord, total: int) -> None:
     title = f"round {record.round + 1:>2}" if record.training else "final   "
     _say(
@@ -186,7 +274,15 @@ def _print_round(options: DemoOptions, record: RoundRecord, total: int) -> None:
         f"{title} {_bar(record.round + 1, total)}  ({record.seconds:.1f} s)"
         + ("" if record.training else "  validation of the final global model"),
     )
-    _say(options, "    node      samples   loss    acc(global)  acc(local)")
+    # the columns appear only when a node reported its timings (a secure round of a fedpipe node)
+    secure = {
+        r.node_id: r for r in record.secure if r.encrypt_seconds is not None or r.mask_cpu_seconds is not None
+    }
+    _say(
+        options,
+        "    node      samples   loss    acc(global)  acc(local)"
+        + ("    encrypt  masks(cpu)" if secure else ""),
+    )
     for result in record.results:
         m = record.metrics.get(result.node_id)
         if not result.success:
@@ -195,9 +291,15 @@ def _print_round(options: DemoOptions, record: RoundRecord, total: int) -> None:
         if not record.training:
             _say(options, f"    {result.node_id:<9} {'':>7}  {'':>6}   {_fmt(m.before if m else None)}")
             continue
+        report = secure.get(result.node_id)
         _say(
             options,
-            f"    {result.node_id:<9} {result.sample_size:>7}  {_fmt(m.train_loss if m else None, pct=False)}   {_fmt(m.before if m else None)}       {_fmt(m.after if m else None)}",
+            f"    {result.node_id:<9} {result.sample_size:>7}  {_fmt(m.train_loss if m else None, pct=False)}   {_fmt(m.before if m else None)}       {_fmt(m.after if m else None)}"
+            + (
+                ""
+                if report is None
+                else f"       {_seconds(report.encrypt_seconds):>8}  {_seconds(report.mask_cpu_seconds):>10}"
+            ),
         )
     losses = [m.train_loss for m in record.metrics.values() if m.train_loss is not None]
     mean_loss = sum(losses) / len(losses) if losses else None
@@ -205,6 +307,9 @@ def _print_round(options: DemoOptions, record: RoundRecord, total: int) -> None:
         options,
         f"    {'global':<9} {'':>7}  {_fmt(mean_loss, pct=False)}   {_fmt(record.weighted('before'))}       {_fmt(record.weighted('after'))}",
     )
+    line = secure_line(record)
+    if line is not None:
+        _say(options, f"    {line}")
 
 
 def _plot(result: ExperimentResult, path: Path) -> None:
@@ -359,6 +464,9 @@ def run_demo(options: DemoOptions) -> int:
     _plot(result, plot)
     final = result.final_metric
     _say(options, f"plot: {plot}")
+    totals = secure_totals(result)
+    if totals is not None:
+        _say(options, totals)
     if final is None:
         _say(options, "final global accuracy: unavailable (no node validated the final model)")
         return 1

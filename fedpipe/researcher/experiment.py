@@ -7,6 +7,7 @@ fail or stay silent are reported; the experiment goes on with the others or stop
 
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,9 @@ __all__ = [
     "NodeMetrics",
     "NodeResult",
     "RoundRecord",
+    "SecureReport",
     "Strategy",
+    "secure_report",
 ]
 
 log = logging.getLogger("fedpipe.researcher")
@@ -42,6 +45,87 @@ class NodeResult:
     sample_size: int = 0
     state_id: str | None = None
     results: Mapping[str, Any] = field(factory=dict, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class SecureReport:
+    """What one node's encrypted update says of its encryption (its results' ``metadata.secagg``).
+
+    ``values`` counts everything encrypted (weights, numeric aux values, the ``secagg_random``
+    factor); ``ciphertexts`` what was sent for them. The timings are the node's own figures, None
+    where the node did not report them: ``encrypt_seconds`` is the encryption after training,
+    ``mask_cpu_seconds`` / ``mask_wall_seconds`` what computing the masks cost, and
+    ``precomputed_fraction`` the share of masks ready before the encryption asked for them.
+    """
+
+    node_id: str
+    scheme: str
+    values: int
+    ciphertexts: int
+    encrypt_seconds: float | None = None
+    mask_cpu_seconds: float | None = None
+    mask_wall_seconds: float | None = None
+    precomputed_fraction: float | None = None
+    out_of_range: int = 0
+
+
+_SCHEME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _seconds(value: Any) -> float | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not 0 <= value <= 10**9:
+        return None  # no duration; and a huge int would not even convert to a float
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def secure_report(node_id: str, results: Mapping[str, Any]) -> SecureReport | None:
+    """The encryption report of a node's downloaded results, or None when they are not encrypted.
+
+    The results come from the network: a field of the wrong type reads as absent, and a scheme name
+    that is not a short lowercase word reads as ``"unknown"`` (it is printed on the researcher's
+    terminal). Results without the counts (an older node) fall back on the ciphertexts themselves.
+
+    >>> secure_report("n", {"encrypted": True, "model_weights": [5, 6], "encryption_factor": [7],
+    ...     "metadata": {"secagg": {"scheme": "joye-libert", "n_values": 40}}}).ciphertexts
+    3
+    >>> secure_report("n", {"encrypted": False, "model_weights": {"w": [0.5]}}) is None
+    True
+    """
+    if results.get("encrypted") is not True:
+        return None
+    meta = results.get("metadata")
+    sec = meta.get("secagg") if isinstance(meta, Mapping) else None
+    sec = sec if isinstance(sec, Mapping) else {}
+    scheme = sec.get("scheme")
+    weights, factor = results.get("model_weights"), results.get("encryption_factor")
+    sent = sum(len(part) for part in (weights, factor) if isinstance(part, list))
+    encrypted = sec.get("encrypted")
+    counts = [_count(v) for v in encrypted.values()] if isinstance(encrypted, Mapping) else []
+    n_values = _count(sec.get("n_values"))
+    if counts and all(c is not None for c in counts):
+        values = sum(c or 0 for c in counts)
+    else:
+        values = (n_values or 0) + (1 if isinstance(factor, list) and factor else 0)
+    masking = sec.get("masking")
+    masking = masking if isinstance(masking, Mapping) else {}
+    return SecureReport(
+        node_id=node_id,
+        scheme=scheme if isinstance(scheme, str) and _SCHEME.fullmatch(scheme) else "unknown",
+        values=values,
+        ciphertexts=_count(sec.get("ciphertexts")) or sent,
+        encrypt_seconds=_seconds(sec.get("encrypt_seconds")),
+        mask_cpu_seconds=_seconds(masking.get("mask_cpu_seconds")),
+        mask_wall_seconds=_seconds(masking.get("mask_wall_seconds")),
+        precomputed_fraction=_seconds(masking.get("precomputed_fraction")),
+        out_of_range=_count(sec.get("out_of_range")) or 0,
+    )
 
 
 @frozen(kw_only=True)
@@ -73,6 +157,12 @@ class RoundRecord:
         ]
         total = sum(w for _, w in pairs)
         return None if not pairs or total == 0 else sum(v * w for v, w in pairs) / total
+
+    @property
+    def secure(self) -> tuple[SecureReport, ...]:
+        """The encryption reports of the nodes that sent an encrypted update (empty: a plain round)."""
+        reports = (secure_report(r.node_id, r.results) for r in self.results if r.success)
+        return tuple(report for report in reports if report is not None)
 
 
 @frozen(kw_only=True)

@@ -4,7 +4,10 @@ The encrypted vector of a node is its flat model weights followed by its flatten
 (D2), encrypted in one pass under tau indices ``0 .. K - 1``; the ``secagg_random`` factor follows at
 index K, so that no tau index is used twice in a round. ``metadata["secagg"]`` of the update records
 what the researcher needs to decrypt and rebuild: value counts, the aux-var layout, the factor index,
-and how many values lay beyond the clipping range (D17: clipped, counted and reported, never silent).
+and how many values lay beyond the clipping range (D17: clipped, counted and reported, never silent);
+and what the researcher may show of the round: what was encrypted, how many ciphertexts, how long the
+encryption after training took and, when the crypter reports them, its masking figures. All of it
+is plain data (numbers and strings): never a key, a mask, a plaintext or a value of the update.
 """
 
 import math
@@ -18,16 +21,26 @@ from returns.result import Failure, Result, Success
 from fedpipe.compose import Step, require
 from fedpipe.context import RoundContext, SecaggSetup, Update
 from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.ports import SecaggCrypter, SecaggKeys
+from fedpipe.ports import Clock, SecaggCrypter, SecaggKeys
 from fedpipe.secagg.layout import flatten_aux, specs_to_data
 from fedpipe.secagg.params import CLIPPING_RANGE
 from fedpipe.secagg.quantize import out_of_range
 from fedpipe.steps.fetch import decode_payload
 
-__all__ = ["encrypt_update", "start_masks"]
+__all__ = ["MASK_STATS", "encrypt_update", "start_masks"]
 
 STEP = "encrypt_update"
 NOT_NUMBERS = "The flattened model update is not a list of finite numbers."
+MASK_STATS: tuple[str, ...] = (
+    "mask_cpu_seconds",
+    "mask_wall_seconds",
+    "precomputed_fraction",
+    "encrypt_wait_seconds",
+)
+"""The crypter's masking figures that the metadata carries; any other entry is dropped, so that
+nothing but these durations and fractions can reach the researcher from the crypter."""
+MAX_FIGURE = 1e9
+"""Seconds (about 32 years): a larger "figure" is no duration, and is dropped rather than sent."""
 
 
 def _refuse(detail: str, public: str, code: ErrorCode = ErrorCode.ENCRYPTION_FAILED) -> Failure[RoundError]:
@@ -114,7 +127,38 @@ def _as_floats(values: Any) -> np.ndarray | None:
     return arr if arr.ndim == 1 and bool(np.isfinite(arr).all()) else None
 
 
-def encrypt_update(crypter: SecaggCrypter, keys: SecaggKeys, *, fedbiomed_factor: bool = False) -> Step:
+def _figure(value: Any) -> float | None:
+    """``value`` as a figure for the metadata: a real number in ``[0, MAX_FIGURE]``, else None.
+
+    >>> _figure(3), _figure(0.5), _figure(True), _figure(float("nan")), _figure(-1.0), _figure(2**2048)
+    (3.0, 0.5, None, None, None, None)
+    """
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not 0 <= value <= MAX_FIGURE:
+        return None  # a huge int (a mask, a key) must not even be rounded into a float
+    number = float(value)
+    return number if math.isfinite(number) and 0 <= number <= MAX_FIGURE else None
+
+
+def _masking(crypter: SecaggCrypter, setup: SecaggSetup, round_number: int) -> dict[str, float]:
+    """The crypter's masking figures of this round: the ``MASK_STATS`` entries that are figures.
+
+    ``mask_stats`` is optional on a crypter: one without it (or with nothing to say) yields ``{}``.
+    """
+    stats_of = getattr(crypter, "mask_stats", None)
+    if not callable(stats_of):
+        return {}
+    stats = stats_of(key=setup.key, biprime=setup.biprime, round_number=round_number)
+    if not isinstance(stats, Mapping):
+        return {}
+    figures = {name: _figure(stats.get(name)) for name in MASK_STATS}
+    return {name: value for name, value in figures.items() if value is not None}
+
+
+def encrypt_update(
+    crypter: SecaggCrypter, keys: SecaggKeys, *, fedbiomed_factor: bool = False, clock: Clock | None = None
+) -> Step:
     """Encrypt the flat update and aux vars weighted by the sample size, then the ``secagg_random`` factor.
 
     Runs only when secure aggregation is on. Checks first (D17), then claims the (key, round) pair,
@@ -124,6 +168,11 @@ def encrypt_update(crypter: SecaggCrypter, keys: SecaggKeys, *, fedbiomed_factor
     validation" does, for a Fed-BioMed researcher that insists on checking it. That reuses the
     index of the first weights ciphertext: anyone holding both learns the difference of their
     plaintexts, i.e. the first packed weights of this node. Off by default.
+
+    Besides the layout, ``metadata["secagg"]`` says what was encrypted (``encrypted``: weights, aux
+    values, factor), the ``ciphertexts`` sent (update and factor), ``encrypt_seconds`` (wall time of
+    the crypter's calls, read from ``clock``; absent without one) and ``masking`` (the crypter's
+    ``MASK_STATS``, when it has a ``mask_stats`` method and reports any).
     """
 
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
@@ -164,8 +213,10 @@ def encrypt_update(crypter: SecaggCrypter, keys: SecaggKeys, *, fedbiomed_factor
                 first_index=first_index,
             )
 
-        def finish(cipher: list[int], factor: list[int], factor_index: int) -> RoundContext:
-            meta = {
+        def finish(
+            cipher: list[int], factor: list[int], factor_index: int, seconds: float | None
+        ) -> RoundContext:
+            meta: dict[str, Any] = {
                 "scheme": "joye-libert",
                 "n_weights": int(weights.size),
                 "n_values": int(weights.size + aux_values.size),
@@ -175,7 +226,14 @@ def encrypt_update(crypter: SecaggCrypter, keys: SecaggKeys, *, fedbiomed_factor
                 "num_nodes": setup.key.num_nodes,
                 "out_of_range": outside_w + outside_a,
                 "out_of_range_aux": outside_a,
+                "encrypted": {"weights": int(weights.size), "aux_values": int(aux_values.size), "factor": 1},
+                "ciphertexts": len(cipher) + len(factor),
             }
+            if seconds is not None:
+                meta["encrypt_seconds"] = seconds
+            masking = _masking(crypter, setup, ctx.request.round)
+            if masking:
+                meta["masking"] = masking
             new_update: Update = evolve(
                 update,
                 model_weights=cipher,
@@ -194,14 +252,21 @@ def encrypt_update(crypter: SecaggCrypter, keys: SecaggKeys, *, fedbiomed_factor
             )
             return ctx.noted(*notes, update=new_update)
 
-        def with_factor(cipher: list[int]) -> Result[RoundContext, RoundError]:
-            index = 0 if fedbiomed_factor else len(cipher)
-            return encrypt([setup.random], index).map(lambda factor: finish(cipher, factor, index))
+        def encrypt_all(_: None) -> Result[RoundContext, RoundError]:
+            # only the crypter's calls are timed: the checks and the tau claim are not encryption
+            started = None if clock is None else clock.perf_counter()
 
-        return (
-            keys.claim_tau(setup.key.secagg_id, ctx.request.round)
-            .bind(lambda _: encrypt(values, 0))
-            .bind(with_factor)
-        )
+            def elapsed() -> float | None:
+                return None if clock is None or started is None else clock.perf_counter() - started
+
+            def with_factor(cipher: list[int]) -> Result[RoundContext, RoundError]:
+                index = 0 if fedbiomed_factor else len(cipher)
+                return encrypt([setup.random], index).map(
+                    lambda factor: finish(cipher, factor, index, elapsed())
+                )
+
+            return encrypt(values, 0).bind(with_factor)
+
+        return keys.claim_tau(setup.key.secagg_id, ctx.request.round).bind(encrypt_all)
 
     return step

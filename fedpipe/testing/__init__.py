@@ -1,5 +1,6 @@
 """Public test kit: in-memory fakes of every port and hypothesis strategies, for users' own rounds."""
 
+from fedpipe.testing.crypters import MASK_STATS_EXAMPLE, MaskStatsCrypter
 from fedpipe.testing.fakes import (
     FakeClock,
     FakeCrypter,
@@ -17,6 +18,7 @@ from fedpipe.testing.fakes import (
 )
 
 __all__ = [
+    "MASK_STATS_EXAMPLE",
     "FakeClock",
     "FakeCrypter",
     "FakeNode",
@@ -25,6 +27,7 @@ __all__ = [
     "InMemoryFileExchange",
     "InMemorySecaggKeys",
     "InMemoryStateStore",
+    "MaskStatsCrypter",
     "PlanFault",
     "RecordingMonitor",
     "RegistryPlanLoader",
