@@ -1,30 +1,73 @@
 """Secure aggregation on the researcher's side: key material for the nodes, request fields, decryption.
 
-The researcher never sees a node's update: it multiplies the nodes' ciphertexts, removes the masks
-with the server key and gets the sample-weighted mean of the weights (and of numeric aux vars).
+The researcher never sees a node's update: it combines the nodes' encrypted vectors and gets the
+sample-weighted mean of the weights (and of numeric aux vars). Joye-Libert (``SecureAggregation``):
+multiply the ciphertexts, remove the masks with the server key. LOM (``LomAggregation``): sum the
+masked words, the pairwise masks cancel; the researcher holds no key. Both decrypt fedpipe nodes'
+results and stock Fed-BioMed 6.4.1 replies alike: the layout of a reply without fedpipe metadata
+is the request's (the parameter count of the model sent).
 """
 
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from attrs import define, field
-from returns.result import Failure
+from returns.result import Failure, Result
 
 from fedpipe.researcher.aggregation import unflatten
 from fedpipe.researcher.experiment import ExperimentStopped, NodeResult, Strategy
 from fedpipe.researcher.strategies import ScaffoldStrategy
-from fedpipe.secagg import KeyMaterial, aggregate_results, make_key_material
+from fedpipe.secagg import Encoding, KeyMaterial, MaskPool, make_key_material
+from fedpipe.secagg.researcher import (
+    FACTOR_TOLERANCE,
+    AggregatedUpdate,
+    SecaggMismatch,
+    aggregate_lom_results,
+    aggregate_results,
+)
 
-__all__ = ["SecureAggregation", "SecureStrategy"]
+__all__ = ["LomAggregation", "SecureAggregation", "SecureStrategy", "UpdateDecrypter"]
 
 Params = Mapping[str, torch.Tensor]
 
 
+class UpdateDecrypter(Protocol):
+    """A secagg context that turns one round's encrypted results into weighted means."""
+
+    def decrypt(
+        self, results: Sequence[NodeResult], round_number: int, n_params: int | None = None
+    ) -> tuple[Any, Mapping[str, Any]]:
+        """The weighted means (flat weights, aux vars); raises ExperimentStopped on a mismatch."""
+        ...
+
+
+def _unwrap(
+    outcome: Result[AggregatedUpdate, SecaggMismatch], round_number: int
+) -> tuple[Any, Mapping[str, Any]]:
+    if isinstance(outcome, Failure):
+        raise ExperimentStopped(
+            f"secure aggregation of round {round_number} failed: {outcome.failure().reason}"
+        )
+    update = outcome.unwrap()
+    return update.weights, update.aux_vars
+
+
+def _draw_random(randoms: dict[int, float], rng: random.Random, round_number: int) -> float:
+    # as 6.4.1: a fresh value in [0, 1] with 3 decimals each round
+    return randoms.setdefault(round_number, round(rng.uniform(0, 1), 3))
+
+
 @define
 class SecureAggregation:
-    """One secagg context: a biprime, a key share per node, and the server key the researcher keeps."""
+    """One Joye-Libert secagg context: a biprime, a key share per node, and the server key the researcher keeps.
+
+    ``encoding`` is that of fedpipe nodes whose results do not record theirs (replies without
+    fedpipe metadata are read as 6.4.1 nodes encrypt). ``pool`` (optional, closed by ``close``)
+    computes the server masks: with ``n_params`` known (``wrap`` sets it), ``request_fields``
+    starts them while the nodes train. Without a pool, decryption uses every core for large models.
+    """
 
     material: KeyMaterial
     node_ids: tuple[str, ...]
@@ -33,6 +76,9 @@ class SecureAggregation:
     secagg_id: str = "servkey-demo"
     biprime_id: str = "biprime-demo"
     clipping_range: int = 3
+    encoding: Encoding = field(factory=Encoding)
+    pool: MaskPool | None = None
+    n_params: int | None = None
     randoms: dict[int, float] = field(factory=dict)
     _rng: random.Random = field(factory=lambda: random.Random(0))
 
@@ -63,17 +109,29 @@ class SecureAggregation:
         owner.secagg_keys.add_biprime(biprime, parties=self.parties)
 
     def request_fields(self, round_number: int) -> dict[str, Any]:
-        """The secagg fields of this round's train requests (a fresh ``secagg_random`` per round)."""
-        value = self.randoms.setdefault(round_number, round(self._rng.uniform(0, 1), 3))
+        """The secagg fields of this round's train requests (a fresh ``secagg_random`` per round).
+
+        With a pool and a known parameter count, the server masks of the round start computing now.
+        """
+        if self.pool is not None and self.n_params:
+            count = self.encoding.ciphertexts(self.n_params, len(self.node_ids), self.material.biprime)
+            # and the factor, after the update (fedpipe) or at index 0 (6.4.1: already among them)
+            self.pool.start(self.material.server_key, self.material.biprime, round_number, count + 1)
         return {
             "secagg_servkey_id": self.secagg_id,
             "secagg_biprime_id": self.biprime_id,
-            "secagg_random": value,
+            "secagg_random": _draw_random(self.randoms, self._rng, round_number),
             "secagg_clipping_range": self.clipping_range,
         }
 
-    def decrypt(self, results: Sequence[NodeResult], round_number: int) -> tuple[Any, Mapping[str, Any]]:
-        """The weighted means (flat weights, aux vars) of one secure round; raises ExperimentStopped on mismatch."""
+    def decrypt(
+        self, results: Sequence[NodeResult], round_number: int, n_params: int | None = None
+    ) -> tuple[Any, Mapping[str, Any]]:
+        """The weighted means (flat weights, aux vars) of one secure round; raises ExperimentStopped on mismatch.
+
+        ``n_params`` (default: the count ``wrap`` recorded) is the parameter count of the model
+        the requests carried: the layout of results without fedpipe metadata.
+        """
         outcome = aggregate_results(
             [r.results for r in results],
             server_key=self.material.server_key,
@@ -82,16 +140,69 @@ class SecureAggregation:
             n_nodes=len(self.node_ids),
             secagg_random=self.randoms.get(round_number),
             clipping_range=self.clipping_range,
+            encoding=self.encoding,
+            pool=self.pool,
+            n_params=self.n_params if n_params is None else n_params,
         )
-        if isinstance(outcome, Failure):
-            raise ExperimentStopped(
-                f"secure aggregation of round {round_number} failed: {outcome.failure().reason}"
-            )
-        update = outcome.unwrap()
-        return update.weights, update.aux_vars
+        if self.pool is not None:
+            self.pool.forget(self.material.server_key, self.material.biprime, round_number)
+        return _unwrap(outcome, round_number)
 
     def wrap(self, inner: Strategy, template: Params) -> "SecureStrategy":
         """A strategy that decrypts before ``inner``'s kind of update (FedAvg or SCAFFOLD)."""
+        self.n_params = sum(t.numel() for t in template.values())
+        return SecureStrategy(secagg=self, inner=inner, template={k: v.clone() for k, v in template.items()})
+
+    def close(self) -> None:
+        """Stop the mask workers, if any."""
+        if self.pool is not None:
+            self.pool.close()
+
+
+@define
+class LomAggregation:
+    """One LOM secagg context on the researcher's side: the node parties of a DH context, and its id.
+
+    The nodes agree on pairwise secrets among themselves (relayed by the researcher); the
+    researcher holds no key: it sums the nodes' masked words and checks the factor within
+    ``factor_tolerance`` (6.4.1's 0.03). ``clipping_range`` None is 6.4.1's node default (3).
+    """
+
+    node_ids: tuple[str, ...]
+    secagg_id: str
+    clipping_range: int | None = None
+    factor_tolerance: float = FACTOR_TOLERANCE
+    n_params: int | None = None
+    randoms: dict[int, float] = field(factory=dict)
+    _rng: random.Random = field(factory=lambda: random.Random(0))
+
+    def secagg_arguments(self, round_number: int) -> dict[str, Any]:
+        """This round's ``TrainRequest.secagg_arguments`` as 6.4.1's researcher sends them for LOM."""
+        return {
+            "secagg_random": _draw_random(self.randoms, self._rng, round_number),
+            "secagg_clipping_range": self.clipping_range,
+            "secagg_scheme": 2,
+            "parties": list(self.node_ids),
+            "secagg_dh_id": self.secagg_id,
+        }
+
+    def decrypt(
+        self, results: Sequence[NodeResult], round_number: int, n_params: int | None = None
+    ) -> tuple[Any, Mapping[str, Any]]:
+        """The weighted means (flat weights, aux vars) of one LOM round; raises ExperimentStopped on mismatch."""
+        outcome = aggregate_lom_results(
+            [r.results for r in results],
+            n_nodes=len(self.node_ids),
+            secagg_random=self.randoms.get(round_number),
+            n_params=self.n_params if n_params is None else n_params,
+            clipping_range=self.clipping_range,
+            factor_tolerance=self.factor_tolerance,
+        )
+        return _unwrap(outcome, round_number)
+
+    def wrap(self, inner: Strategy, template: Params) -> "SecureStrategy":
+        """A strategy that decrypts before ``inner``'s kind of update (FedAvg or SCAFFOLD)."""
+        self.n_params = sum(t.numel() for t in template.values())
         return SecureStrategy(secagg=self, inner=inner, template={k: v.clone() for k, v in template.items()})
 
 
@@ -99,7 +210,7 @@ class SecureAggregation:
 class SecureStrategy:
     """FedAvg or SCAFFOLD over decrypted sample-weighted means."""
 
-    secagg: SecureAggregation
+    secagg: UpdateDecrypter
     inner: Strategy
     template: dict[str, torch.Tensor]
 
@@ -115,7 +226,8 @@ class SecureStrategy:
         self, params: Params, results: Sequence[NodeResult], round_number: int
     ) -> dict[str, torch.Tensor]:
         """Decrypt the weighted mean; with SCAFFOLD, move the control variate by the mean delta."""
-        weights, aux = self.secagg.decrypt(results, round_number)
+        n_params = sum(t.numel() for t in self.template.values())
+        weights, aux = self.secagg.decrypt(results, round_number, n_params)
         new_params = unflatten([float(x) for x in weights], self.template)
         if isinstance(self.inner, ScaffoldStrategy):
             delta = aux.get("scaffold", {}).get("delta", {})
