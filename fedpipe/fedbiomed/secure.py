@@ -545,6 +545,7 @@ class SecaggSetups:
     clock: Callable[[], float] = time.monotonic
     timeout: float = SETUP_TIMEOUT_SECONDS
     _pending: dict[str, _Pending] = field(factory=dict, init=False)
+    _lingering: dict[str, float] = field(factory=dict, init=False)  # secagg id -> when to forget it
 
     @classmethod
     def open(cls, *, node_id: str, node_name: str, store: SecaggStore, **options: Any) -> "SecaggSetups":
@@ -573,8 +574,16 @@ class SecaggSetups:
         return []
 
     def expire(self) -> list[Outgoing]:
-        """Drop the set-ups past their deadline and answer each with an error."""
+        """Drop the set-ups past their deadline and answer each with an error.
+
+        A completed set-up is kept for ``timeout`` more seconds: this node has what it needs,
+        but the other parties may not have asked it for its key or share yet.
+        """
         now = self.clock()
+        for secagg_id, forget_at in list(self._lingering.items()):
+            if now >= forget_at:
+                del self._lingering[secagg_id]
+                self.overlay.forget(secagg_id)
         out: list[Outgoing] = []
         for secagg_id, pending in list(self._pending.items()):
             if now >= pending.deadline:
@@ -592,8 +601,8 @@ class SecaggSetups:
 
     @property
     def waiting(self) -> int:
-        """Set-ups started and not yet answered."""
-        return len(self._pending)
+        """Set-ups started and not yet answered, or completed and still answering the other parties."""
+        return len(self._pending) + len(self._lingering)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -642,6 +651,8 @@ class SecaggSetups:
                     message, f"Secure-aggregation set-up `{printable(secagg_id, 80)}` is already running."
                 )
             ]
+        if self._lingering.pop(secagg_id, None) is not None:
+            self.overlay.forget(secagg_id)  # the researcher sets the same context up again
         starter = self.overlay.start_dh if message.kind == "SecaggRequest" else self.overlay.start_sharing
         stepped = starter(secagg_id=secagg_id, parties=parties, researcher_id=researcher_id)
         if isinstance(stepped, Failure):
@@ -672,9 +683,11 @@ class SecaggSetups:
 
     def _complete(self, done: DhSecrets | SharedKey) -> list[Outgoing]:
         pending = self._pending.pop(done.secagg_id, None)
-        self.overlay.forget(done.secagg_id)
         if pending is None:
+            self.overlay.forget(done.secagg_id)
             return []
+        # the peers may still ask for this node's key or share: answer them for a while
+        self._lingering[done.secagg_id] = self.clock() + self.timeout
         message = pending.message
         job_id = message.fields.get("experiment_id")
         researcher_id = str(message.fields.get("researcher_id"))
@@ -715,6 +728,7 @@ class SecaggSetups:
         if not isinstance(secagg_id, str):
             return self._error(message, "The secure-aggregation delete request is malformed.")
         self._pending.pop(secagg_id, None)
+        self._lingering.pop(secagg_id, None)
         self.overlay.forget(secagg_id)
         try:
             if f.get("element") == 1:

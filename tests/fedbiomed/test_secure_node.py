@@ -9,6 +9,7 @@ weighted mean of what the same nodes send in a plain round, within the quantisat
 """
 
 import itertools
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,29 @@ class Federation:
         for node in self.nodes:
             node.close()
 
-    def pump(self) -> None:
-        """Deliver relayed messages until none is left; keep what goes to the researcher."""
+    def pump(self, rng: random.Random | None = None) -> None:
+        """Deliver relayed messages until none is left; keep what goes to the researcher.
+
+        With ``rng``, the relay delivers the waiting messages in a random order (a real
+        researcher relays each node's messages as they come, interleaved with the others').
+        """
+        if rng is not None:
+            pool: list[bytes] = []
+            while True:
+                for node_id, link in self.links.items():
+                    sent, link.sent = link.sent, []
+                    for data in sent:
+                        message = decode_message(data, max_bytes=MAX_BYTES).unwrap()
+                        if message.kind == "OverlayMessage":
+                            pool.append(data)
+                        else:
+                            self.to_researcher[node_id].append((message.kind, dict(message.fields)))
+                if not pool:
+                    return
+                data = pool.pop(rng.randrange(len(pool)))
+                self.relayed += 1
+                dest = decode_message(data, max_bytes=MAX_BYTES).unwrap().fields["dest_node_id"]
+                self.servers[dest].handle(data)
         moved = True
         while moved:
             moved = False
@@ -98,7 +120,9 @@ class Federation:
                     else:
                         self.to_researcher[node_id].append((message.kind, dict(message.fields)))
 
-    def set_up(self, kind: str, secagg_id: str, element: int) -> dict[str, dict[str, Any]]:
+    def set_up(
+        self, kind: str, secagg_id: str, element: int, rng: random.Random | None = None
+    ) -> dict[str, dict[str, Any]]:
         for node_id in NODES:
             self.servers[node_id].handle(
                 _request(
@@ -110,7 +134,9 @@ class Federation:
                     parties=list(NODES),
                 )
             )
-        self.pump()
+            if rng is not None:
+                self.pump(rng)  # the other nodes' requests may arrive before this one starts
+        self.pump(rng)
         replies = {}
         for node_id in NODES:
             (reply_kind, fields), *rest = self.to_researcher[node_id]
@@ -205,6 +231,21 @@ def test_lom_setup_then_a_secure_round_decrypts_to_the_plain_mean(federation: Fe
     # 6.4.1's quantisation truncates: at most one step 2c/(T-1) below, plus the truncated division
     step = 2 * CLIP / (T - 1)
     assert np.max(np.abs(mean - expected)) <= 2 * step + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_setups_complete_whatever_the_relay_order(tmp_path: Path, seed: int) -> None:
+    fed = Federation(tmp_path)
+    try:
+        rng = random.Random(seed)
+        fed.set_up("AdditiveSSSetupRequest", "secagg_servkey_r", 0, rng)
+        fed.set_up("SecaggRequest", "secagg_dh_r", 1, rng)
+        contexts = [n.secagg_keys.dh_context("secagg_dh_r", EXPERIMENT).unwrap() for n in fed.nodes]
+        assert all(c is not None and len(c.pairwise) == 2 for c in contexts)
+        a, b = contexts[0], contexts[1]
+        assert a is not None and b is not None and a.pairwise["NODE_b"] == b.pairwise["NODE_a"]
+    finally:
+        fed.close()
 
 
 def test_the_same_round_is_never_masked_twice(federation: Federation) -> None:
