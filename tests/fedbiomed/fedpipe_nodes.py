@@ -1,6 +1,7 @@
 """fedpipe nodes for Fed-BioMed federations in tests and benchmarks: owner set-up and processes."""
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -67,6 +68,20 @@ def set_up_node(
             "plans", "approve", "--root", str(root), "--node-id", node_id, "--file", str(plan), "--name", "bc"
         )
     return FedpipeNode(root=root, node_id=node_id, name=name, csv=csv)
+
+
+def configure_fedpipe_node(node: FedpipeNode, **values: Any) -> None:
+    """Set owner settings in the node root's ``settings.json`` (the file the owner edits).
+
+    Only settings the file already holds can be set; the node reads them when it starts.
+    """
+    path = node.root / "settings.json"
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    unknown = sorted(set(values) - set(settings))
+    if unknown:
+        raise AssertionError(f"{path} has no settings {unknown}")
+    settings.update(values)
+    path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ and exits non-zero. Fed-BioMed's own console output goes to stderr.
         --csv FILE --tags breast-cancer [--name NAME]
     stock.py start-node --dir DIR                  # foreground; terminate it to stop
     stock.py experiment --dir RESEARCHER_DIR --plan PLAN.py --class BreastCancerPlan --nodes N \
-        --rounds 3 --seed 0 --out results.json [--timeout 600] [--hidden H | --param-count big]
+        --rounds 3 --seed 0 --out results.json [--timeout 600] [--hidden H | --param-count big] \
+        [--secagg none|jl|lom]
     stock.py requests --dir RESEARCHER_DIR --nodes N --plan PLAN.py --class BreastCancerPlan \
         --out out.json
     stock.py shards --csv FILE --out DIR --n 2 --seed 0
@@ -23,6 +24,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -36,6 +38,9 @@ sys.path.insert(0, str(HERE))
 from shards import SHIPPED_CSV, feature_stats, write_shards  # noqa: E402
 
 TAGS_DEFAULT = "breast-cancer"
+SECAGG_CHOICES = ("none", "jl", "lom")
+# The researcher's secagg set-up requests (LOM's key agreement, Joye-Libert's server key).
+SECAGG_SETUP_REQUESTS = ("SecaggRequest", "AdditiveSSSetupRequest")
 BIG_HIDDEN = 32768  # 30*h + h + h + 1 = 1,048,577 parameters
 NODE_ARGS = {"gpu": False, "gpu_num": 1, "gpu_only": False, "debug": False}
 
@@ -111,6 +116,58 @@ def researcher_errors(records: list[dict[str, Any]]) -> list[str]:
         for item in records
         if item["level"] in ("ERROR", "CRITICAL") or "Error message received" in item["message"]
     ]
+
+
+class EchoedStdout:
+    """Writes through to the current ``sys.stdout`` and keeps a copy of the text.
+
+    Experiment methods report a failure only by printing it to stdout ("Fed-BioMed researcher
+    stopped due to exception: ...") before ``sys.exit``; the copy lets the harness name it.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        """Write ``text`` through and keep it."""
+        self._parts.append(text)
+        return int(self._target.write(text))
+
+    def flush(self) -> None:
+        """Flush the underlying stream."""
+        self._target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+    def stop_reasons(self) -> list[str]:
+        """The messages of every "researcher stopped due to ..." block printed so far, one line each."""
+        text = "".join(self._parts)
+        found = re.findall(
+            r"Fed-BioMed researcher stopped due to (?:exception|unknown error):\s*\n(.*?)(?:\n-{5,}|\Z)",
+            text,
+            flags=re.DOTALL,
+        )
+        reasons = []
+        for block in found:
+            lines = [line.strip() for line in block.splitlines() if line.strip()]
+            # An unknown error adds a pointer to the backtrace below: not part of the reason.
+            lines = [line for line in lines if not line.startswith("More details in the backtrace")]
+            reasons.append(" ".join(lines))
+        return reasons
+
+
+@contextlib.contextmanager
+def echoed_stdout() -> Iterator[EchoedStdout]:
+    """Route ``sys.stdout`` through an ``EchoedStdout`` while the block runs."""
+    saved = sys.stdout
+    echo = EchoedStdout(saved)
+    sys.stdout = echo  # type: ignore[assignment]
+    try:
+        yield echo
+    finally:
+        sys.stdout = saved
 
 
 # ----------------------------------------------------------------------------- components
@@ -355,13 +412,15 @@ class ScalarRecorder:
         self._lock = threading.Lock()
         self.items: list[dict[str, Any]] = []
         self.run_once = -1  # index of the run_once in progress when a scalar arrives
+        self.paused = False  # drop what arrives (forwarded all the same)
 
     def __call__(self, message: dict[str, Any]) -> None:
         with self._lock:
-            item = {key: plain(value) for key, value in message.items() if key != "researcher_id"}
-            item["arrival_run_once"] = self.run_once
-            item["t"] = time.time()
-            self.items.append(item)
+            if not self.paused:
+                item = {key: plain(value) for key, value in message.items() if key != "researcher_id"}
+                item["arrival_run_once"] = self.run_once
+                item["t"] = time.time()
+                self.items.append(item)
         self._forward(message)
 
     def phases(self, rounds: int) -> list[dict[str, Any]]:
@@ -453,6 +512,41 @@ def reply_summary(reply: dict[str, Any]) -> dict[str, Any]:
     params = reply.get("params")
     if isinstance(params, dict):
         out["param_names"] = sorted(params)
+    out.update(reply_shape(params, reply.get("encryption_factor"), reply.get("encrypted")))
+    return out
+
+
+def reply_shape(params: Any, encryption_factor: Any, encrypted: Any) -> dict[str, Any]:
+    """What a TrainReply carried, without the values.
+
+    ``encrypted`` as the node said; ``params_kind`` "dict" (clear tensors), "list" (a secure
+    round's flat list of ints) or "none"; ``params_len`` the number of entries (ints of a list,
+    values of a dict); ``encryption_factor`` whether one came and ``encryption_factor_len`` its
+    length. For ints the largest bit length (LOM: < 64, Joye-Libert: about 2 x the key size); for
+    clear tensors the largest absolute value, which says whether every value lay inside secure
+    aggregation's clipping range.
+    """
+    out: dict[str, Any] = {"encrypted": bool(encrypted)}
+    if isinstance(params, dict):
+        import torch
+
+        flat = [value.detach().reshape(-1).double() for value in params.values() if hasattr(value, "detach")]
+        out["params_kind"] = "dict"
+        out["params_len"] = int(sum(item.numel() for item in flat))
+        out["params_max_abs"] = float(torch.cat(flat).abs().max()) if flat else None
+    elif isinstance(params, (list, tuple)):
+        out["params_kind"] = "list"
+        out["params_len"] = len(params)
+        ints = [item for item in params if isinstance(item, int)]
+        out["params_ints"] = len(ints) == len(params)
+        out["params_max_bits"] = max((item.bit_length() for item in ints), default=0)
+    else:
+        out["params_kind"] = "none" if params is None else type(params).__name__
+        out["params_len"] = None
+    out["encryption_factor"] = encryption_factor is not None
+    out["encryption_factor_len"] = (
+        len(encryption_factor) if isinstance(encryption_factor, (list, tuple)) else None
+    )
     return out
 
 
@@ -472,23 +566,70 @@ def param_digest(params: Any) -> dict[str, Any]:
     return {"count": int(joined.numel()), "sum": float(joined.sum()), "l2": float(joined.norm())}
 
 
+def secure_aggregation(scheme: str) -> Any:
+    """The researcher's ``SecureAggregation`` for ``--secagg`` (``False`` for "none": a plain run)."""
+    if scheme == "none":
+        return False
+    from fedbiomed.common.constants import SecureAggregationSchemes
+    from fedbiomed.researcher.secagg import SecureAggregation
+
+    schemes = {"jl": SecureAggregationSchemes.JOYE_LIBERT, "lom": SecureAggregationSchemes.LOM}
+    return SecureAggregation(scheme=schemes[scheme])
+
+
 def experiment(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the reference Experiment against the nodes already polling; write results.json."""
+    """Run the reference Experiment against the nodes already polling; write results.json.
+
+    With ``--secagg jl|lom`` the Experiment runs that secure-aggregation scheme with the
+    researcher's configuration as created (6.4.1 turns ``secagg_insecure_validation`` on, so each
+    node's ``encryption_factor`` is checked every round). Besides what a plain run writes, the
+    results hold, per round and node, what each TrainReply carried as it arrived
+    (``received``: encrypted, params kind and length, encryption factor; kept even for a round
+    that then fails), the ``secagg_arguments`` each TrainRequest sent, the secagg set-up replies,
+    and the aggregated parameters of every round. ``--plain-replay`` then reruns each round
+    plainly from the model and node states it began with (``plain_replay``), the reference for
+    the secure aggregates; a failed replay fails the command. A failure of the researcher (an
+    Experiment that stops, e.g. on a FB417 validation failure) becomes an error line naming the
+    round; a round that never ends is cut by ``--timeout``, which writes the results gathered so
+    far.
+    """
     started = time.monotonic()
     root = args.dir.resolve()
     results: dict[str, Any] = {"completed": False, "errors": [], "timings": {}, "rounds": args.rounds}
     out_path = args.out.resolve()
     written = threading.Lock()
+    progress: dict[str, Any] = {"round": None}
 
     def write() -> None:
         with written:
-            out_path.write_text(json.dumps(results))
+            for _ in range(5):
+                try:
+                    text = json.dumps(results)
+                    break
+                except RuntimeError:  # a reply landed mid-dump (another thread): take it again
+                    time.sleep(0.05)
+            else:
+                text = json.dumps({**results, "received": "unavailable"})
+            out_path.write_text(text)
+
+    def stage() -> str:
+        """The stage in progress: "round N" (N from 0), a plain replay, or "" before the rounds."""
+        current = progress["round"]
+        if current is None:
+            return ""
+        return current if isinstance(current, str) else f"round {current}"
+
+    def stop_reasons() -> list[str]:
+        where = f"{stage()}: " if stage() else ""
+        return [f"{where}the researcher stopped: {reason}" for reason in echo.stop_reasons()]
 
     def on_timeout() -> None:
-        results["errors"].append(f"timeout: the experiment did not finish within {args.timeout} s")
+        where = f" ({stage()} in progress)" if stage() else ""
+        results["errors"].append(f"timeout: the experiment did not finish within {args.timeout} s{where}")
+        results["errors"].extend(stop_reasons())
         results["errors"].extend(researcher_errors(logs))
         write()
-        message = f"stock.py experiment: timed out after {args.timeout} s"
+        message = f"stock.py experiment: timed out after {args.timeout} s{where}"
         output.emit({"error": message, "out": str(out_path)})
         print(message, file=sys.stderr, flush=True)
         os._exit(3)
@@ -496,7 +637,8 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
     model_args, training_args = experiment_arguments(args)
     results["model_args"] = {**model_args, "feature_mean": "...", "feature_std": "..."}
     results["training_args"] = training_args
-    with captured_logs() as logs:
+    results["secagg"] = {"scheme": args.secagg}
+    with captured_logs() as logs, echoed_stdout() as echo:
         watchdog = threading.Timer(args.timeout, on_timeout)
         watchdog.daemon = True
         watchdog.start()
@@ -519,6 +661,7 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
             results["timings"]["wait_nodes"] = time.monotonic() - t0
             results["connected_nodes"] = nodes
             plan = load_plan(args.plan.resolve(), args.class_name)
+            secagg = secure_aggregation(args.secagg)
             # The global model's initial weights come from the researcher's torch RNG.
             torch.manual_seed(args.seed)
             t0 = time.monotonic()
@@ -531,9 +674,17 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
                 node_selection_strategy=DefaultStrategy(),
                 round_limit=args.rounds,
                 tensorboard=False,
+                secagg=secagg,
             )
             results["timings"]["experiment_init"] = time.monotonic() - t0
             results["experiment_id"] = exp.id
+            results["secagg"].update(
+                {
+                    "active": bool(exp.secagg.active),
+                    "scheme_value": plain(exp.secagg.scheme) if exp.secagg.active else None,
+                    "insecure_validation": exp.config.getbool("security", "secagg_insecure_validation"),
+                }
+            )
             found = sorted(exp.training_data().node_ids()) if exp.training_data() else []
             results["federation_nodes"] = found
             if len(found) != args.nodes:
@@ -541,22 +692,39 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
                     f"the search found {len(found)} of {args.nodes} nodes with tags {args.tags}"
                 )
             results["initial_params"] = param_digest(exp.training_plan().after_training_params())
+            # What each round starts from (for --plain-replay): the model and the node states.
+            starts: list[dict[str, Any]] = []
+            states: list[dict[str, Any]] = []
             recorder = ScalarRecorder(exp.monitor().on_message_handler)
             requests.add_monitor_callback(exp.id, recorder)
-            reply_times = _record_reply_times()
+            seen = _record_replies()
+            # The same dicts as the hook fills: a timeout writes what arrived so far.
+            results["received"] = seen["received"]
+            results["secagg_arguments"] = seen["secagg_arguments"]
+            results["secagg_setup"] = seen["setup"]
+            results["aggregated_params_digest"] = {}
+            if not args.skip_params:
+                results["aggregated_params"] = {}
             round_walls = []
             for index in range(args.rounds):
                 recorder.run_once = index
-                reply_times["round"] = index
+                seen["round"] = progress["round"] = index
                 last = index == args.rounds - 1
+                starts.append(cloned(exp.training_plan().after_training_params()))
+                states.append(dict(exp._node_state_agent.get_last_node_states()))
                 t0 = time.monotonic()
                 # As Experiment.run does: the last round also sends the validation-only request.
                 ran = exp.run_once(increase=False, test_after=last)
                 round_walls.append(time.monotonic() - t0)
                 if ran != 1:
                     raise HarnessError(f"run_once {index} ran {ran} rounds")
+                aggregated = exp.training_plan().after_training_params()
+                results["aggregated_params_digest"][str(index)] = param_digest(aggregated)
+                if not args.skip_params:
+                    results["aggregated_params"][str(index)] = tensor_dict(aggregated)
+            progress["round"] = None
             results["timings"]["round_walls"] = round_walls
-            results["reply_seconds"] = reply_times["seconds"]
+            results["reply_seconds"] = seen["seconds"]
             # Scalars travel on their own RPCs: give the last ones a moment to land.
             time.sleep(0.5)
             final_params = exp.training_plan().after_training_params()
@@ -577,24 +745,39 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
                 str(round_): {node: plain(reply.get("timing")) for node, reply in by_node.items()}
                 for round_, by_node in replies.items()
             }
-            results["completed"] = len(replies) == args.rounds and all(
+            completed = len(replies) == args.rounds and all(
                 len(by_node) == args.nodes and all(reply.get("success") for reply in by_node.values())
                 for by_node in replies.values()
             )
+            if completed and args.plain_replay:
+                # The replays' replies and scalars are not the experiment's.
+                seen["round"] = None
+                recorder.paused = True
+                t0 = time.monotonic()
+                results["plain_replay"] = plain_replay(
+                    exp, starts, states, progress, with_params=not args.skip_params
+                )
+                results["timings"]["plain_replay"] = time.monotonic() - t0
+            results["completed"] = completed
         except SystemExit as exc:
-            # Experiment methods turn every exception into a printed message and sys.exit.
-            results["errors"].append(f"the Experiment stopped (exit {exc.code})")
+            # Experiment methods turn every exception into a printed message and sys.exit: the
+            # printed message is the reason.
+            reasons = stop_reasons()
+            results["errors"].extend(reasons or [f"the Experiment stopped (exit {exc.code})"])
         except HarnessError as exc:
             results["errors"].append(str(exc))
         except Exception as exc:
-            results["errors"].append(f"{type(exc).__name__}: {exc}")
+            where = f"{stage()}: " if stage() else ""
+            results["errors"].append(f"{where}{type(exc).__name__}: {' '.join(str(exc).split())}")
         watchdog.cancel()
+        results["failed_stage"] = stage() or None
         results["errors"].extend(researcher_errors(logs))
         results["log_warnings"] = [f"{item['level']}: {item['message']}" for item in logs][-50:]
     results["timings"]["total"] = time.monotonic() - started
     write()
     summary = {
         "completed": results["completed"],
+        "secagg": args.secagg,
         "final_global_accuracy": results.get("final_global_accuracy"),
         "round_walls": [round(value, 3) for value in results["timings"].get("round_walls", [])],
         "timings": {
@@ -608,24 +791,115 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def _record_reply_times() -> dict[str, Any]:
-    """Record, per round and node, the seconds from a train request's send to its reply's arrival.
+def cloned(params: Any) -> dict[str, Any]:
+    """A detached copy of a parameter dict (the model's own tensors change with the next round)."""
+    return {name: value.detach().clone() for name, value in (params or {}).items()}
 
-    The researcher's own ``rtime_total`` is one figure for all nodes of a request, taken after
-    its 0.5 s wait loop; this reads the send and arrival times its Request objects keep.
+
+def plain_replay(
+    exp: Any,
+    starts: list[dict[str, Any]],
+    states: list[dict[str, Any]],
+    progress: dict[str, Any],
+    *,
+    with_params: bool = True,
+) -> dict[str, Any]:
+    """Per round, the plain FedAverage of the same nodes' training from the same start.
+
+    Run after the experiment, in the same Experiment (the nodes keep their states per
+    experiment): for each round r the model goes back to ``starts[r]``, the node states to the
+    ``state_id``s round r sent (``states[r]``: the optimizer state, e.g. Adam's moments, and the
+    test split), secure aggregation is switched off, and one round runs as round r. Node
+    training is seeded by ``random_seed`` every round, so the nodes train exactly as they did
+    in round r: the difference between the experiment's aggregate of round r and this one is
+    the secure-aggregation encoding alone. Uses the Experiment's private round counter and node
+    state agent (6.4.1 has no public way to rerun a round). Returns round -> {"digest": ...,
+    "params": nested lists (unless not ``with_params``)}; afterwards the Experiment's state is
+    the last replay's.
     """
-    from fedbiomed.common.message import TrainReply
+    out: dict[str, Any] = {}
+    if exp.secagg.active:
+        exp.secagg.activate(False)
+    for index, (start, state_ids) in enumerate(zip(starts, states, strict=True)):
+        progress["round"] = f"plain replay of round {index}"
+        exp._set_round_current(index)
+        exp.training_plan().set_model_params(start)
+        exp._node_state_agent._collection_state_ids = dict(state_ids)
+        if exp.run_once(increase=False, test_after=False) != 1:
+            raise HarnessError(f"the plain replay of round {index} did not run")
+        aggregated = exp.training_plan().after_training_params()
+        out[str(index)] = {"digest": param_digest(aggregated)}
+        if with_params:
+            out[str(index)]["params"] = tensor_dict(aggregated)
+    progress["round"] = None
+    return out
+
+
+def _record_replies() -> dict[str, Any]:
+    """Record what each request of the Experiment got back, as it arrives.
+
+    Per round (the harness sets ``round``) and node: ``seconds`` from a train request's send to
+    its reply's arrival (the researcher's own ``rtime_total`` is one figure for all nodes of a
+    request, taken after its 0.5 s wait loop; this reads the send and arrival times its Request
+    objects keep); ``received``, the shape of each training reply (``reply_shape``, plus the
+    reply's class, success and message; an ErrorMessage gives its errnum and text);
+    ``secagg_arguments``, what the TrainRequest sent. ``setup`` lists the replies to secagg
+    set-up requests (SecaggRequest, AdditiveSSSetupRequest), in arrival order.
+    """
+    from fedbiomed.common.message import ErrorMessage, TrainReply, TrainRequest
     from fedbiomed.researcher.requests import _requests
 
-    state: dict[str, Any] = {"round": None, "seconds": {}}
+    state: dict[str, Any] = {
+        "round": None,
+        "seconds": {},
+        "received": {},
+        "secagg_arguments": {},
+        "setup": [],
+    }
     original = _requests.Request.on_reply
 
     def on_reply(self: Any, reply: Any) -> None:
+        try:
+            _note(self, reply)
+        except Exception as exc:  # the record must never break the researcher's own handling
+            print(f"stock.py: could not record a reply: {exc}", file=sys.stderr)
         original(self, reply)
-        sent = getattr(self, "_send_time", None)
-        if isinstance(reply, TrainReply) and reply.params is not None and sent:
-            by_node = state["seconds"].setdefault(str(state["round"]), {})
-            by_node[reply.node_id] = self._reply_time - sent
+
+    def _note(request: Any, reply: Any) -> None:
+        if state["round"] is None:
+            return
+        sent_message = getattr(request, "_message", None)
+        round_ = str(state["round"])
+        node = getattr(reply, "node_id", None) or request.node.id
+        error = (
+            {"class": "ErrorMessage", "errnum": plain(reply.errnum), "extra_msg": reply.extra_msg}
+            if isinstance(reply, ErrorMessage)
+            else None
+        )
+        if isinstance(sent_message, TrainRequest):
+            if not sent_message.training:
+                return  # the validation-only request carries no update
+            state["secagg_arguments"].setdefault(round_, {})[node] = plain(sent_message.secagg_arguments)
+            if error is not None:
+                state["received"].setdefault(round_, {})[node] = error
+                return
+            if isinstance(reply, TrainReply):
+                shape = {"class": "TrainReply", "success": reply.success, "msg": reply.msg}
+                shape.update(reply_shape(reply.params, reply.encryption_factor, reply.encrypted))
+                state["received"].setdefault(round_, {})[node] = shape
+                sent = getattr(request, "_send_time", None)
+                if reply.params is not None and sent:
+                    by_node = state["seconds"].setdefault(round_, {})
+                    by_node[node] = time.time() - sent
+        elif type(sent_message).__name__ in SECAGG_SETUP_REQUESTS:
+            item = error or {
+                "class": type(reply).__name__,
+                "success": getattr(reply, "success", None),
+                "msg": getattr(reply, "msg", None),
+            }
+            state["setup"].append(
+                {"round": state["round"], "request": type(sent_message).__name__, "node": node, **item}
+            )
 
     _requests.Request.on_reply = on_reply
     return state
@@ -788,6 +1062,14 @@ def parser() -> argparse.ArgumentParser:
     plan_args(p)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--skip-params", action="store_true", help="write only a digest of the final parameters")
+    p.add_argument(
+        "--secagg", choices=SECAGG_CHOICES, default="none", help="secure aggregation scheme (default: none)"
+    )
+    p.add_argument(
+        "--plain-replay",
+        action="store_true",
+        help="after the experiment, replay each round plainly from the model and node states it began with",
+    )
     p.set_defaults(func=experiment)
 
     p = sub.add_parser("requests")

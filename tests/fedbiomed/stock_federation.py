@@ -4,6 +4,7 @@ Runs under fedpipe's own interpreter (tests, benchmark); every Fed-BioMed step i
 the scratch environment's python running ``stock.py``, so fedbiomed is never imported here.
 """
 
+import configparser
 import contextlib
 import json
 import os
@@ -204,6 +205,22 @@ def create_federation(
         for index, (item, shard) in enumerate(zip(payloads[1:], shards, strict=True), 1)
     ]
     return researcher, nodes
+
+
+def configure_node(node: StockNode, section: str, option: str, value: str) -> None:
+    """Set ``[section] option = value`` in a created stock node's ``etc/config.ini``.
+
+    The node reads its configuration when it starts: change it while the node is stopped.
+    """
+    path = node.dir / "etc" / "config.ini"
+    parser = configparser.ConfigParser()
+    if not parser.read(path):
+        raise HarnessFailure(f"no configuration for the stock node in {node.dir}")
+    if not parser.has_section(section):
+        parser.add_section(section)
+    parser.set(section, option, value)
+    with path.open("w") as handle:
+        parser.write(handle)
 
 
 def pinned(command: list[str], index: int, pin: bool) -> tuple[list[str], dict[str, str]]:
