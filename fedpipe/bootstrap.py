@@ -24,6 +24,7 @@ from attrs import evolve
 from returns.result import Failure, Result
 
 from fedpipe.adapters.clock import SystemClock
+from fedpipe.adapters.identity_key import FileIdentityKey
 from fedpipe.adapters.plan_loader import ModulePlanLoader
 from fedpipe.adapters.sqlite import (
     Database,
@@ -33,16 +34,19 @@ from fedpipe.adapters.sqlite import (
     SqliteSecaggKeys,
     SqliteStateStore,
 )
+from fedpipe.adapters.sqlite.peers import SqliteLomKeys, SqlitePinnedPeers
 from fedpipe.approval import DEFAULT_ALGORITHM, HashAlgorithm
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import (
     Biprime,
     Clock,
     FileExchange,
+    LomPorts,
     MetricEvent,
     Monitor,
     Ports,
     SecaggCrypter,
+    SecaggRelay,
     ServerKeyShare,
 )
 from fedpipe.reply import TrainReply, header_of, to_reply
@@ -107,8 +111,9 @@ class UnconfiguredCrypter:
 class Node:
     """A node: its settings, its stores (owner APIs) and ``run_round`` over the real adapters.
 
-    ``datasets``, ``approvals``, ``states`` and ``secagg_keys`` are the SQLite stores; their
-    owner operations raise ``NodeAdminError``. ``ports`` is the bundle the rounds run on. Open
+    ``datasets``, ``approvals``, ``states``, ``secagg_keys`` and ``peers`` (the peer identity keys
+    the owner pinned) are the SQLite stores; their owner operations raise ``NodeAdminError``.
+    ``identity`` is the node's identity key (``<root>/identity.pem``, made on first use). ``ports`` is the bundle the rounds run on. Open
     with ``Node.open(settings, exchange=...)`` and close (or use as a context manager) when done.
     """
 
@@ -122,6 +127,8 @@ class Node:
         crypter: SecaggCrypter,
         clock: Clock,
         algorithm: HashAlgorithm,
+        relay: SecaggRelay | None = None,
+        agreement_seconds: float = 60.0,
     ) -> None:
         """Wire the stores over ``db`` and the given adapters (use ``Node.open``)."""
         self.settings = settings
@@ -130,6 +137,19 @@ class Node:
         self.approvals = SqliteApprovalRegistry(db, algorithm=algorithm)
         self.states = SqliteStateStore(db, keep_per_job=settings.keep_states_per_job)
         self.secagg_keys = SqliteSecaggKeys(db)
+        # the owner's pinned peer keys and this node's identity key (its file is made on first use)
+        self.peers = SqlitePinnedPeers(db)
+        self.identity = FileIdentityKey.of_root(settings.root)
+        lom = (
+            None
+            if relay is None
+            else LomPorts(
+                relay=relay,
+                keys=SqliteLomKeys(self.peers, self.secagg_keys, db),
+                identity=self.identity,
+                agreement_seconds=agreement_seconds,
+            )
+        )
         self.ports = Ports(
             exchange=exchange,
             approvals=self.approvals,
@@ -141,6 +161,7 @@ class Node:
             secagg_keys=self.secagg_keys,
             crypter=crypter,
             new_id=lambda: uuid.uuid4().hex,
+            lom=lom,
         )
 
     @classmethod
@@ -153,12 +174,16 @@ class Node:
         crypter: SecaggCrypter | None = None,
         clock: Clock | None = None,
         algorithm: HashAlgorithm = DEFAULT_ALGORITHM,
+        relay: SecaggRelay | None = None,
+        agreement_seconds: float = 60.0,
     ) -> "Node":
         """Open (creating if needed) the node's root directory and database and wire the adapters.
 
         ``monitor`` defaults to dropping scalars, ``crypter`` to one that refuses to encrypt,
-        ``clock`` to the system clock; ``algorithm`` hashes newly registered plans. Raises
-        ``NodeAdminError`` when the root or the database cannot be used.
+        ``clock`` to the system clock; ``algorithm`` hashes newly registered plans. ``relay``
+        (the server's key relay) lets the node agree LOM contexts with its pinned peers, waiting
+        at most ``agreement_seconds`` for their offers; without one LOM rounds are refused.
+        Raises ``NodeAdminError`` when the root or the database cannot be used.
         """
         try:
             settings.root.mkdir(parents=True, exist_ok=True)
@@ -173,6 +198,8 @@ class Node:
             crypter=crypter or _default_crypter(),
             clock=clock or SystemClock(),
             algorithm=algorithm,
+            relay=relay,
+            agreement_seconds=agreement_seconds,
         )
 
     def execute_round(self, request: Mapping[str, Any] | TrainRequest) -> RoundRun:
@@ -416,6 +443,7 @@ def run_node_agent(
     ca_file: Path | str | None = None,
     poll_wait: float = 10.0,
     stop: threading.Event | None = None,
+    agreement_seconds: float = 60.0,
 ) -> int:
     """Serve train requests from ``server_url`` until ``stop`` is set (or SIGTERM/SIGINT): 0 on a clean stop.
 
@@ -426,11 +454,13 @@ def run_node_agent(
     and the owner's ``allowed_origins``; ``ca_file`` verifies an HTTPS server
     signed by a private CA. A task that cannot be parsed or answered gets an error reply; one
     whose delivery kills the process is set aside by the board after a few deliveries.
-    Returns 1 when the server refuses the node's credential.
+    Returns 1 when the server refuses the node's credential. LOM contexts are agreed with the
+    pinned peers through the server's key relay, waiting at most ``agreement_seconds``.
     """
     from fedpipe.adapters.http_exchange import HttpFileExchange, origin_of, ssl_context
     from fedpipe.adapters.lock import NodeLock
     from fedpipe.adapters.monitor import HttpMonitor
+    from fedpipe.adapters.secagg_relay import HttpSecaggRelay
     from fedpipe.adapters.task_client import HttpTaskClient, TaskBoardRefused, TaskBoardUnavailable
     from fedpipe.training.warm import warm_up_in_background
 
@@ -455,12 +485,20 @@ def run_node_agent(
             raise NodeAdminError(f"cannot use the file exchanges of {settings.root}: {err}") from err
         monitor = HttpMonitor(f"{server}/monitor", headers=headers, verify=verify)
         client = HttpTaskClient(server, settings.node_id, token=token, poll_wait=poll_wait, verify=verify)
+        relay = HttpSecaggRelay(server, token=token, verify=verify)
         backoff = _Backoff(stop, log)
 
         code = 0
         fresh = True  # the first poll ends the leases a dead predecessor held
         try:
-            with Node.open(settings, exchange=exchange, monitor=monitor, crypter=_default_crypter()) as node:
+            with Node.open(
+                settings,
+                exchange=exchange,
+                monitor=monitor,
+                crypter=_default_crypter(),
+                relay=relay,
+                agreement_seconds=agreement_seconds,
+            ) as node:
                 removed = node.clean_workspaces()
                 if removed:
                     log.warning("removed %d round workspace(s) left by an earlier run", removed)
@@ -492,11 +530,16 @@ def run_node_agent(
                         monitor.flush()  # the round's metrics reach the researcher before its reply does
                         replies = [reply, fallback] if reply is not fallback else [reply]
                         deliver_reply(client, task, replies, stop=stop, backoff=backoff, log=log)
+                    prefetch = getattr(node.ports.crypter, "prefetch_after_reply", None)
+                    if reply.success and callable(prefetch):
+                        # the next round's Joye-Libert masks, in the idle time until it arrives
+                        prefetch(claimed_rounds=node.secagg_keys.claimed_rounds)
         except TaskBoardRefused as err:
             log.error("%s", err)
             code = 1
         finally:
             client.close()
+            relay.close()
             monitor.close()
             exchange.close()
     return code

@@ -1,4 +1,4 @@
-"""The ``fedpipe`` command: demo, serve, tokens, node, and the node owner's plans and datasets commands."""
+"""The ``fedpipe`` command: demo, serve, tokens, node, and the node owner's plans, datasets, identity and peers commands."""
 
 import argparse
 import json
@@ -15,7 +15,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     options = DemoOptions(
         rounds=args.rounds,
         nodes=args.nodes,
-        secagg=args.secagg,
+        secagg=args.secagg or args.secagg_scheme is not None,
+        secagg_scheme=args.secagg_scheme or "joye-libert",
         scaffold=args.scaffold,
         gpu=args.gpu,
         output=args.output,
@@ -293,6 +294,70 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_identity(args: argparse.Namespace) -> int:
+    from fedpipe.bootstrap import NodeAdminError, open_owner
+
+    try:
+        with open_owner(args.root, node_id=args.node_id) as owner:
+            pem, fingerprint = owner.identity.public_pem(), owner.identity.fingerprint()
+            node_id = owner.settings.node_id
+        if args.out is not None:
+            Path(args.out).write_bytes(pem)
+            print(f"node {node_id}: identity key {fingerprint} written to {args.out}")
+        else:
+            print(f"node {node_id}: identity key {fingerprint}")
+            print(pem.decode("ascii"), end="")
+    except (NodeAdminError, OSError) as err:
+        return _error(str(err))
+    return 0
+
+
+def _key_fingerprint(pem: bytes) -> str:
+    """The fingerprint of a public-key PEM, or what is wrong with it."""
+    from returns.result import Failure
+
+    from fedpipe.secagg.identity import fingerprint, load_public_key
+
+    key = load_public_key(pem)
+    return key.failure().reason if isinstance(key, Failure) else fingerprint(key.unwrap())
+
+
+def _cmd_peers(args: argparse.Namespace) -> int:
+    from fedpipe.bootstrap import NodeAdminError, open_owner
+
+    try:
+        _existing_root(args.root)
+        with open_owner(args.root) as owner:
+            if args.action == "list":
+                peers = owner.peers.list()
+                if not peers:
+                    print("no pinned peers")
+                for peer in peers:
+                    print(f"{peer.node_id}  {peer.fingerprint}  pinned {peer.date_added}")
+                return 0
+            if not args.node_id:
+                return _error(f"`peers {args.action}` needs --node-id (the peer's node id)", 2)
+            if args.action == "remove":
+                if not owner.peers.remove(args.node_id):
+                    return _error(f"no pinned peer {args.node_id!r} (see `fedpipe peers list`)")
+                print(f"unpinned {args.node_id}")
+                return 0
+            if args.key is None:
+                return _error(
+                    "`peers add` needs --key FILE (the peer's public key, from `fedpipe identity`)", 2
+                )
+            pem = Path(args.key).read_bytes()
+            if args.fingerprint is not None:
+                found = _key_fingerprint(pem)
+                if found != args.fingerprint:
+                    return _error(f"the key in {args.key} is {found}, not {args.fingerprint}: not pinned")
+            peer = owner.peers.add(args.node_id, pem)
+            print(f"pinned {peer.node_id}: {peer.fingerprint}")
+    except (NodeAdminError, OSError) as err:
+        return _error(str(err))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command (each has ``--help``)."""
     parser = argparse.ArgumentParser(
@@ -305,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--nodes", type=int, default=3, help="node processes (default 3)")
     demo.add_argument("--epochs", type=int, default=2, help="local epochs per round (default 2)")
     demo.add_argument("--secagg", action="store_true", help="Joye-Libert secure aggregation end to end")
+    demo.add_argument(
+        "--secagg-scheme",
+        choices=["joye-libert", "lom"],
+        default=None,
+        help="secure aggregation with this scheme (lom: the nodes agree their keys through the server, "
+        "each checking the others' identity keys, which the demo pins as their owners would)",
+    )
     demo.add_argument("--scaffold", action="store_true", help="SCAFFOLD instead of FedAvg")
     demo.add_argument("--gpu", action="store_true", help="let nodes train on a GPU when one is present")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data shards and model (default 0)")
@@ -426,6 +498,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-type", default=None, help="the data type (default: csv for a .csv file; add)"
     )
     datasets.set_defaults(run=_cmd_datasets)
+
+    identity = sub.add_parser(
+        "identity",
+        help="node owner: show this node's identity key (made on first use), to give to the owners of its peers",
+    )
+    identity.add_argument("--root", type=Path, required=True, help="the node's directory")
+    identity.add_argument("--node-id", default=None, help="the node's id (set on first use of the root)")
+    identity.add_argument("--out", type=Path, default=None, help="write the public key (PEM) to this file")
+    identity.set_defaults(run=_cmd_identity)
+
+    peers = sub.add_parser(
+        "peers",
+        help="node owner: pin, list or unpin the identity keys of peer nodes (LOM secure aggregation)",
+        description="add --node-id ID --key FILE: pin the public key a peer's owner gave you (check its "
+        "fingerprint with them, or pass --fingerprint); list: the pinned peers; remove --node-id ID: unpin.",
+    )
+    peers.add_argument("action", choices=["add", "list", "remove"])
+    peers.add_argument("--root", type=Path, required=True, help="the node's directory")
+    peers.add_argument("--node-id", default=None, help="the peer's node id (add, remove)")
+    peers.add_argument("--key", type=Path, default=None, help="the peer's public key, PEM (add)")
+    peers.add_argument(
+        "--fingerprint",
+        default=None,
+        metavar="SHA256:HEX",
+        help="pin only if the key has this fingerprint (add)",
+    )
+    peers.set_defaults(run=_cmd_peers)
     return parser
 
 

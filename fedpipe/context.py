@@ -15,6 +15,7 @@ from fedpipe.settings import NodeSettings
 
 __all__ = [
     "Downloads",
+    "LomSetup",
     "PlanSource",
     "RoundContext",
     "SecaggSetup",
@@ -35,6 +36,20 @@ class SecaggSetup:
     biprime: Biprime
     random: float
     clipping_range: float | None
+
+
+@frozen(kw_only=True)
+class LomSetup:
+    """A LOM round of fedpipe's own federation (written by check_secagg; no secret in it).
+
+    ``secagg_id`` names the context the nodes agree on (``agree_keys``), ``parties`` its node ids
+    in the request's order; the pairwise secrets stay in the node's key store.
+    """
+
+    secagg_id: str
+    parties: tuple[str, ...]
+    random: float
+    clipping_range: int | None
 
 
 @frozen(kw_only=True)
@@ -114,6 +129,7 @@ class RoundContext:
     deadline: float | None = None
     args: TrainingArgs | None = None
     secagg: SecaggSetup | None = None
+    lom: LomSetup | None = None
     dataset: DatasetRecord | None = None
     plan_source: PlanSource | None = None
     downloads: Downloads = Downloads()

@@ -8,6 +8,7 @@ translate their library's exceptions at the edge.
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from attrs import field, frozen
@@ -26,13 +27,19 @@ __all__ = [
     "DatasetRecord",
     "DatasetRegistry",
     "FileExchange",
+    "LomKeys",
+    "LomPorts",
     "MetricEvent",
     "Monitor",
+    "NodeIdentity",
     "NodeState",
+    "PairwiseSecrets",
+    "PendingOffer",
     "PlanLoader",
     "Ports",
     "SecaggCrypter",
     "SecaggKeys",
+    "SecaggRelay",
     "ServerKeyShare",
     "SplitRecord",
     "StateStore",
@@ -197,6 +204,98 @@ class SecaggCrypter(Protocol):
         ...
 
 
+def _read_only(secrets: Mapping[str, bytes]) -> Mapping[str, bytes]:
+    return MappingProxyType(dict(secrets))
+
+
+@frozen(kw_only=True)
+class PairwiseSecrets:
+    """The agreed LOM context ``secagg_id`` of job ``job_id``: one 32-byte secret per peer.
+
+    ``parties`` are the node ids of the context (this node included), in the request's order;
+    ``pairwise`` maps every other party to the secret this node shares with it. The secrets are
+    left out of the repr and the hash.
+    """
+
+    secagg_id: str
+    job_id: str
+    parties: tuple[str, ...]
+    pairwise: Mapping[str, bytes] = field(converter=_read_only, repr=False, hash=False)
+
+
+@frozen(kw_only=True)
+class PendingOffer:
+    """This node's side of a LOM agreement not yet complete: its ephemeral X25519 key and signed offer.
+
+    Kept until the context is agreed, so that a retried round offers the very same key again (the
+    relay keeps a node's first offer, and the peers may already have read it).
+    """
+
+    secagg_id: str
+    job_id: str
+    parties: tuple[str, ...]
+    ephemeral_key: bytes = field(repr=False)
+    offer: bytes = field(repr=False)
+
+
+class LomKeys(Protocol):
+    """The node's LOM key store: the peer keys its owner pinned, the contexts it agreed, its pending offers."""
+
+    def pinned_key(self, node_id: str) -> Result[bytes | None, RoundError]:
+        """The public identity key (PEM) the owner pinned for ``node_id``; None when none is pinned."""
+        ...
+
+    def pairwise(self, secagg_id: str, job_id: str) -> Result[PairwiseSecrets | None, RoundError]:
+        """The agreed context ``secagg_id`` of ``job_id``; None if absent; a failure if another job's."""
+        ...
+
+    def store_pairwise(self, secrets: PairwiseSecrets) -> Result[None, RoundError]:
+        """Store an agreed context durably (replacing one of the same id) and drop its pending offer."""
+        ...
+
+    def pending_offer(self, secagg_id: str) -> Result[PendingOffer | None, RoundError]:
+        """This node's pending offer for ``secagg_id``, or None."""
+        ...
+
+    def keep_pending_offer(self, offer: PendingOffer) -> Result[None, RoundError]:
+        """Store this node's offer durably before it is published (replacing one of the same id)."""
+        ...
+
+
+class NodeIdentity(Protocol):
+    """This node's identity key (P-256), which never leaves its adapter: it only signs."""
+
+    def sign(self, message: bytes) -> Result[bytes, RoundError]:
+        """The ECDSA-P256-SHA256 signature (DER) of ``message``."""
+        ...
+
+
+class SecaggRelay(Protocol):
+    """Carries the nodes' signed key offers of a LOM set-up between them (it holds no secret).
+
+    Offers are opaque bytes to the relay; a node publishes its own and collects everyone's.
+    """
+
+    def publish(self, secagg_id: str, node_id: str, blob: bytes) -> Result[None, RoundError]:
+        """Post ``node_id``'s offer for set-up ``secagg_id`` (posting the same offer again is harmless)."""
+        ...
+
+    def collect(self, secagg_id: str, *, count: int, wait: float) -> Result[Mapping[str, bytes], RoundError]:
+        """The offers posted for ``secagg_id`` (node id -> offer), once there are ``count`` of them or
+        after about ``wait`` seconds, whichever comes first (then possibly fewer)."""
+        ...
+
+
+@frozen(kw_only=True)
+class LomPorts:
+    """What LOM key agreement in fedpipe's own federations needs; ``agreement_seconds`` bounds its wait."""
+
+    relay: SecaggRelay
+    keys: LomKeys
+    identity: NodeIdentity
+    agreement_seconds: float = 60.0
+
+
 class PlanLoader(Protocol):
     """Imports a downloaded plan source and instantiates its class, leaving no trace behind."""
 
@@ -281,3 +380,5 @@ class Ports:
     secagg_keys: SecaggKeys
     crypter: SecaggCrypter
     new_id: Callable[[], str] = field(eq=False)
+    lom: LomPorts | None = None
+    """LOM key agreement and its key store; None on a node that cannot agree LOM contexts."""

@@ -15,6 +15,7 @@ from fedpipe.views import ListView, TupleView
 
 __all__ = [
     "REQUEST_FIELDS",
+    "SECAGG_SCHEMES",
     "JsonProblem",
     "TrainRequest",
     "finite_float",
@@ -280,11 +281,24 @@ def json_problem(
     return None, budget
 
 
+SECAGG_SCHEMES: tuple[str, ...] = ("joye-libert", "lom")
+"""The values of ``TrainRequest.secagg_scheme`` (None stands for Joye-Libert too, as before it)."""
+MAX_SECAGG_PARTIES = 1024
+
+
 @frozen(kw_only=True)
 class TrainRequest:
     """A validated train request, with the reference's TrainRequest field names.
 
     Mappings are read-only deep copies: a step can never alter what the researcher sent.
+
+    ``secagg_scheme``, ``secagg_dh_id`` and ``secagg_parties`` are fedpipe's own, beyond the
+    reference: in a fedpipe federation the researcher must tell each node which scheme a secure
+    round uses and, for LOM, which context the nodes agree on among themselves and who its
+    parties are (with Joye-Libert the node's key share records its parties; LOM has no dealt key
+    to record them). All three default to None, so every request valid before them still is and
+    means what it meant: ``secagg_servkey_id`` with ``secagg_biprime_id`` is a Joye-Libert round.
+    ``check_secagg`` enforces how they combine.
     """
 
     researcher_id: str
@@ -304,11 +318,19 @@ class TrainRequest:
     secagg_biprime_id: str | None = None
     secagg_random: float | None = None
     secagg_clipping_range: int | None = None
+    secagg_scheme: str | None = None
+    secagg_dh_id: str | None = None
+    secagg_parties: tuple[str, ...] | None = None
 
     @property
     def secagg_requested(self) -> bool:
-        """True when the request names both secure-aggregation contexts."""
+        """True when the request names both Joye-Libert secure-aggregation contexts."""
         return self.secagg_servkey_id is not None and self.secagg_biprime_id is not None
+
+    @property
+    def lom_requested(self) -> bool:
+        """True when the request asks for a LOM round of fedpipe's own federation."""
+        return self.secagg_scheme == "lom"
 
     def to_dict(self) -> dict[str, Any]:
         """The request as a JSON-like dict with the reference field names (``command`` included)."""
@@ -331,6 +353,10 @@ class TrainRequest:
             "aggregator_args": thaw(self.aggregator_args),
             "aux_var_urls": list(self.aux_var_urls) or None,
             "command": "train",
+            # fedpipe's own fields only when set: a request without them reads as before
+            **({} if self.secagg_scheme is None else {"secagg_scheme": self.secagg_scheme}),
+            **({} if self.secagg_dh_id is None else {"secagg_dh_id": self.secagg_dh_id}),
+            **({} if self.secagg_parties is None else {"secagg_parties": list(self.secagg_parties)}),
         }
 
 
@@ -442,6 +468,23 @@ def _optional_int(name: str, value: Any) -> Result[Any, RoundError]:
     return Success(value)
 
 
+def _scheme(name: str, value: Any) -> Result[Any, RoundError]:
+    if value is None or value in SECAGG_SCHEMES:
+        return Success(value)
+    return Failure(_bad(name, 'must be "joye-libert", "lom" or null', value))
+
+
+def _parties(name: str, value: Any) -> Result[Any, RoundError]:
+    if value is None:
+        return Success(None)
+    rule = f"must be a list of 2 to {MAX_SECAGG_PARTIES} distinct node ids"
+    if not isinstance(value, list | tuple) or not 2 <= len(value) <= MAX_SECAGG_PARTIES:
+        return Failure(_bad(name, rule, value))
+    if not all(is_identifier_text(item) for item in value) or len(set(value)) != len(value):
+        return Failure(_bad(name, rule, value))
+    return Success(tuple(value))
+
+
 # name -> (parser, required); optional fields take the parser's value for None.
 _FIELDS: dict[str, tuple[Parser, bool]] = {
     "researcher_id": (_identifier_text, True),
@@ -461,6 +504,9 @@ _FIELDS: dict[str, tuple[Parser, bool]] = {
     "secagg_biprime_id": (_optional_identifier_text, False),
     "secagg_random": (_optional_float, False),
     "secagg_clipping_range": (_optional_int, False),
+    "secagg_scheme": (_scheme, False),
+    "secagg_dh_id": (_optional_identifier_text, False),
+    "secagg_parties": (_parties, False),
 }
 
 REQUEST_FIELDS: tuple[str, ...] = tuple(_FIELDS)

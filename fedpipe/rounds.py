@@ -1,5 +1,9 @@
 """The built-in rounds: the standard training round and the validation-only round.
 
+In a LOM round of fedpipe's own federation ``agree_keys`` (after the cheap local checks and the
+plan approval, before anything is downloaded or trained) agrees the context's pairwise secrets on
+its first round; it does nothing in plain and Joye-Libert rounds.
+
 The standard round ends with ``upload_results`` and then ``save_state``, so that a round that
 fails leaves node state as it was: a failed upload saves nothing (no orphan state that no
 researcher knows of). The results file already names the state id the round will save
@@ -54,6 +58,7 @@ from fedpipe.steps import (
     validate_global,
     validate_local,
 )
+from fedpipe.steps.agree import agree_keys
 
 __all__ = ["STANDARD_STEPS", "TRAINING_ONLY_STEPS", "standard_round", "validation_round"]
 
@@ -68,6 +73,7 @@ def standard_round(ports: Ports) -> Round:
         NamedStep("find_dataset", find_dataset(ports.datasets)),
         NamedStep("fetch_plan", fetch_plan(ports.exchange)),
         NamedStep("check_approval", check_approval(ports.approvals)),
+        NamedStep("agree_keys", agree_keys(ports.lom, ports.clock)),
         NamedStep("fetch_params", fetch_params(ports.exchange)),
         NamedStep("start_masks", start_masks(ports.crypter)),
         NamedStep("fetch_aggregator_args", fetch_aggregator_args(ports.exchange)),
@@ -83,7 +89,15 @@ def standard_round(ports: Ports) -> Round:
         NamedStep("collect_aux_vars", collect_aux_vars),
         NamedStep("validate_local", validate_local(ports.monitor, ports.clock)),
         NamedStep("make_update", make_update),
-        NamedStep("encrypt_update", encrypt_update(ports.crypter, ports.secagg_keys, clock=ports.clock)),
+        NamedStep(
+            "encrypt_update",
+            encrypt_update(
+                ports.crypter,
+                ports.secagg_keys,
+                clock=ports.clock,
+                lom_keys=None if ports.lom is None else ports.lom.keys,
+            ),
+        ),
         NamedStep("upload_results", upload_results(ports.exchange)),
         NamedStep("save_state", save_state(ports.states)),
     )
@@ -95,6 +109,7 @@ STANDARD_STEPS: tuple[str, ...] = (
     "find_dataset",
     "fetch_plan",
     "check_approval",
+    "agree_keys",
     "fetch_params",
     "start_masks",
     "fetch_aggregator_args",
@@ -116,6 +131,7 @@ STANDARD_STEPS: tuple[str, ...] = (
 )
 
 TRAINING_ONLY_STEPS: tuple[str, ...] = (
+    "agree_keys",
     "start_masks",
     "train_model",
     "collect_aux_vars",

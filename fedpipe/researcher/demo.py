@@ -5,7 +5,8 @@ its own SQLite database, its non-IID shard of the shipped breast-cancer data and
 on), has each node owner register the dataset and approve the demo plan, starts one node process
 per directory (nodes only poll the server: outbound connections only), runs sample-weighted FedAvg
 (or SCAFFOLD, or secure aggregation) with validation before and after training, prints a table per
-round and writes a plot.
+round and writes a plot. With LOM secure aggregation the node owners also pin each other's identity
+keys, and the nodes agree their pairwise keys through the server on the first round.
 """
 
 import hashlib
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from attrs import frozen
+from attrs import evolve, frozen
 
 from fedpipe.researcher.experiment import Experiment, ExperimentResult, RoundRecord, SecureReport
 
@@ -34,12 +35,13 @@ TOKEN_FILE = "node.token"  # noqa: S105 - the name of the file, not a secret
 
 @frozen(kw_only=True)
 class DemoOptions:
-    """What ``fedpipe demo`` runs."""
+    """What ``fedpipe demo`` runs (``secagg_scheme``, "joye-libert" or "lom", matters when ``secagg`` is on)."""
 
     rounds: int = 5
     nodes: int = 3
     epochs: int = 2
     secagg: bool = False
+    secagg_scheme: str = "joye-libert"
     scaffold: bool = False
     gpu: bool = False
     seed: int = 0
@@ -105,6 +107,24 @@ def _prepare_nodes(options: DemoOptions, roots: list[Path], source: str, secagg:
         _say(
             options,
             f"  {node_id}: dataset `{DATASET_ID}` registered ({shard.stat().st_size} bytes), plan {digest}… approved by the owner",
+        )
+
+
+def _pin_peers(options: DemoOptions, roots: list[Path], node_ids: list[str]) -> None:
+    """What the node owners do before a LOM run: hand each other their identity keys and pin them."""
+    from fedpipe.bootstrap import open_owner
+
+    keys: dict[str, bytes] = {}
+    for root, node_id in zip(roots, node_ids, strict=True):
+        with open_owner(root, node_id=node_id) as owner:
+            keys[node_id] = owner.identity.public_pem()
+    for root, node_id in zip(roots, node_ids, strict=True):
+        with open_owner(root, node_id=node_id) as owner:
+            pinned = [owner.peers.add(peer, pem) for peer, pem in keys.items() if peer != node_id]
+        _say(
+            options,
+            f"  {node_id}: pinned the identity keys of "
+            + ", ".join(f"{p.node_id} ({p.fingerprint[:15]}…)" for p in pinned),
         )
 
 
@@ -402,15 +422,33 @@ def run_experiment(options: DemoOptions) -> ExperimentResult:
     source = demo_plan_source()
     node_ids = [f"node-{i + 1}" for i in range(options.nodes)]
     job_id = f"job-demo-seed{options.seed}"  # deterministic: the split (and so the run) depends on it
-    strategy, secagg = make_strategy(options, initial_params(options.seed), node_ids=node_ids, job_id=job_id)
+    lom = options.secagg and options.secagg_scheme == "lom"
+    if options.secagg and options.secagg_scheme not in ("joye-libert", "lom"):
+        raise ValueError(f"unknown secure-aggregation scheme {options.secagg_scheme!r}")
+    secagg: Any
+    if lom:
+        from fedpipe.researcher.secure import FedpipeLomAggregation
+
+        inner, _ = make_strategy(
+            evolve(options, secagg=False), initial_params(options.seed), node_ids=node_ids, job_id=job_id
+        )
+        secagg = FedpipeLomAggregation(node_ids=tuple(node_ids), secagg_id=f"lom-{job_id}")
+        strategy = secagg.wrap(inner, initial_params(options.seed))
+    else:
+        strategy, secagg = make_strategy(
+            options, initial_params(options.seed), node_ids=node_ids, job_id=job_id
+        )
+    scheme = "LOM" if lom else "Joye-Libert"
     _say(
         options,
         f"fedpipe demo: {options.nodes} nodes, {options.rounds} rounds, "
         + ("SCAFFOLD" if options.scaffold else "FedAvg")
-        + (" + Joye-Libert secure aggregation" if options.secagg else ""),
+        + (f" + {scheme} secure aggregation" if options.secagg else ""),
     )
     _say(options, "node owners:")
-    _prepare_nodes(options, roots, source, secagg)
+    _prepare_nodes(options, roots, source, None if lom else secagg)
+    if lom:
+        _pin_peers(options, roots, node_ids)
     with running_server(out / "server") as server_url:
         token = _issue_credentials(out / "server", roots)
         _say(options, f"server: {server_url} (file exchange + task board; a token for each node and us)")

@@ -5,10 +5,13 @@ sample-weighted mean of the weights (and of numeric aux vars). Joye-Libert (``Se
 multiply the ciphertexts, remove the masks with the server key. LOM (``LomAggregation``): sum the
 masked words, the pairwise masks cancel; the researcher holds no key. Both decrypt fedpipe nodes'
 results and stock Fed-BioMed 6.4.1 replies alike: the layout of a reply without fedpipe metadata
-is the request's (the parameter count of the model sent).
+is the request's (the parameter count of the model sent). ``FedpipeLomAggregation`` is LOM in
+fedpipe's own federations: the nodes agree their keys through the server, checking each other's
+pinned identity keys, and mask with a cryptographic PRG.
 """
 
 import random
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -20,17 +23,27 @@ from fedpipe.researcher.aggregation import unflatten
 from fedpipe.researcher.experiment import ExperimentStopped, NodeResult, Strategy
 from fedpipe.researcher.strategies import ScaffoldStrategy
 from fedpipe.secagg import Encoding, KeyMaterial, MaskPool, make_key_material
+from fedpipe.secagg.lom import FEDPIPE_LOM_INFO, FEDPIPE_TARGET_RANGE
 from fedpipe.secagg.researcher import (
     FACTOR_TOLERANCE,
+    LOM_SCHEME,
     AggregatedUpdate,
     SecaggMismatch,
     aggregate_lom_results,
     aggregate_results,
 )
 
-__all__ = ["LomAggregation", "SecureAggregation", "SecureStrategy", "UpdateDecrypter"]
+__all__ = [
+    "FedpipeLomAggregation",
+    "LomAggregation",
+    "SecureAggregation",
+    "SecureStrategy",
+    "UpdateDecrypter",
+]
 
 Params = Mapping[str, torch.Tensor]
+LOM_MODE = FEDPIPE_LOM_INFO.decode("ascii")
+"""``metadata.secagg.mode`` of an update masked in fedpipe's LOM mode (``fedpipe.steps.encrypt.LOM_MODE``)."""
 
 
 class UpdateDecrypter(Protocol):
@@ -204,6 +217,88 @@ class LomAggregation:
         """A strategy that decrypts before ``inner``'s kind of update (FedAvg or SCAFFOLD)."""
         self.n_params = sum(t.numel() for t in template.values())
         return SecureStrategy(secagg=self, inner=inner, template={k: v.clone() for k, v in template.items()})
+
+
+@define
+class FedpipeLomAggregation:
+    """One LOM context of fedpipe's own federation, on the researcher's side: its id and node parties.
+
+    The nodes agree the context's pairwise secrets among themselves through the server's key
+    relay on its first round, each checking the others' offers under the identity keys its owner
+    pinned; the researcher holds no key. It sums the nodes' masked words mod 2**64 (the masks
+    cancel when every party contributed to the same round), checks that each update was masked
+    in fedpipe mode with the encryption factor at its own index (after the values, never over
+    one of them), decodes the weighted mean at the fedpipe-mode target range and checks the factor
+    within ``factor_tolerance`` (default: two quantization steps, the decoding's bound).
+    Use it as ``SecureAggregation``: ``request_fields`` for the requests, ``wrap`` for the strategy.
+    """
+
+    node_ids: tuple[str, ...]
+    secagg_id: str = field(factory=lambda: f"lom-{uuid.uuid4().hex}")
+    clipping_range: int = 3
+    factor_tolerance: float | None = None
+    n_params: int | None = None
+    randoms: dict[int, float] = field(factory=dict)
+    _rng: random.Random = field(factory=lambda: random.Random(0))
+
+    @property
+    def tolerance(self) -> float:
+        """How far the decrypted factor may be from ``secagg_random``."""
+        if self.factor_tolerance is not None:
+            return self.factor_tolerance
+        return 2 * 2 * self.clipping_range / (FEDPIPE_TARGET_RANGE - 1) * 1.001
+
+    def request_fields(self, round_number: int) -> dict[str, Any]:
+        """The secagg fields of this round's train requests (a fresh ``secagg_random`` per round)."""
+        return {
+            "secagg_scheme": LOM_SCHEME,
+            "secagg_dh_id": self.secagg_id,
+            "secagg_parties": list(self.node_ids),
+            "secagg_random": _draw_random(self.randoms, self._rng, round_number),
+            "secagg_clipping_range": self.clipping_range,
+        }
+
+    def decrypt(
+        self, results: Sequence[NodeResult], round_number: int, n_params: int | None = None
+    ) -> tuple[Any, Mapping[str, Any]]:
+        """The weighted means (flat weights, aux vars) of one LOM round; raises ExperimentStopped on mismatch."""
+        for r in results:
+            problem = _fedpipe_lom_problem(r, self.secagg_id)
+            if problem is not None:
+                raise ExperimentStopped(f"secure aggregation of round {round_number} failed: {problem}")
+        outcome = aggregate_lom_results(
+            [r.results for r in results],
+            n_nodes=len(self.node_ids),
+            secagg_random=self.randoms.get(round_number),
+            n_params=self.n_params if n_params is None else n_params,
+            clipping_range=self.clipping_range,
+            target_range=FEDPIPE_TARGET_RANGE,
+            factor_tolerance=self.tolerance,
+        )
+        return _unwrap(outcome, round_number)
+
+    def wrap(self, inner: Strategy, template: Params) -> "SecureStrategy":
+        """A strategy that decrypts before ``inner``'s kind of update (FedAvg or SCAFFOLD)."""
+        self.n_params = sum(t.numel() for t in template.values())
+        return SecureStrategy(secagg=self, inner=inner, template={k: v.clone() for k, v in template.items()})
+
+
+def _fedpipe_lom_problem(result: NodeResult, secagg_id: str) -> str | None:
+    """Why ``result`` is not a fedpipe-mode LOM update of ``secagg_id`` with its factor at its own index."""
+    meta = result.results.get("metadata")
+    sec = meta.get("secagg") if isinstance(meta, Mapping) else None
+    if not isinstance(sec, Mapping) or sec.get("mode") != LOM_MODE:
+        return f"the update of {result.node_id} is not masked in fedpipe's LOM mode"
+    if sec.get("context_id") != secagg_id:
+        return f"the update of {result.node_id} was masked for another LOM context"
+    if sec.get("target_range") != FEDPIPE_TARGET_RANGE:
+        return f"the update of {result.node_id} was quantized at another target range"
+    n_values, index = sec.get("n_values"), sec.get("factor_index")
+    if type(n_values) is not int or index != n_values:
+        return (
+            f"the encryption factor of {result.node_id} is not at its own index (after the {n_values} values)"
+        )
+    return None
 
 
 @define

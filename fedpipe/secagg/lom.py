@@ -30,6 +30,12 @@ that names no secret and no path, safe as ``RoundError.public``; :meth:`LomCrypt
 into ``Failure(RoundError(ENCRYPTION_FAILED))`` for the node's steps, :meth:`LomCrypter.decrypt_mean`
 into ``Failure(LomInputError)`` for the researcher. Where 6.4.1 would accept a bad input and return
 nonsense (non-finite values, duplicate parties, an empty nonce) we refuse it instead.
+
+Fedpipe mode (the last section; fedpipe's own federations, never a Fed-BioMed researcher): the same
+quantization and weighting, masks from a cryptographic PRG instead (``fedpipe_round_key``: one
+HKDF-SHA256 key per peer, round and context; ``fedpipe_lom_masks``: its ChaCha20 keystream as
+uint64 words, word ``i`` for value index ``i``), and ``FedpipeLomCrypter`` that encrypts a vector
+from any value index, so that the encryption factor uses words of its own.
 """
 
 import itertools
@@ -40,20 +46,27 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import numpy.typing as npt
 from attrs import field, frozen
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from returns.result import Failure, Result, Success
 
 from fedpipe.errors import ErrorCode, RoundError
 
 __all__ = [
     "CLIPPING_RANGE",
+    "FEDPIPE_LOM_INFO",
+    "FEDPIPE_TARGET_RANGE",
     "MAX_ROUND",
     "NONCE_BYTES",
     "SECRET_BYTES",
     "TARGET_RANGE",
     "WEIGHT_RANGE",
+    "FedpipeLomCrypter",
     "LomCrypter",
     "LomInputError",
+    "fedpipe_lom_masks",
+    "fedpipe_round_key",
     "lom_aggregate",
     "lom_decrypt_mean",
     "lom_masks",
@@ -698,3 +711,281 @@ class LomCrypter:
             )
         except LomInputError as e:
             return Failure(e)
+
+
+# --- fedpipe mode: masks from a cryptographic PRG, for fedpipe's own federations ------------------
+#
+# 6.4.1's round seed is ChaCha20 of the round number under the pairwise secret, padded with 16
+# zero bytes (a 128-bit key), and its masks XOR a public counter into the keystream. Between
+# fedpipe nodes nothing needs that: each peer's mask of a round is the plain ChaCha20 keystream
+# under a 256-bit key derived with HKDF-SHA256 from the pairwise secret, the round and the
+# context id, read as little-endian uint64 words. Word ``i`` of the stream masks value index
+# ``i``, so a vector encrypted from ``first_index`` (the encryption factor after the update)
+# uses words no other vector of the round uses. Nothing above this section changes.
+
+FEDPIPE_LOM_INFO = b"fedpipe-lom-v1"
+"""The HKDF ``info`` prefix of fedpipe-mode round keys (and the name of the mode in metadata)."""
+FEDPIPE_TARGET_RANGE = 2**20
+"""Quantization levels of fedpipe-mode LOM: the words are 64 bits wide anyway, so 128 times
+6.4.1's 2**13 costs nothing (weighted values stay below 2**37) and the mean is that much closer."""
+_ZERO_NONCE = bytes(NONCE_BYTES)  # every round key is used for one stream only
+_ZEROS = np.zeros(_CHUNK, dtype=np.uint64)
+_ZEROS.flags.writeable = False
+
+
+def _check_context_id(secagg_id: str) -> bytes:
+    if not isinstance(secagg_id, str) or not secagg_id:
+        raise LomInputError("the LOM context id must be a non-empty string")
+    try:
+        return secagg_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LomInputError("the LOM context id must be valid Unicode text") from None
+
+
+def fedpipe_round_key(pairwise_secret: bytes, *, secagg_id: str, tau: int) -> bytes:
+    """The 32-byte ChaCha20 key of one peer for round ``tau``: HKDF-SHA256 of the pairwise secret.
+
+    ``info`` is ``FEDPIPE_LOM_INFO`` + ``tau`` (8 bytes, big-endian) + the UTF-8 context id; no
+    salt (the secret is already uniform). Distinct rounds and contexts give independent keys.
+
+    >>> k = fedpipe_round_key(bytes(32), secagg_id="lom-1", tau=0)
+    >>> len(k), k == fedpipe_round_key(bytes(32), secagg_id="lom-1", tau=1)
+    (32, False)
+    """
+    context = _check_context_id(secagg_id)
+    if not isinstance(tau, int) or isinstance(tau, bool) or not 0 <= tau < _U64:
+        raise LomInputError("the LOM round (tau) must be an integer in [0, 2**64)")
+    if not isinstance(pairwise_secret, bytes) or len(pairwise_secret) != SECRET_BYTES:
+        raise LomInputError(f"a LOM pairwise secret must be {SECRET_BYTES} bytes")
+    info = FEDPIPE_LOM_INFO + tau.to_bytes(8, "big") + context
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(pairwise_secret)
+
+
+def _check_first_index(first_index: int, size: int) -> None:
+    if not isinstance(first_index, int) or isinstance(first_index, bool) or first_index < 0:
+        raise LomInputError("the first value index must be a non-negative integer")
+    if first_index + size > 1 << 61:
+        raise LomInputError("the value indices of a LOM vector must stay below 2**61")
+
+
+def _stream_range(
+    out: UInt64Array,
+    lo: int,
+    hi: int,
+    keys: list[tuple[bytes, bool]],
+    *,
+    first_index: int,
+    fill: Fill | None,
+) -> None:
+    """Fill ``out[lo:hi]`` and add (or subtract) each key's keystream words ``first_index + lo ...``."""
+    start_word = first_index + lo
+    streams = []
+    for key, add in keys:
+        stream = _Keystream(key, _ZERO_NONCE, skip_blocks=start_word // 8)
+        skip = (start_word % 8) * 8
+        if skip:  # the words of the first block that belong to earlier indices
+            scratch = bytearray(skip)
+            stream.xor_into(memoryview(bytes(skip)), memoryview(scratch))
+        streams.append((stream, add))
+    mask = np.empty(_CHUNK, dtype=np.uint64)
+    mask_bytes = mask.data.cast("B")
+    zero_bytes = _ZEROS.data.cast("B")
+    with np.errstate(over="ignore"):
+        for start in range(lo, hi, _CHUNK):
+            stop = min(hi, start + _CHUNK)
+            m = stop - start
+            view = out[start:stop]
+            if fill is not None:
+                fill(start, stop, view)
+            k = mask[:m]
+            for stream, add in streams:
+                stream.xor_into(zero_bytes[: 8 * m], mask_bytes[: 8 * m])
+                if add:
+                    np.add(view, k, out=view)
+                else:
+                    np.subtract(view, k, out=view)
+
+
+def _stream_masked(
+    size: int,
+    peers: list[tuple[str, bytes]],
+    *,
+    own_id: str,
+    secagg_id: str,
+    tau: int,
+    first_index: int,
+    fill: Fill | None,
+    workers: int,
+) -> UInt64Array:
+    """``fill``'s values (zeros when None) plus the signed fedpipe-mode masks of ``peers``."""
+    keys = [
+        (fedpipe_round_key(secret, secagg_id=secagg_id, tau=tau), peer < own_id) for peer, secret in peers
+    ]
+    out = np.zeros(size, dtype=np.uint64) if fill is None else np.empty(size, dtype=np.uint64)
+    parts = max(1, min(workers, size // _MIN_PART))
+    bounds = [0] + [size * i // parts for i in range(1, parts)] + [size]
+    ranges = [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
+    if len(ranges) == 1:
+        _stream_range(out, 0, size, keys, first_index=first_index, fill=fill)
+        return out
+    with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+        futures = [
+            pool.submit(_stream_range, out, lo, hi, keys, first_index=first_index, fill=fill)
+            for lo, hi in ranges
+        ]
+        for f in futures:
+            f.result()
+    return out
+
+
+def fedpipe_lom_masks(
+    pairwise_secrets: Mapping[str, bytes],
+    *,
+    own_id: str,
+    secagg_id: str,
+    tau: int,
+    size: int,
+    parties: Sequence[str] | None = None,
+    first_index: int = 0,
+    workers: int = 1,
+) -> UInt64Array:
+    """The fedpipe-mode mask of ``own_id`` for round ``tau``: words ``first_index .. + size - 1``.
+
+    Per peer, the keystream of ``ChaCha20(fedpipe_round_key(secret, secagg_id, tau))`` read as
+    little-endian uint64, added when the peer's id sorts before ``own_id`` and subtracted
+    otherwise (as LOM does), so the masks of all the parties sum to zero mod 2**64 word by word.
+    ``parties`` and ``workers`` as for :func:`lom_masks`.
+
+    >>> s = {"a": bytes(32)}
+    >>> m_b = fedpipe_lom_masks(s, own_id="b", secagg_id="x", tau=3, size=4)
+    >>> m_a = fedpipe_lom_masks({"b": bytes(32)}, own_id="a", secagg_id="x", tau=3, size=4)
+    >>> (m_a + m_b).tolist()
+    [0, 0, 0, 0]
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise LomInputError("the LOM vector length must be a positive integer")
+    _check_context_id(secagg_id)
+    _check_tau(tau, size)
+    _check_first_index(first_index, size)
+    peers, _ = _peers(pairwise_secrets, own_id, parties)
+    return _stream_masked(
+        size,
+        peers,
+        own_id=own_id,
+        secagg_id=secagg_id,
+        tau=tau,
+        first_index=first_index,
+        fill=None,
+        workers=_workers(workers),
+    )
+
+
+def _quantizing_fill(
+    x: FloatArray, *, clipping_range: float, target_range: int, weight: int | None, n_parties: int
+) -> Fill:
+    """The fill that quantizes and weights ``x`` as :meth:`LomCrypter.protect` does (same levels)."""
+    c, t, two_c = _check_quantization(clipping_range, target_range)
+    _check_weight(weight)
+    w = 1 if weight is None else weight
+    limit = _value_limit(n_parties)
+    d = two_c / t
+    if _is_power_of_two(target_range) and d * t == two_c and (target_range - 1) * w < min(1 << 52, limit):
+        return _fast_fill(x, c, d, float(target_range - 1), None if weight is None else float(w))
+    top = np.uint64(target_range - 1)
+    check = (target_range - 1) * w >= limit
+
+    def fill(start: int, stop: int, view: UInt64Array) -> None:
+        scratch = np.empty(stop - start, dtype=np.float64)
+        _quantize_into(x[start:stop], view, scratch, c, t, two_c, top)
+        if check and int(view.max()) * w >= limit:
+            raise LomInputError(
+                f"a weighted value is too large for LOM with {n_parties} parties (overflow of the sum)"
+            )
+        if weight is not None:
+            np.multiply(view, np.uint64(w), out=view)
+
+    return fill
+
+
+@frozen(kw_only=True)
+class FedpipeLomCrypter:
+    """A fedpipe node's LOM crypter: 6.4.1's quantization and weighting, fedpipe-mode masks.
+
+    ``target_range`` defaults to ``FEDPIPE_TARGET_RANGE``; the researcher decodes with the same
+    range (recorded in the update's metadata). ``workers`` as for :class:`LomCrypter`.
+    """
+
+    clipping_range: float = CLIPPING_RANGE
+    target_range: int = FEDPIPE_TARGET_RANGE
+    workers: int = 1
+
+    def protect(
+        self,
+        values: Sequence[float] | npt.NDArray[np.generic],
+        *,
+        pairwise_secrets: Mapping[str, bytes],
+        own_id: str,
+        secagg_id: str,
+        round_number: int,
+        weight: int | None,
+        parties: Sequence[str] | None = None,
+        first_index: int = 0,
+    ) -> UInt64Array:
+        """Quantize, weight and mask ``values`` from value index ``first_index``; raises LomInputError.
+
+        Two vectors of one round must use disjoint index ranges (the update from 0, its factor
+        after it): a mask word used twice reveals the difference of the two values it masks.
+        """
+        workers = _workers(self.workers)
+        _check_context_id(secagg_id)
+        x = _as_floats(values)
+        _check_tau(round_number, x.size)
+        _check_first_index(first_index, x.size)
+        peers, n_parties = _peers(pairwise_secrets, own_id, parties)
+        fill = _quantizing_fill(
+            x,
+            clipping_range=self.clipping_range,
+            target_range=self.target_range,
+            weight=weight,
+            n_parties=n_parties,
+        )
+        return _stream_masked(
+            x.size,
+            peers,
+            own_id=own_id,
+            secagg_id=secagg_id,
+            tau=round_number,
+            first_index=first_index,
+            fill=fill,
+            workers=workers,
+        )
+
+    def encrypt(
+        self,
+        values: Sequence[float] | npt.NDArray[np.generic],
+        *,
+        pairwise_secrets: Mapping[str, bytes],
+        own_id: str,
+        secagg_id: str,
+        round_number: int,
+        weight: int | None,
+        parties: Sequence[str] | None = None,
+        first_index: int = 0,
+    ) -> Result[UInt64Array, RoundError]:
+        """:meth:`protect` as a Result: bad input is ``Failure(RoundError(ENCRYPTION_FAILED))``."""
+        try:
+            return Success(
+                self.protect(
+                    values,
+                    pairwise_secrets=pairwise_secrets,
+                    own_id=own_id,
+                    secagg_id=secagg_id,
+                    round_number=round_number,
+                    weight=weight,
+                    parties=parties,
+                    first_index=first_index,
+                )
+            )
+        except LomInputError as e:
+            msg = f"LOM encryption refused: {e}"
+            return Failure(RoundError(code=ErrorCode.ENCRYPTION_FAILED, step="", detail=msg, public=msg))

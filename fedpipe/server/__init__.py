@@ -1,4 +1,4 @@
-"""The reference server (Starlette on uvicorn): file exchange, metric sink and task board, with tokens.
+"""The reference server (Starlette on uvicorn): file exchange, metric sink, task board and key relay, with tokens.
 
 ``create_app(root, ...)`` builds the ASGI app; ``serve(host, port, root)`` runs it (HTTPS with
 ``certfile``/``keyfile``); ``fedpipe.server.auth.TokenStore(root)`` issues the bearer tokens it

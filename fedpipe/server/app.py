@@ -12,10 +12,12 @@ on a route its role or subject may not use 403 ``{"error": "forbidden"}``, and n
 | GET /monitor[?job_id=J]  | researcher             | the events of the jobs it posted tasks for, oldest first |
 | GET /health              | anyone                 | ``{"status": "ok"}``                                  |
 | /tasks/..., /nodes       | see ``fedpipe.server.tasks``                                                    |
+| /secagg/{id}/keys[/...]  | nodes: the LOM key relay, see ``fedpipe.server.relay``                          |
 
 Limits, all enforced while the body streams in (a ``Content-Length`` over the limit -> 413 before
 reading; a body that grows past it -> 413 as soon as it does): uploads ``max_bytes`` per file,
-``/monitor`` events ``MAX_EVENT_BYTES``, board bodies as ``fedpipe.server.tasks`` says.
+``/monitor`` events ``MAX_EVENT_BYTES``, board bodies as ``fedpipe.server.tasks`` says, key
+offers as ``fedpipe.server.relay`` says (``max_key_setups``, ``max_key_parties``, ``key_setup_ttl_s``).
 Monitor events are kept in memory, at most ``monitor_bytes`` in all and ``monitor_job_bytes``
 per job (oldest out first); NaN, Infinity and -Infinity in an event are stored and served as the
 strings "NaN", "Infinity" and "-Infinity", so ``GET /monitor`` is always valid JSON.
@@ -41,6 +43,13 @@ from fedpipe.server.auth import Principal, TokenStore, authorize, forbidden
 from fedpipe.server.bodies import canonical, json_error, json_object, monitor_json
 from fedpipe.server.events import EventBuffer
 from fedpipe.server.multipart import MultipartError, boundary_of, stream_file_part
+from fedpipe.server.relay import (
+    DEFAULT_MAX_PARTIES,
+    DEFAULT_MAX_SETUPS,
+    DEFAULT_SETUP_TTL_S,
+    KeyRelay,
+    relay_routes,
+)
 from fedpipe.server.store import BlobStore, is_blob_id
 from fedpipe.server.store import TooLarge as FileTooLarge
 from fedpipe.server.tasks import (
@@ -200,6 +209,10 @@ def create_app(
     monitor_bytes: int = DEFAULT_MONITOR_BYTES,
     monitor_job_bytes: int = DEFAULT_MONITOR_JOB_BYTES,
     clock: Callable[[], float] = time.time,
+    relay: KeyRelay | None = None,
+    max_key_setups: int = DEFAULT_MAX_SETUPS,
+    max_key_parties: int = DEFAULT_MAX_PARTIES,
+    key_setup_ttl_s: float = DEFAULT_SETUP_TTL_S,
 ) -> Starlette:
     """The server app storing files, tokens and the task board under ``root``.
 
@@ -207,9 +220,11 @@ def create_app(
     came to); ``max_bytes`` bounds one file; ``routes`` are added after the server's own (they
     do their own authentication). The board options are ``TaskBoard``'s (ignored when ``board``
     is given); ``monitor_bytes``/``monitor_job_bytes`` bound the metric events kept; ``clock``
-    is the wall clock of leases and retention (a fake one in tests).
+    is the wall clock of leases and retention (a fake one in tests). The key relay's bounds are
+    ``KeyRelay``'s (ignored when ``relay`` is given).
     ``app.state.tokens`` is the ``TokenStore`` (issue tokens with it), ``app.state.board`` the
-    ``TaskBoard``, ``app.state.exchange.events`` the ``EventBuffer``.
+    ``TaskBoard``, ``app.state.exchange.events`` the ``EventBuffer``, ``app.state.relay`` the
+    ``KeyRelay``.
     """
     root = Path(root)
     store = BlobStore(root, max_bytes)
@@ -233,8 +248,12 @@ def create_app(
         Route("/monitor", exchange.list_events, methods=["GET"]),
         Route("/health", exchange.health, methods=["GET"]),
     ]
-    app = Starlette(routes=[*own, *task_routes(board, tokens), *routes])
+    relay = relay or KeyRelay(
+        max_setups=max_key_setups, max_parties=max_key_parties, ttl_seconds=key_setup_ttl_s
+    )
+    app = Starlette(routes=[*own, *task_routes(board, tokens), *relay_routes(relay, tokens), *routes])
     app.state.exchange = exchange
     app.state.board = board
     app.state.tokens = tokens
+    app.state.relay = relay
     return app

@@ -8,6 +8,11 @@ and how many values lay beyond the clipping range (D17: clipped, counted and rep
 and what the researcher may show of the round: what was encrypted, how many ciphertexts, how long the
 encryption after training took and, when the crypter reports them, its masking figures. All of it
 is plain data (numbers and strings): never a key, a mask, a plaintext or a value of the update.
+
+A LOM round of fedpipe's own federation (``RoundContext.lom``) encrypts the same vector with
+fedpipe-mode LOM masks (``fedpipe.secagg.lom.FedpipeLomCrypter``) under the pairwise secrets
+``agree_keys`` stored, the factor at value index K again (its own mask words), and claims the
+(context, round) pair first as Joye-Libert does.
 """
 
 import math
@@ -19,15 +24,17 @@ from attrs import evolve
 from returns.result import Failure, Result, Success
 
 from fedpipe.compose import Step, require
-from fedpipe.context import RoundContext, SecaggSetup, Update
-from fedpipe.errors import ErrorCode, RoundError
-from fedpipe.ports import Clock, SecaggCrypter, SecaggKeys
+from fedpipe.context import LomSetup, RoundContext, SecaggSetup, TrainingOutcome, Update
+from fedpipe.errors import ErrorCode, RoundError, printable
+from fedpipe.ports import Clock, LomKeys, PairwiseSecrets, SecaggCrypter, SecaggKeys
 from fedpipe.secagg.layout import flatten_aux, specs_to_data
+from fedpipe.secagg.lom import FEDPIPE_LOM_INFO, FEDPIPE_TARGET_RANGE, FedpipeLomCrypter
 from fedpipe.secagg.params import CLIPPING_RANGE
 from fedpipe.secagg.quantize import out_of_range
+from fedpipe.steps._util import call_plan
 from fedpipe.steps.fetch import decode_payload
 
-__all__ = ["MASK_STATS", "encrypt_update", "start_masks"]
+__all__ = ["LOM_MODE", "MASK_STATS", "encrypt_update", "start_masks"]
 
 STEP = "encrypt_update"
 NOT_NUMBERS = "The flattened model update is not a list of finite numbers."
@@ -41,6 +48,8 @@ MASK_STATS: tuple[str, ...] = (
 nothing but these durations and fractions can reach the researcher from the crypter."""
 MAX_FIGURE = 1e9
 """Seconds (about 32 years): a larger "figure" is no duration, and is dropped rather than sent."""
+LOM_MODE = FEDPIPE_LOM_INFO.decode("ascii")
+"""``metadata["secagg"]["mode"]`` of a fedpipe-mode LOM update (the researcher checks it)."""
 
 
 def _refuse(detail: str, public: str, code: ErrorCode = ErrorCode.ENCRYPTION_FAILED) -> Failure[RoundError]:
@@ -156,8 +165,145 @@ def _masking(crypter: SecaggCrypter, setup: SecaggSetup, round_number: int) -> d
     return {name: value for name, value in figures.items() if value is not None}
 
 
+def _flat_weights(ctx: RoundContext, update: Update) -> Result[Any, RoundError]:
+    """The update's weights as a flat sequence: as ``make_update`` left them, or flattened by the plan.
+
+    ``make_update`` flattens them for a Joye-Libert round (``ctx.secagg``); for a LOM round it may
+    have kept the mapping, and the plan, which alone knows its flattening order, flattens it here.
+    """
+    weights = update.model_weights
+    if not isinstance(weights, Mapping):
+        return Success(weights)
+    plan = ctx.plan
+    if plan is None:
+        return require(None, step=STEP, what="trained plan")
+    return call_plan(
+        STEP,
+        ErrorCode.ENCRYPTION_FAILED,
+        "Cannot flatten the trained parameters",
+        lambda: plan.after_training_params(flatten=True),
+    )
+
+
+def _encrypt_lom(
+    ctx: RoundContext,
+    setup: LomSetup,
+    store: LomKeys | None,
+    keys: SecaggKeys,
+    update: Update,
+    training: TrainingOutcome,
+    clock: Clock | None,
+) -> Result[RoundContext, RoundError]:
+    """The LOM branch of ``encrypt_update``: the agreed context, the tau claim, then the two vectors."""
+    if store is None:
+        return _refuse(
+            "no LOM key store",
+            "This node cannot run LOM rounds: it keeps no LOM contexts.",
+            ErrorCode.SECAGG_CONFIG,
+        )
+    flat = _flat_weights(ctx, update)
+    if isinstance(flat, Failure):
+        return flat
+    weights = _as_floats(flat.unwrap())
+    if weights is None:
+        return _refuse(
+            f"flattened update is {type(flat.unwrap()).__name__}, not a flat list of finite numbers",
+            NOT_NUMBERS,
+        )
+    aux_values, specs, clear_aux = flatten_aux(update.aux_vars)
+    if not np.isfinite(aux_values).all():
+        return _refuse(
+            "aux vars contain NaN or infinity", "The optimizer auxiliary variables are not finite."
+        )
+    values = np.concatenate([weights, aux_values]) if aux_values.size else weights
+    clip = CLIPPING_RANGE if setup.clipping_range is None else setup.clipping_range
+    crypter = FedpipeLomCrypter(clipping_range=clip)
+    context = printable(setup.secagg_id, 80)
+
+    def with_context(found: PairwiseSecrets | None) -> Result[RoundContext, RoundError]:
+        if found is None:
+            return _refuse(
+                f"no LOM context {setup.secagg_id!r}",
+                f"LOM context `{context}` is not agreed on this node.",
+                ErrorCode.SECAGG_CONFIG,
+            )
+        if len(found.parties) != len(setup.parties) or set(found.parties) != set(setup.parties):
+            return _refuse(
+                f"parties {setup.parties!r} differ from the agreed {found.parties!r}",
+                f"The parties of this round do not match those LOM context `{context}` was agreed with.",
+                ErrorCode.SECAGG_CONFIG,
+            )
+        common: dict[str, Any] = {
+            "pairwise_secrets": found.pairwise,
+            "own_id": ctx.settings.node_id,
+            "secagg_id": setup.secagg_id,
+            "round_number": ctx.request.round,
+            "weight": training.sample_size,
+            "parties": found.parties,
+        }
+
+        def encrypt_all(_: None) -> Result[RoundContext, RoundError]:
+            started = None if clock is None else clock.perf_counter()
+            cipher = crypter.encrypt(values, first_index=0, **common)
+            factor = crypter.encrypt([setup.random], first_index=int(values.size), **common)
+            seconds = None if clock is None or started is None else clock.perf_counter() - started
+            return cipher.bind(
+                lambda c: factor.map(
+                    lambda f: finish([int(v) for v in c.tolist()], [int(v) for v in f.tolist()], seconds)
+                )
+            ).alt(lambda e: evolve(e, step=STEP))
+
+        return keys.claim_tau(setup.secagg_id, ctx.request.round).bind(encrypt_all)
+
+    def finish(cipher: list[int], factor: list[int], seconds: float | None) -> RoundContext:
+        outside_w, outside_a = out_of_range(weights, float(clip)), out_of_range(aux_values, float(clip))
+        meta: dict[str, Any] = {
+            "scheme": "lom",
+            "mode": LOM_MODE,
+            "context_id": setup.secagg_id,
+            "target_range": FEDPIPE_TARGET_RANGE,
+            "n_weights": int(weights.size),
+            "n_values": int(values.size),
+            "aux_layout": specs_to_data(specs),
+            "factor_index": int(values.size),
+            "clipping_range": clip,
+            "num_nodes": len(setup.parties),
+            "out_of_range": outside_w + outside_a,
+            "out_of_range_aux": outside_a,
+            "encrypted": {"weights": int(weights.size), "aux_values": int(aux_values.size), "factor": 1},
+            "ciphertexts": len(cipher) + len(factor),
+        }
+        if seconds is not None:
+            meta["encrypt_seconds"] = seconds
+        notes = (
+            (
+                f"secagg: {outside_w + outside_a} values beyond the clipping range {clip} were clipped before encryption",
+            )
+            if outside_w + outside_a
+            else ()
+        )
+        return ctx.noted(
+            *notes,
+            update=evolve(
+                update,
+                model_weights=cipher,
+                aux_vars=clear_aux,
+                encrypted=True,
+                encryption_factor=tuple(factor),
+                metadata={**update.metadata, "secagg": meta},
+            ),
+        )
+
+    return store.pairwise(setup.secagg_id, ctx.request.job_id).bind(with_context)
+
+
 def encrypt_update(
-    crypter: SecaggCrypter, keys: SecaggKeys, *, fedbiomed_factor: bool = False, clock: Clock | None = None
+    crypter: SecaggCrypter,
+    keys: SecaggKeys,
+    *,
+    fedbiomed_factor: bool = False,
+    clock: Clock | None = None,
+    lom_keys: LomKeys | None = None,
 ) -> Step:
     """Encrypt the flat update and aux vars weighted by the sample size, then the ``secagg_random`` factor.
 
@@ -173,9 +319,17 @@ def encrypt_update(
     values, factor), the ``ciphertexts`` sent (update and factor), ``encrypt_seconds`` (wall time of
     the crypter's calls, read from ``clock``; absent without one) and ``masking`` (the crypter's
     ``MASK_STATS``, when it has a ``mask_stats`` method and reports any).
+
+    A LOM round (``ctx.lom``) encrypts with the pairwise secrets ``lom_keys`` holds for its
+    context instead (see the module docstring); its metadata adds ``mode`` (``LOM_MODE``),
+    ``context_id`` and ``target_range``, and the factor sits at index ``n_values``.
     """
 
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
+        if ctx.lom is not None:
+            if ctx.update is None or ctx.training is None:
+                return require(None, step=STEP, what="update to encrypt")
+            return _encrypt_lom(ctx, ctx.lom, lom_keys, keys, ctx.update, ctx.training, clock)
         setup = ctx.secagg
         if setup is None:
             return Success(ctx)

@@ -82,7 +82,7 @@ def make_update(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     plan, training = ctx.plan, ctx.training
     if plan is None or training is None:
         return require(None, step="make_update", what="trained plan")
-    flatten = ctx.secagg is not None
+    flatten = ctx.secagg is not None or ctx.lom is not None
     weights = call_plan(
         "make_update",
         ErrorCode.TRAINING_FAILED,

@@ -16,6 +16,7 @@ from fedpipe.testing.fakes import (
     ScriptedPlan,
     fake_ports,
 )
+from fedpipe.testing.lom import InMemoryIdentity, InMemoryLomKeys, InMemorySecaggRelay, lom_federation
 
 __all__ = [
     "MASK_STATS_EXAMPLE",
@@ -25,7 +26,10 @@ __all__ = [
     "InMemoryApprovalRegistry",
     "InMemoryDatasetRegistry",
     "InMemoryFileExchange",
+    "InMemoryIdentity",
+    "InMemoryLomKeys",
     "InMemorySecaggKeys",
+    "InMemorySecaggRelay",
     "InMemoryStateStore",
     "MaskStatsCrypter",
     "PlanFault",
@@ -33,4 +37,5 @@ __all__ = [
     "RegistryPlanLoader",
     "ScriptedPlan",
     "fake_ports",
+    "lom_federation",
 ]

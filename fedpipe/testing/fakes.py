@@ -31,6 +31,7 @@ from fedpipe.plan import (
 from fedpipe.ports import (
     Approval,
     Biprime,
+    LomPorts,
     MetricEvent,
     NodeState,
     Ports,
@@ -503,6 +504,7 @@ class FakeNode:
     clock: FakeClock = field(factory=FakeClock)
     secagg_keys: InMemorySecaggKeys = field(factory=InMemorySecaggKeys)
     crypter: FakeCrypter = field(factory=FakeCrypter)
+    lom: LomPorts | None = None
     _ids: Iterator[int] = field(factory=itertools.count)
 
     def new_id(self) -> str:
@@ -523,6 +525,7 @@ class FakeNode:
             secagg_keys=self.secagg_keys,
             crypter=self.crypter,
             new_id=self.new_id,
+            lom=self.lom,
         )
 
     def request(

@@ -47,6 +47,15 @@ def valid_request_dicts() -> st.SearchStrategy[dict[str, Any]]:
                 "secagg_clipping_range": st.none() | st.integers(1, 10),
             }
         ),
+        st.fixed_dictionaries(
+            {
+                "secagg_scheme": st.just("lom"),
+                "secagg_dh_id": _ident,
+                "secagg_parties": st.lists(_ident, min_size=2, max_size=5, unique=True),
+                "secagg_random": st.floats(0, 1),
+                "secagg_clipping_range": st.none() | st.integers(1, 10),
+            }
+        ),
     )
     base = st.fixed_dictionaries(
         {

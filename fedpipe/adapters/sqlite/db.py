@@ -25,7 +25,7 @@ from fedpipe.errors import ErrorCode, RoundError
 
 __all__ = ["SCHEMA_VERSION", "Database", "NodeAdminError", "now_iso", "store_error"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 STORE_ERRORS: Final = (sqlite3.Error, OSError, ValueError)
 """What the stores translate at the edge: SQLite and file errors, and ``ValueError`` for stored data
@@ -115,6 +115,26 @@ _MIGRATIONS: Final[dict[int, str]] = {
     CREATE TABLE overlay_channels (
         peer_id TEXT PRIMARY KEY,
         key_pem TEXT NOT NULL,
+        date_added TEXT NOT NULL
+    );
+    """,
+    # 3: the LOM key agreement of fedpipe's own federations: the identity keys of peer nodes that
+    # this node's owner pinned (public PEM), against which each peer's signed offer is checked; and
+    # the ephemeral key and signed offer of an agreement not yet complete, so that a retried round
+    # (or a restarted node) offers the same key again instead of one its peers have not seen.
+    3: """
+    CREATE TABLE pinned_peers (
+        node_id TEXT PRIMARY KEY,
+        public_pem TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        date_added TEXT NOT NULL
+    );
+    CREATE TABLE lom_pending_offers (
+        secagg_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        parties TEXT NOT NULL,
+        ephemeral_key TEXT NOT NULL,
+        offer TEXT NOT NULL,
         date_added TEXT NOT NULL
     );
     """,
