@@ -456,6 +456,11 @@ class FedbiomedNode:
         self._tell_researcher(request, run, reply.notes)
         self._send(reply.kind, reply.fields)
         done = time.perf_counter()
+        # the masks of the next round depend only on the key and the round: compute them now,
+        # while the researcher aggregates (nothing happens after a plain or LOM round)
+        prefetch = getattr(self.jl_crypter, "prefetch_after_reply", None)
+        if callable(prefetch):
+            prefetch(claimed_rounds=self.secagg_store.claimed_rounds)
         outcome = "success" if run.reply.success else f"failed ({run.reply.msg})"
         training = dict(run.step_seconds).get("train_model", 0.0)
         log.info(

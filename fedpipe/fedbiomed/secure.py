@@ -192,6 +192,10 @@ class SecaggStore(SecaggKeys, Protocol):
         """Delete a JL key share."""
         ...
 
+    def claimed_rounds(self, secagg_id: str) -> tuple[int, ...]:
+        """The rounds already encrypted under ``secagg_id``."""
+        ...
+
     def channel_keys(self) -> dict[str, bytes]:
         """This node's channel private keys per peer (PEM)."""
         ...
