@@ -6,8 +6,10 @@ node, best of ``--repeat``; (b) 6.4.1's ``SecaggLomCrypter.encrypt`` on the same
 subprocess of the scratch environment (``--env``, default ``.fbm-env``; skipped when absent), whose
 output must equal fedpipe's bit for bit; (c) the floor: ChaCha20 over the same number of bytes
 (8 per value per peer) into a preallocated buffer, best of ``--repeat``. Targets: (b)/(a) >= 30 and
-(a)/(c) <= 1.5, (a) on one thread; (a) on all cores (at most 8 threads) is printed too. The three
-are measured interleaved, so that a shared machine's load affects them alike.
+(a)/(c) <= 1.5, (a) on one thread; (a) on all cores (at most 8 threads) and the masks alone
+(``lom_masks``: no values to quantize) are printed too. fedpipe's and the floor's runs are
+interleaved, so that a shared machine's load affects them alike. ``measure`` and ``report`` are
+what ``benchmarks/secagg.py`` prints as its part (a).
 Usage: ``python benchmarks/secagg_lom.py [--params N] [--nodes K] [--repeat R] [--env PATH]``.
 """
 
@@ -24,12 +26,13 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
+from attrs import evolve, frozen
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fedpipe.secagg.lom import LomCrypter, lom_nonce  # noqa: E402
+from fedpipe.secagg.lom import LomCrypter, lom_masks, lom_nonce  # noqa: E402
 
 FEDBIOMED = r"""
 import json, sys, time
@@ -72,17 +75,31 @@ def keystream_floor(n_bytes: int, peers: int, repeat: int) -> float:
     return best(run, repeat)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=int, default=1_000_000)
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--env", type=Path, default=REPO / ".fbm-env")
-    args = parser.parse_args()
+@frozen(kw_only=True)
+class LomFigures:
+    """One LOM measurement: seconds of each contender on the same input (6.4.1's None when skipped)."""
 
+    n_params: int
+    nodes: int
+    threads: int
+    ours: float
+    ours_threads: float
+    masks_only: float
+    floor: float
+    fedbiomed: float | None
+    same: bool | None
+    weight: int
+
+
+def measure(n_params: int, nodes: int, repeat: int, env: Path) -> LomFigures:
+    """fedpipe's protect (1 thread and all cores), the bare keystream, and 6.4.1's encrypt on one input.
+
+    fedpipe and the floor are measured interleaved, best of ``repeat``; 6.4.1 once, in a subprocess
+    of the scratch environment ``env`` (None when it is absent), its output compared bit for bit.
+    """
     rng = np.random.default_rng(0)
-    values = rng.normal(0.0, 1.0, args.params)
-    parties = [f"NODE_{uuid.UUID(int=int(rng.integers(2**62)))}" for _ in range(args.nodes)]
+    values = rng.normal(0.0, 1.0, n_params)
+    parties = [f"NODE_{uuid.UUID(int=int(rng.integers(2**62)))}" for _ in range(nodes)]
     own = parties[1]
     secrets = {p: os.urandom(32) for p in parties if p != own}
     secagg_id = f"secagg_{uuid.uuid4()}"
@@ -94,29 +111,36 @@ def main() -> None:
             values, pairwise_secrets=secrets, own_id=own, round_number=tau, weight=weight, parties=parties
         )
 
+    def masks_only() -> np.ndarray:
+        return lom_masks(
+            secrets, own_id=own, tau=tau, size=n_params, nonce=lom_nonce(secagg_id), parties=parties
+        )
+
     out = ours(1)
     assert np.array_equal(out, ours(threads))
-    peers = args.nodes - 1
-    # interleaved, so that both see the same load on a shared machine
-    t_ours = t_floor = t_threads = float("inf")
-    for _ in range(args.repeat):
+    peers = nodes - 1
+    # interleaved, so that all see the same load on a shared machine
+    t_ours = t_floor = t_threads = t_masks = float("inf")
+    for _ in range(repeat):
         t_ours = min(t_ours, best(lambda: ours(1), 1))
-        t_floor = min(t_floor, keystream_floor(8 * args.params, peers, 1))
+        t_floor = min(t_floor, keystream_floor(8 * n_params, peers, 1))
         t_threads = min(t_threads, best(lambda: ours(threads), 1))
-
-    print(f"LOM, {args.params:,} values, {args.nodes} nodes ({peers} peers per node), weight {weight}")
-    print(f"  fedpipe LomCrypter.protect, 1 thread         {t_ours * 1e3:9.2f} ms")
-    print(f"  fedpipe LomCrypter.protect, {threads} threads        {t_threads * 1e3:9.2f} ms")
-    print(
-        f"  bare ChaCha20 keystream, 1 thread, {peers} x {8 * args.params / 2**20:.1f} MiB {t_floor * 1e3:8.2f} ms"
+        t_masks = min(t_masks, best(masks_only, 1))
+    figures = LomFigures(
+        n_params=n_params,
+        nodes=nodes,
+        threads=threads,
+        ours=t_ours,
+        ours_threads=t_threads,
+        masks_only=t_masks,
+        floor=t_floor,
+        fedbiomed=None,
+        same=None,
+        weight=weight,
     )
-    print(f"  fedpipe (1 thread) / keystream               {t_ours / t_floor:9.2f} x   (target <= 1.5)")
-    print(f"  fedpipe ({threads} threads) / keystream (1 thread)   {t_threads / t_floor:9.2f} x")
-
-    python = args.env / "bin" / "python"
+    python = env / "bin" / "python"
     if not python.exists():
-        print(f"  Fed-BioMed 6.4.1: skipped ({python} not found)")
-        return
+        return figures
     with TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "values.f64", Path(tmp) / "out.u64"
         values.astype("<f8").tofile(src)
@@ -137,9 +161,42 @@ def main() -> None:
         t_fbm = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
         theirs = np.fromfile(dst, dtype="<u8")
     same = hashlib.sha256(theirs.tobytes()).digest() == hashlib.sha256(out.astype("<u8").tobytes()).digest()
-    print(f"  Fed-BioMed 6.4.1 SecaggLomCrypter.encrypt    {t_fbm * 1e3:9.2f} ms   (same output: {same})")
-    print(f"  6.4.1 / fedpipe (1 thread)                   {t_fbm / t_ours:9.1f} x   (target >= 30)")
-    if not same:
+    return evolve(figures, fedbiomed=t_fbm, same=same)
+
+
+def report(f: LomFigures, indent: str = "  ") -> list[str]:
+    """The lines that say ``f``: times, then the ratios against the targets."""
+    peers = f.nodes - 1
+    lines = [
+        f"fedpipe LomCrypter.protect, 1 thread         {f.ours * 1e3:9.2f} ms",
+        f"fedpipe LomCrypter.protect, {f.threads} threads        {f.ours_threads * 1e3:9.2f} ms",
+        f"bare ChaCha20 keystream, 1 thread, {peers} x {8 * f.n_params / 2**20:.1f} MiB {f.floor * 1e3:8.2f} ms",
+        f"fedpipe (1 thread) / keystream               {f.ours / f.floor:9.2f} x   (target <= 1.5)",
+        f"fedpipe ({f.threads} threads) / keystream (1 thread)   {f.ours_threads / f.floor:9.2f} x",
+        f"fedpipe lom_masks alone (no values), 1 thread {f.masks_only * 1e3:8.2f} ms = "
+        f"{f.masks_only / f.floor:.2f} x the keystream",
+    ]
+    if f.fedbiomed is None:
+        lines.append("Fed-BioMed 6.4.1: skipped (no scratch environment)")
+    else:
+        lines += [
+            f"Fed-BioMed 6.4.1 SecaggLomCrypter.encrypt    {f.fedbiomed * 1e3:9.2f} ms   (same output: {f.same})",
+            f"6.4.1 / fedpipe (1 thread)                   {f.fedbiomed / f.ours:9.1f} x   (target >= 30)",
+        ]
+    return [indent + line for line in lines]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=int, default=1_000_000)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--env", type=Path, default=REPO / ".fbm-env")
+    args = parser.parse_args()
+    f = measure(args.params, args.nodes, args.repeat, args.env)
+    print(f"LOM, {f.n_params:,} values, {f.nodes} nodes ({f.nodes - 1} peers per node), weight {f.weight}")
+    print("\n".join(report(f)))
+    if f.same is False:
         sys.exit("fedpipe's LOM output differs from Fed-BioMed 6.4.1's")
 
 
