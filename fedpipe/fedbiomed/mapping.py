@@ -743,7 +743,9 @@ def _success_train_reply(
 
 
 def _ints(values: Any) -> bool:
-    return isinstance(values, list | tuple) and bool(values) and all(type(v) is int and v >= 0 for v in values)
+    return (
+        isinstance(values, list | tuple) and bool(values) and all(type(v) is int and v >= 0 for v in values)
+    )
 
 
 def _encrypted_train_reply(

@@ -565,18 +565,21 @@ class FedbiomedNode:
 
 
 def compatible_crypter(crypter: SecaggCrypter) -> SecaggCrypter:
-    """The Joye-Libert crypter of a Fed-BioMed federation: compatible packing, no checksum slot.
+    """The Joye-Libert crypter of a Fed-BioMed federation: compatible packing, no checksum slot,
+    6.4.1's quantisation (the node contributes exactly what a stock node would).
 
     It shares ``crypter``'s mask workers (masks do not depend on the packing), so closing the
     node's crypter stops both. Without the secagg extra, ``crypter`` itself (it refuses).
     """
     try:
         from fedpipe.secagg import Encoding, JoyeLibertCrypter, MaskPool
+        from fedpipe.secagg.params import Quantization
     except ImportError:
         return crypter
     pool = getattr(crypter, "pool", None)
     return JoyeLibertCrypter(
-        encoding=Encoding(checksum=False), pool=pool if isinstance(pool, MaskPool) else MaskPool()
+        encoding=Encoding(checksum=False, quantization=Quantization.FEDBIOMED),
+        pool=pool if isinstance(pool, MaskPool) else MaskPool(),
     )
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "WEIGHT_RANGE",
     "Encoding",
     "PackingMode",
+    "Quantization",
     "checksum_modulus",
 ]
 
@@ -46,6 +47,19 @@ class PackingMode(enum.StrEnum):
 
     COMPATIBLE = "compatible"
     DENSE = "fedpipe-dense"
+
+
+class Quantization(enum.StrEnum):
+    """How a value becomes one of the T levels; both decode with ``-c + level * 2c / (T - 1)``.
+
+    ``NEAREST`` (fedpipe) rounds to the nearest level: error at most half a step, unbiased.
+    ``FEDBIOMED`` is Fed-BioMed 6.4.1's ``quantize``, ``min(T - 1, (x + c) * T / 2c)`` truncated:
+    biased upwards by up to a step, and what a stock node sends, so that a fedpipe node in a
+    Fed-BioMed federation contributes exactly what a stock node would.
+    """
+
+    NEAREST = "nearest"
+    FEDBIOMED = "fedbiomed"
 
 
 @lru_cache(maxsize=8)
@@ -83,6 +97,7 @@ class Encoding:
 
     mode: PackingMode = PackingMode.COMPATIBLE
     checksum: bool = True
+    quantization: Quantization = Quantization.NEAREST
     target_range: int = field(default=TARGET_RANGE, validator=_positive)
     weight_range: int = field(default=WEIGHT_RANGE, validator=_positive)
 
@@ -121,6 +136,7 @@ class Encoding:
         return {
             "mode": str(self.mode),
             "checksum": self.checksum,
+            "quantization": str(self.quantization),
             "target_range": self.target_range,
             "weight_range": self.weight_range,
         }

@@ -26,6 +26,7 @@ from fedpipe.secagg import Encoding, JoyeLibertCrypter, KeyMaterial, MaskPool, m
 from fedpipe.secagg.jl import masks, protect
 from fedpipe.secagg.lom import LomCrypter, lom_quantize, lom_reverse_quantize
 from fedpipe.secagg.pack import pack
+from fedpipe.secagg.params import Quantization
 from fedpipe.secagg.quantize import step_size
 from fedpipe.secagg.researcher import (
     FACTOR_TOLERANCE,
@@ -687,3 +688,32 @@ def test_corrupted_stock_replies_are_refused_in_one_line(
         reason(outcome)
     else:  # only a change that keeps the reply valid may decrypt
         assert change == "field" and value is True
+
+
+@pytest.mark.parametrize(
+    "case",
+    # the test biprimes of the other cases are below the 1024 bits fedpipe's compatible packing needs
+    [c for c in STOCK["jl"] if c["weighted"] and c["biprime"].bit_length() >= 1024],
+    ids=lambda c: c["name"],
+)
+def test_fedbiomed_mode_encrypts_bit_for_bit_as_a_stock_node(case: dict[str, Any]) -> None:
+    """The node's crypter in a Fed-BioMed federation (no checksum, 6.4.1's quantisation) is a stock node."""
+
+    crypter = JoyeLibertCrypter(
+        encoding=Encoding(checksum=False, quantization=Quantization.FEDBIOMED), pool=MaskPool(workers=0)
+    )
+    parties = ("researcher", *case["parties"])
+    biprime = Biprime(secagg_id="s", biprime=case["biprime"])
+    clip = case["clipping_range"]
+    for key, reply in zip(case["node_keys"], case["replies"], strict=True):
+        share = ServerKeyShare(secagg_id="s", job_id="j", parties=parties, key=key)
+        common = {
+            "key": share,
+            "biprime": biprime,
+            "round_number": case["round"],
+            "weight": reply["sample_size"],
+        }
+        cipher = crypter.encrypt(reply["clear_params"], clipping_range=clip, **common).unwrap()
+        factor = crypter.encrypt([case["secagg_random"]], clipping_range=clip, **common).unwrap()
+        assert cipher == reply["params"]
+        assert factor == reply["encryption_factor"]
