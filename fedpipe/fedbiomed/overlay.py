@@ -49,7 +49,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from attrs import field, frozen
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -67,6 +67,7 @@ from fedpipe.fedbiomed.messages import (
     is_compatible_version,
 )
 from fedpipe.request import is_identifier_text
+from fedpipe.secagg.identity import read_p256_private, read_p256_public
 
 __all__ = [
     "BOOTSTRAP_KEY_PEM",
@@ -166,28 +167,12 @@ class OverlayError:
 
 def load_private_key(pem: bytes) -> Result[ec.EllipticCurvePrivateKey, OverlayError]:
     """Read an unencrypted PEM (PKCS8 or SEC1) private key; only P-256 keys are accepted. Never raises."""
-    if not isinstance(pem, bytes) or len(pem) > 4 * MAX_PEM_BYTES:
-        return Failure(OverlayError(reason="the private key is not a PEM of acceptable size"))
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        return Failure(OverlayError(reason="the private key is not a readable unencrypted PEM key"))
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        return Failure(OverlayError(reason="the private key is not a P-256 key"))
-    return Success(key)
+    return read_p256_private(pem, "private key").alt(lambda reason: OverlayError(reason=reason))
 
 
 def load_public_key(pem: object) -> Result[ec.EllipticCurvePublicKey, OverlayError]:
     """Read a PEM SubjectPublicKeyInfo public key, as 6.4.1 sends them; only P-256. Never raises."""
-    if not isinstance(pem, bytes) or len(pem) > MAX_PEM_BYTES:
-        return Failure(OverlayError(reason="the public key is not a PEM of acceptable size"))
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        return Failure(OverlayError(reason="the public key is not a readable PEM key"))
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        return Failure(OverlayError(reason="the public key is not a P-256 key"))
-    return Success(key)
+    return read_p256_public(pem).alt(lambda reason: OverlayError(reason=reason))
 
 
 def new_private_key() -> ec.EllipticCurvePrivateKey:

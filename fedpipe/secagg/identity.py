@@ -56,6 +56,8 @@ __all__ = [
     "parties_digest",
     "private_pem",
     "public_pem",
+    "read_p256_private",
+    "read_p256_public",
     "sign",
     "verify_offer",
 ]
@@ -117,30 +119,40 @@ def public_pem(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> b
     return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_identity_key(pem: bytes) -> Result[ec.EllipticCurvePrivateKey, OfferProblem]:
-    """Read an unencrypted PEM private key; only P-256 keys are identity keys. Never raises."""
+def read_p256_private(pem: object, what: str) -> Result[ec.EllipticCurvePrivateKey, str]:
+    """Read an unencrypted PEM (PKCS8 or SEC1) P-256 private key; the failure names ``what``. Never raises."""
     if not isinstance(pem, bytes) or len(pem) > 4 * MAX_PEM_BYTES:
-        return Failure(OfferProblem(reason="the identity key is not a PEM of acceptable size"))
+        return Failure(f"the {what} is not a PEM of acceptable size")
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        return Failure(OfferProblem(reason="the identity key is not a readable unencrypted PEM key"))
+        return Failure(f"the {what} is not a readable unencrypted PEM key")
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-        return Failure(OfferProblem(reason="the identity key is not a P-256 key"))
+        return Failure(f"the {what} is not a P-256 key")
     return Success(key)
+
+
+def read_p256_public(pem: object) -> Result[ec.EllipticCurvePublicKey, str]:
+    """Read a PEM SubjectPublicKeyInfo P-256 public key; the failure is one line. Never raises."""
+    if not isinstance(pem, bytes) or len(pem) > MAX_PEM_BYTES:
+        return Failure("the public key is not a PEM of acceptable size")
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return Failure("the public key is not a readable PEM public key")
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        return Failure("the public key is not a P-256 key")
+    return Success(key)
+
+
+def load_identity_key(pem: bytes) -> Result[ec.EllipticCurvePrivateKey, OfferProblem]:
+    """Read an unencrypted PEM private key; only P-256 keys are identity keys. Never raises."""
+    return read_p256_private(pem, "identity key").alt(lambda reason: OfferProblem(reason=reason))
 
 
 def load_public_key(pem: object) -> Result[ec.EllipticCurvePublicKey, OfferProblem]:
     """Read a PEM public key (SubjectPublicKeyInfo); only P-256. Never raises."""
-    if not isinstance(pem, bytes) or len(pem) > MAX_PEM_BYTES:
-        return Failure(OfferProblem(reason="the public key is not a PEM of acceptable size"))
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        return Failure(OfferProblem(reason="the public key is not a readable PEM public key"))
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        return Failure(OfferProblem(reason="the public key is not a P-256 key"))
-    return Success(key)
+    return read_p256_public(pem).alt(lambda reason: OfferProblem(reason=reason))
 
 
 def fingerprint(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> str:

@@ -559,6 +559,15 @@ def _check_weight(weight: int | None) -> None:
         raise LomInputError(f"the weight (sample size) must be less than {WEIGHT_RANGE}")
 
 
+def _encryption(protect: Callable[[], UInt64Array]) -> Result[UInt64Array, RoundError]:
+    """``protect()`` as a Result: a ``LomInputError`` becomes ``Failure(RoundError(ENCRYPTION_FAILED))``."""
+    try:
+        return Success(protect())
+    except LomInputError as e:
+        msg = f"LOM encryption refused: {e}"
+        return Failure(RoundError(code=ErrorCode.ENCRYPTION_FAILED, step="", detail=msg, public=msg))
+
+
 @frozen(kw_only=True)
 class LomCrypter:
     """A node's (or researcher's) LOM crypter: 6.4.1's ``SecaggLomCrypter`` with explicit settings.
@@ -658,20 +667,16 @@ class LomCrypter:
         parties: Sequence[str] | None = None,
     ) -> Result[UInt64Array, RoundError]:
         """:meth:`protect` as a Result: bad input is ``Failure(RoundError(ENCRYPTION_FAILED))``."""
-        try:
-            return Success(
-                self.protect(
-                    values,
-                    pairwise_secrets=pairwise_secrets,
-                    own_id=own_id,
-                    round_number=round_number,
-                    weight=weight,
-                    parties=parties,
-                )
+        return _encryption(
+            lambda: self.protect(
+                values,
+                pairwise_secrets=pairwise_secrets,
+                own_id=own_id,
+                round_number=round_number,
+                weight=weight,
+                parties=parties,
             )
-        except LomInputError as e:
-            msg = f"LOM encryption refused: {e}"
-            return Failure(RoundError(code=ErrorCode.ENCRYPTION_FAILED, step="", detail=msg, public=msg))
+        )
 
     def encryption_factor(
         self,
@@ -973,19 +978,15 @@ class FedpipeLomCrypter:
         first_index: int = 0,
     ) -> Result[UInt64Array, RoundError]:
         """:meth:`protect` as a Result: bad input is ``Failure(RoundError(ENCRYPTION_FAILED))``."""
-        try:
-            return Success(
-                self.protect(
-                    values,
-                    pairwise_secrets=pairwise_secrets,
-                    own_id=own_id,
-                    secagg_id=secagg_id,
-                    round_number=round_number,
-                    weight=weight,
-                    parties=parties,
-                    first_index=first_index,
-                )
+        return _encryption(
+            lambda: self.protect(
+                values,
+                pairwise_secrets=pairwise_secrets,
+                own_id=own_id,
+                secagg_id=secagg_id,
+                round_number=round_number,
+                weight=weight,
+                parties=parties,
+                first_index=first_index,
             )
-        except LomInputError as e:
-            msg = f"LOM encryption refused: {e}"
-            return Failure(RoundError(code=ErrorCode.ENCRYPTION_FAILED, step="", detail=msg, public=msg))
+        )

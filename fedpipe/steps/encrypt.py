@@ -185,6 +185,23 @@ def _flat_weights(ctx: RoundContext, update: Update) -> Result[Any, RoundError]:
     )
 
 
+def _weights_and_aux(
+    flat: Any, update: Update
+) -> Failure[RoundError] | tuple[np.ndarray, np.ndarray, Any, dict[str, Any]]:
+    """The flat weights as floats and the update's numeric aux vars (values, layout, clear part), checked finite."""
+    weights = _as_floats(flat)
+    if weights is None:
+        return _refuse(
+            f"flattened update is {type(flat).__name__}, not a flat list of finite numbers", NOT_NUMBERS
+        )
+    aux_values, specs, clear_aux = flatten_aux(update.aux_vars)
+    if not np.isfinite(aux_values).all():
+        return _refuse(
+            "aux vars contain NaN or infinity", "The optimizer auxiliary variables are not finite."
+        )
+    return weights, aux_values, specs, clear_aux
+
+
 def _encrypt_lom(
     ctx: RoundContext,
     setup: LomSetup,
@@ -204,17 +221,10 @@ def _encrypt_lom(
     flat = _flat_weights(ctx, update)
     if isinstance(flat, Failure):
         return flat
-    weights = _as_floats(flat.unwrap())
-    if weights is None:
-        return _refuse(
-            f"flattened update is {type(flat.unwrap()).__name__}, not a flat list of finite numbers",
-            NOT_NUMBERS,
-        )
-    aux_values, specs, clear_aux = flatten_aux(update.aux_vars)
-    if not np.isfinite(aux_values).all():
-        return _refuse(
-            "aux vars contain NaN or infinity", "The optimizer auxiliary variables are not finite."
-        )
+    split = _weights_and_aux(flat.unwrap(), update)
+    if isinstance(split, Failure):
+        return split
+    weights, aux_values, specs, clear_aux = split
     values = np.concatenate([weights, aux_values]) if aux_values.size else weights
     clip = CLIPPING_RANGE if setup.clipping_range is None else setup.clipping_range
     crypter = FedpipeLomCrypter(clipping_range=clip)
@@ -340,17 +350,10 @@ def encrypt_update(
         if isinstance(checked, Failure):
             return checked
         clip = checked
-        weights = _as_floats(update.model_weights)
-        if weights is None:
-            return _refuse(
-                f"flattened update is {type(update.model_weights).__name__}, not a flat list of finite numbers",
-                NOT_NUMBERS,
-            )
-        aux_values, specs, clear_aux = flatten_aux(update.aux_vars)
-        if not np.isfinite(aux_values).all():
-            return _refuse(
-                "aux vars contain NaN or infinity", "The optimizer auxiliary variables are not finite."
-            )
+        split = _weights_and_aux(update.model_weights, update)
+        if isinstance(split, Failure):
+            return split
+        weights, aux_values, specs, clear_aux = split
         values: Sequence[float] = (
             list(update.model_weights) + aux_values.tolist() if aux_values.size else update.model_weights
         )
