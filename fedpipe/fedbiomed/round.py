@@ -63,7 +63,10 @@ _RENAMED = {
     "fetch_aux_vars": "take_aux_vars",
     "upload_results": "prepare_reply",
 }
-FEDBIOMED_STEPS: tuple[str, ...] = tuple(_RENAMED.get(n, n) for n in STANDARD_STEPS)
+# fedpipe's own LOM key agreement runs through a fedpipe server; a Fed-BioMed researcher sets
+# its contexts up with its own requests (``fedpipe.fedbiomed.secure.SecaggSetups``)
+_DROPPED = ("agree_keys",)
+FEDBIOMED_STEPS: tuple[str, ...] = tuple(_RENAMED.get(n, n) for n in STANDARD_STEPS if n not in _DROPPED)
 """The step names of ``fedbiomed_round``, in order."""
 
 
@@ -196,7 +199,7 @@ def fedbiomed_round(
     the checksum slot; default ``ports.crypter``) and the validation factor is sent when
     ``insecure_validation``.
     """
-    steps = standard_round(ports)
+    steps = without(standard_round(ports), *_DROPPED)
     jl = crypter if crypter is not None else ports.crypter
     names = tuple(str(name) for name in inline.params)
     steps = replace(
@@ -238,5 +241,5 @@ def fedbiomed_validation_round(
     ports: Ports, inline: InlineRound, *, secagg_store: secure.SecaggStore | None = None
 ) -> Round:
     """The validation-only variant (``training: false``): validate the global model, save nothing."""
-    training_only = tuple(_RENAMED.get(n, n) for n in TRAINING_ONLY_STEPS)
+    training_only = tuple(_RENAMED.get(n, n) for n in TRAINING_ONLY_STEPS if n not in _DROPPED)
     return without(fedbiomed_round(ports, inline, secagg_store=secagg_store), *training_only)
