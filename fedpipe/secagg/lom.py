@@ -258,20 +258,41 @@ def _masked(
     """
     seeds = [(round_seed(secret, tau=tau, nonce=nonce), peer < own_id) for peer, secret in peers]
     out = np.zeros(size, dtype=np.uint64) if fill is None else np.empty(size, dtype=np.uint64)
+    _in_parts(size, workers, lambda lo, hi: _mask_range(out, lo, hi, seeds, tau=tau, nonce=nonce, fill=fill))
+    return out
+
+
+def _in_parts(size: int, workers: int, work: Callable[[int, int], None]) -> None:
+    """Run ``work(lo, hi)`` over disjoint ranges covering ``[0, size)``, in up to ``workers`` threads.
+
+    Boundaries fall on whole ChaCha20 blocks (8 values), so that each part can seek its
+    keystreams; a failure of any part (a fill's ``LomInputError``) is re-raised.
+    """
     parts = max(1, min(workers, size // _MIN_PART))
-    # part boundaries on whole ChaCha20 blocks (8 values), so that each part can seek its keystream
     bounds = [0] + [(size * i // parts) & ~7 for i in range(1, parts)] + [size]
     ranges = [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
     if len(ranges) == 1:
-        _mask_range(out, 0, size, seeds, tau=tau, nonce=nonce, fill=fill)
-        return out
+        work(0, size)
+        return
     with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
-        futures = [
-            pool.submit(_mask_range, out, lo, hi, seeds, tau=tau, nonce=nonce, fill=fill) for lo, hi in ranges
-        ]
-        for f in futures:
-            f.result()  # re-raises a fill's LomInputError
-    return out
+        for future in [pool.submit(work, lo, hi) for lo, hi in ranges]:
+            future.result()
+
+
+def _add_masks(
+    view: UInt64Array,
+    mask: UInt64Array,
+    streams: list[tuple["_Keystream", bool]],
+    plain: memoryview,
+    mask_bytes: memoryview,
+) -> None:
+    """Add (or subtract) to ``view`` each stream's encryption of ``plain``, read as uint64 into ``mask``."""
+    for stream, add in streams:
+        stream.xor_into(plain, mask_bytes)
+        if add:
+            np.add(view, mask, out=view)
+        else:
+            np.subtract(view, mask, out=view)
 
 
 def _mask_range(
@@ -310,13 +331,7 @@ def _mask_chunks(
         high = np.uint64(int.from_bytes((first - offset).to_bytes(8, "big"), "little"))
         c = counter[:m]
         np.bitwise_or(_SWAPPED_INDEX[offset : offset + m], high, out=c)
-        k = mask[:m]
-        for stream, add in streams:
-            stream.xor_into(counter_bytes[: 8 * m], mask_bytes[: 8 * m])
-            if add:
-                np.add(view, k, out=view)
-            else:
-                np.subtract(view, k, out=view)
+        _add_masks(view, mask[:m], streams, counter_bytes[: 8 * m], mask_bytes[: 8 * m])
 
 
 def _as_uint64(values: Sequence[int] | npt.NDArray[np.generic], what: str) -> UInt64Array:
@@ -802,13 +817,7 @@ def _stream_range(
             view = out[start:stop]
             if fill is not None:
                 fill(start, stop, view)
-            k = mask[:m]
-            for stream, add in streams:
-                stream.xor_into(zero_bytes[: 8 * m], mask_bytes[: 8 * m])
-                if add:
-                    np.add(view, k, out=view)
-                else:
-                    np.subtract(view, k, out=view)
+            _add_masks(view, mask[:m], streams, zero_bytes[: 8 * m], mask_bytes[: 8 * m])
 
 
 def _stream_masked(
@@ -827,19 +836,9 @@ def _stream_masked(
         (fedpipe_round_key(secret, secagg_id=secagg_id, tau=tau), peer < own_id) for peer, secret in peers
     ]
     out = np.zeros(size, dtype=np.uint64) if fill is None else np.empty(size, dtype=np.uint64)
-    parts = max(1, min(workers, size // _MIN_PART))
-    bounds = [0] + [size * i // parts for i in range(1, parts)] + [size]
-    ranges = [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
-    if len(ranges) == 1:
-        _stream_range(out, 0, size, keys, first_index=first_index, fill=fill)
-        return out
-    with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
-        futures = [
-            pool.submit(_stream_range, out, lo, hi, keys, first_index=first_index, fill=fill)
-            for lo, hi in ranges
-        ]
-        for f in futures:
-            f.result()
+    _in_parts(
+        size, workers, lambda lo, hi: _stream_range(out, lo, hi, keys, first_index=first_index, fill=fill)
+    )
     return out
 
 
