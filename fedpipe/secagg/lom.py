@@ -90,7 +90,7 @@ SECRET_BYTES = 32
 
 _BLOCK = 64
 _COUNTER_BLOCKS = 1 << 32
-_CHUNK = 1 << 15
+_CHUNK = 1 << 17
 """Values per chunk: every pass over a chunk stays in cache (a few 256 KiB buffers)."""
 _MIN_PART = 1 << 17
 """Below this many values per thread, threads cost more than they save."""
@@ -449,9 +449,10 @@ def _as_floats(values: Sequence[float] | npt.NDArray[np.generic]) -> FloatArray:
         raise LomInputError("the values to encrypt must be a flat vector")
     if x.size == 0:
         raise LomInputError("there are no values to encrypt")
-    # a sum is finite when every term is (one cheap pass); only an overflowing sum needs the full check
+    # the sum of squares is finite when every term is finite and below 1e154 (one BLAS pass, ~4x
+    # faster than np.sum); only then, e.g. for a huge value, does it need the full check
     with np.errstate(over="ignore", invalid="ignore"):
-        total = float(np.sum(x))
+        total = float(np.dot(x, x))
     if not (math.isfinite(total) or np.isfinite(x).all()):
         # 6.4.1 clips an infinity and turns NaN into an arbitrary level; neither is a model weight
         raise LomInputError("the values to encrypt must be finite")
@@ -475,15 +476,33 @@ def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+_TINY = 2.0**-1074
+"""The smallest subnormal double: ``k * _TINY`` has the bit pattern ``k`` for integers ``0 <= k < 2**52``."""
+
+
+def _subnormals_work() -> bool:
+    """Whether this thread's floating point keeps subnormals (no flush-to-zero / denormals-are-zero).
+
+    ``torch.set_flush_denormal(True)`` (or a library's fast-math start-up) sets FTZ/DAZ per thread; the
+    subnormal trick of :func:`_fast_fill` is exact only without them, so it checks each time.
+    """
+    tiny = _TINY
+    return tiny * 2.0 != 0.0
+
+
 def _fast_fill(x: FloatArray, c: float, d: float, top: float, weight: float | None) -> Fill:
     """Quantize and weight in place in the output words, for T a power of two and levels x weight < 2**52.
 
     Equal to 6.4.1 value for value: ``(x + c) * T`` is exact (T is a power of two), so dividing by
     the exact ``d = 2c / T`` rounds the same quotient once; without the clip of x, ``x + c`` is
     <= 0 below the range and >= 2c above it (rounding is monotonic), so clamping the quotient to
-    [0, T - 1] gives 6.4.1's 0 and T - 1 there. Integers are made by the 2**52 trick: no slow
-    float-to-uint64 conversion.
+    [0, T - 1] gives 6.4.1's 0 and T - 1 there. The integers come without a float-to-integer
+    conversion: the truncated level times ``weight * 2**-1074`` is the subnormal whose bit pattern
+    is ``level * weight`` (exact: both are integers and the product is below 2**52), so the words
+    hold the weighted levels after five vector passes. Where this thread flushes subnormals to zero,
+    the level is shifted into [2**52, 2**53) instead (two more passes), whose low bits are the same.
     """
+    scale = _TINY * (1.0 if weight is None else weight)  # exact: weight < 2**52
 
     def fill(start: int, stop: int, view: UInt64Array) -> None:
         f = view.view(np.float64)
@@ -491,6 +510,9 @@ def _fast_fill(x: FloatArray, c: float, d: float, top: float, weight: float | No
         np.divide(f, d, out=f)  # far beyond the range: inf (warning off in _mask_range), clamped below
         np.clip(f, 0.0, top, out=f)
         np.trunc(f, out=f)
+        if _subnormals_work():
+            np.multiply(f, scale, out=f)
+            return
         if weight is not None:
             np.multiply(f, weight, out=f)
         np.add(f, _MAGIC, out=f)

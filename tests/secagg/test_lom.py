@@ -465,3 +465,54 @@ def test_threads_do_not_change_the_output(target_range: int, nonce: bytes) -> No
     assert np.array_equal(masks[0], masks[1])
     with pytest.raises(LomInputError, match="worker threads"):
         lom_masks(secrets, own_id="b", tau=0, size=8, nonce=nonce, workers=0)
+
+
+def _protect_reference(values: np.ndarray, weight: int | None, c: float, t: int, tau: int) -> np.ndarray:
+    # the slow path's parts, computed separately: levels x weight + masks, mod 2**64
+    levels = lom_quantize(values, clipping_range=c, target_range=t)
+    with np.errstate(over="ignore"):
+        weighted = levels if weight is None else levels * np.uint64(weight)
+        return weighted + lom_masks(TWO_PEERS, own_id="b", tau=tau, size=values.size, nonce=bytes(16))
+
+
+TWO_PEERS = {"a": b"1" * 32, "c": b"2" * 32}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(finite, st.sampled_from([0.0, -3.0, 3.0, 2.999633789, -2.99963, 1e300, -1e300])),
+        min_size=1,
+        max_size=60,
+    ),
+    weight=st.one_of(st.none(), st.integers(0, 2**17 - 1)),
+    c=st.sampled_from([1, 3, 0.5, 100]),
+    t=st.sampled_from([2, 2**13, 2**20]),
+    tau=st.integers(0, 2**20),
+)
+def test_protect_is_levels_times_weight_plus_masks(
+    values: list[float], weight: int | None, c: float, t: int, tau: int
+) -> None:
+    # the fast path (T a power of two) writes weighted levels as subnormals' bit patterns
+    x = np.array(values)
+    out = LomCrypter(nonce=bytes(16), clipping_range=c, target_range=t).protect(
+        x, pairwise_secrets=TWO_PEERS, own_id="b", round_number=tau, weight=weight
+    )
+    assert np.array_equal(out, _protect_reference(x, weight, c, t, tau))
+
+
+def test_flush_to_zero_does_not_change_the_output() -> None:
+    # a plan may call torch.set_flush_denormal(True): subnormals then read as zero on this thread
+    torch = pytest.importorskip("torch")
+    x = shake_floats("ftz", 3 * 2**17 + 5, 4.0)
+    crypter = LomCrypter(nonce=bytes(16))
+    plain = crypter.protect(x, pairwise_secrets=TWO_PEERS, own_id="b", round_number=7, weight=1234)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        assert np.float64(2.0**-1074) * np.float64(2.0) == 0.0  # the mode is on for this thread
+        flushed = crypter.protect(x, pairwise_secrets=TWO_PEERS, own_id="b", round_number=7, weight=1234)
+    finally:
+        torch.set_flush_denormal(False)
+    assert np.array_equal(plain, flushed)
+    assert np.array_equal(plain, _protect_reference(x, 1234, 3, 2**13, 7))
