@@ -250,14 +250,14 @@ def _masked(
     fill: Fill | None,
     workers: int = 1,
 ) -> UInt64Array:
-    """``fill``'s values (zeros when None) plus the signed masks of ``peers``, in ``workers`` threads.
+    """``fill``'s values plus the signed masks of ``peers`` (the masks alone when None), in ``workers`` threads.
 
     ChaCha20 (``cryptography``) and numpy release the GIL, so threads over disjoint ranges of the
     vector scale; each range starts its keystreams at its own block, and the output does not depend
     on ``workers``.
     """
     seeds = [(round_seed(secret, tau=tau, nonce=nonce), peer < own_id) for peer, secret in peers]
-    out = np.zeros(size, dtype=np.uint64) if fill is None else np.empty(size, dtype=np.uint64)
+    out = np.empty(size, dtype=np.uint64)
     _in_parts(size, workers, lambda lo, hi: _mask_range(out, lo, hi, seeds, tau=tau, nonce=nonce, fill=fill))
     return out
 
@@ -331,7 +331,14 @@ def _mask_chunks(
         high = np.uint64(int.from_bytes((first - offset).to_bytes(8, "big"), "little"))
         c = counter[:m]
         np.bitwise_or(_SWAPPED_INDEX[offset : offset + m], high, out=c)
-        _add_masks(view, mask[:m], streams, counter_bytes[: 8 * m], mask_bytes[: 8 * m])
+        rest = streams
+        if fill is None:
+            # masks alone: the first peer's mask is written in place, not added to zeros
+            (stream, add), rest = streams[0], streams[1:]
+            stream.xor_into(counter_bytes[: 8 * m], view.data.cast("B"))
+            if not add:
+                np.negative(view, out=view)
+        _add_masks(view, mask[:m], rest, counter_bytes[: 8 * m], mask_bytes[: 8 * m])
 
 
 def _as_uint64(values: Sequence[int] | npt.NDArray[np.generic], what: str) -> UInt64Array:
@@ -837,9 +844,16 @@ def _stream_range(
             stop = min(hi, start + _CHUNK)
             m = stop - start
             view = out[start:stop]
+            rest = streams
             if fill is not None:
                 fill(start, stop, view)
-            _add_masks(view, mask[:m], streams, zero_bytes[: 8 * m], mask_bytes[: 8 * m])
+            else:
+                # masks alone (``out`` is not initialised): the first peer's keystream is written in place
+                (stream, add), rest = streams[0], streams[1:]
+                stream.xor_into(zero_bytes[: 8 * m], view.data.cast("B"))
+                if not add:
+                    np.negative(view, out=view)
+            _add_masks(view, mask[:m], rest, zero_bytes[: 8 * m], mask_bytes[: 8 * m])
 
 
 def _stream_masked(
@@ -853,11 +867,11 @@ def _stream_masked(
     fill: Fill | None,
     workers: int,
 ) -> UInt64Array:
-    """``fill``'s values (zeros when None) plus the signed fedpipe-mode masks of ``peers``."""
+    """``fill``'s values plus the signed fedpipe-mode masks of ``peers`` (the masks alone when None)."""
     keys = [
         (fedpipe_round_key(secret, secagg_id=secagg_id, tau=tau), peer < own_id) for peer, secret in peers
     ]
-    out = np.zeros(size, dtype=np.uint64) if fill is None else np.empty(size, dtype=np.uint64)
+    out = np.empty(size, dtype=np.uint64)
     _in_parts(
         size, workers, lambda lo, hi: _stream_range(out, lo, hi, keys, first_index=first_index, fill=fill)
     )
