@@ -12,7 +12,11 @@ __all__ = ["BoardClient", "BoardError"]
 
 
 class BoardError(Exception):
-    """The server refused or could not be reached."""
+    """The server refused or could not be reached; ``status`` is the HTTP status of a refusal (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BoardClient:
@@ -46,7 +50,10 @@ class BoardClient:
         except httpx.HTTPError as err:
             raise BoardError(f"cannot post a task for {node_id}: {type(err).__name__}") from err
         if response.status_code != 201:
-            raise BoardError(f"posting a task for {node_id}: HTTP {response.status_code}{_why(response)}")
+            raise BoardError(
+                f"posting a task for {node_id}: HTTP {response.status_code}{_why(response)}",
+                response.status_code,
+            )
         return str(response.json()["task_id"])
 
     def reply(self, task_id: str, wait: float) -> dict[str, Any] | None:
@@ -58,7 +65,9 @@ class BoardClient:
         if response.status_code == 204:
             return None
         if response.status_code != 200:
-            raise BoardError(f"reading the reply of task {task_id}: HTTP {response.status_code}")
+            raise BoardError(
+                f"reading the reply of task {task_id}: HTTP {response.status_code}", response.status_code
+            )
         body = response.json()
         return body if isinstance(body, dict) else None
 
@@ -81,7 +90,9 @@ class BoardClient:
         except httpx.HTTPError as err:
             raise BoardError(f"cannot list the nodes: {type(err).__name__}") from err
         if response.status_code != 200:
-            raise BoardError(f"listing the nodes: HTTP {response.status_code}{_why(response)}")
+            raise BoardError(
+                f"listing the nodes: HTTP {response.status_code}{_why(response)}", response.status_code
+            )
         body = response.json()
         nodes = body.get("nodes") if isinstance(body, dict) else None
         return dict(nodes) if isinstance(nodes, dict) else {}

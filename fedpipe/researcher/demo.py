@@ -9,7 +9,6 @@ round and writes a plot. With LOM secure aggregation the node owners also pin ea
 keys, and the nodes agree their pairwise keys through the server on the first round.
 """
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from attrs import evolve, frozen
 
+from fedpipe.approval import plan_digest
 from fedpipe.researcher.experiment import Experiment, ExperimentResult, RoundRecord, SecureReport
 
 __all__ = ["DEMO_PLAN_CLASS", "DemoOptions", "demo_plan_source", "run_demo", "secure_line", "secure_totals"]
@@ -87,7 +87,7 @@ def _prepare_nodes(options: DemoOptions, roots: list[Path], source: str, secagg:
     from fedpipe.ports import Approval
 
     shard_paths = _write_shards(options, roots)
-    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    digest = plan_digest(source).map(lambda d: d.text(short=True)).value_or("(no digest)")
     for i, (root, shard) in enumerate(zip(roots, shard_paths, strict=True)):
         node_id = f"node-{i + 1}"
         with open_owner(root, node_id=node_id, gpu=options.gpu) as owner:
@@ -106,7 +106,7 @@ def _prepare_nodes(options: DemoOptions, roots: list[Path], source: str, secagg:
                 secagg.install(owner, node_id)
         _say(
             options,
-            f"  {node_id}: dataset `{DATASET_ID}` registered ({shard.stat().st_size} bytes), plan {digest}… approved by the owner",
+            f"  {node_id}: dataset `{DATASET_ID}` registered ({shard.stat().st_size} bytes), plan {digest} approved by the owner",
         )
 
 
@@ -261,7 +261,7 @@ def secure_line(record: RoundRecord) -> str | None:
     encrypt = [r.encrypt_seconds for r in reports if r.encrypt_seconds is not None]
     clipped = sum(r.out_of_range for r in reports)
     return (
-        f"round {record.round + 1}: secure ({', '.join(schemes)}) {_many(len(reports), 'node')}, "
+        f"round {record.number}: secure ({', '.join(schemes)}) {_many(len(reports), 'node')}, "
         f"{_counts([r.values for r in reports])} values -> {_counts([r.ciphertexts for r in reports])} "
         "ciphertexts/node"
         + (f", encrypt {_seconds(max(encrypt))}" if encrypt else "")
@@ -288,7 +288,7 @@ def secure_totals(result: ExperimentResult) -> str | None:
 
 
 def _print_round(options: DemoOptions, record: RoundRecord, total: int) -> None:
-    title = f"round {record.round + 1:>2}" if record.training else "final   "
+    title = f"round {record.number:>2}" if record.training else "final   "
     _say(
         options,
         f"{title} {_bar(record.round + 1, total)}  ({record.seconds:.1f} s)"
@@ -333,41 +333,9 @@ def _print_round(options: DemoOptions, record: RoundRecord, total: int) -> None:
 
 
 def _plot(result: ExperimentResult, path: Path) -> None:
-    import matplotlib
+    from fedpipe.researcher.outputs import plot_accuracy
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    records = list(result.rounds) + ([result.final] if result.final else [])
-    xs = list(range(len(records)))
-    nodes = sorted({n for r in records for n in r.metrics})
-    for node in nodes:
-        ys = [r.metrics[node].before if node in r.metrics else None for r in records]
-        ax.plot(
-            xs,
-            [np.nan if y is None else 100 * y for y in ys],
-            marker="o",
-            alpha=0.6,
-            label=f"{node} (global model)",
-        )
-    glob = [r.weighted("before") for r in records]
-    ax.plot(
-        xs,
-        [np.nan if y is None else 100 * y for y in glob],
-        marker="s",
-        linewidth=2.5,
-        color="black",
-        label="global (weighted)",
-    )
-    ax.set_xlabel("round (validation of the global model received)")
-    ax.set_ylabel("accuracy on node test subsets (%)")
-    ax.set_title("fedpipe demo: federated breast-cancer MLP")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_accuracy(result, path, title="fedpipe demo: federated breast-cancer MLP")
 
 
 def reference_statistics() -> tuple[list[float], list[float]]:

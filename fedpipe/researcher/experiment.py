@@ -24,8 +24,10 @@ from fedpipe.researcher.board import BoardClient
 __all__ = [
     "Experiment",
     "ExperimentResult",
+    "ExperimentStopped",
     "NodeMetrics",
     "NodeResult",
+    "ProgressEvent",
     "RoundRecord",
     "SecureReport",
     "Strategy",
@@ -140,13 +142,30 @@ class NodeMetrics:
 
 @frozen(kw_only=True)
 class RoundRecord:
-    """A finished round: each node's result and metrics, and the sample-weighted global figures."""
+    """A finished round: each node's result and metrics, and the sample-weighted global figures.
+
+    ``round`` is the round's index on the wire (0-based, what its requests carry); ``number`` is
+    what a user reads (1-based).
+    """
 
     round: int
     results: tuple[NodeResult, ...]
     metrics: Mapping[str, NodeMetrics]
     seconds: float
     training: bool = True
+
+    @property
+    def number(self) -> int:
+        """The round's number as users see it: ``round + 1`` for a training round; for a
+        validation-only round, the number of the last training round before it (whose model it
+        validates).
+
+        >>> RoundRecord(round=0, results=(), metrics={}, seconds=0.0).number
+        1
+        >>> RoundRecord(round=5, results=(), metrics={}, seconds=0.0, training=False).number
+        5
+        """
+        return self.round + 1 if self.training else self.round
 
     def weighted(self, attribute: str) -> float | None:
         """The test-sample-weighted mean of a metric attribute over the nodes that reported it."""
@@ -177,6 +196,23 @@ class ExperimentResult:
     def final_metric(self) -> float | None:
         """The global model's metric after the last round (validation-only round on every node)."""
         return None if self.final is None else self.final.weighted("before")
+
+
+@frozen(kw_only=True)
+class ProgressEvent:
+    """One node's progress in one round, for a progress display.
+
+    ``number`` is the round's user-facing number (``RoundRecord.number``); ``status`` is
+    ``"sent"`` (the task is queued), ``"done"``, ``"failed"`` (``message`` says why) or
+    ``"timeout"`` (no reply before the round deadline); ``seconds`` runs from the task's posting.
+    """
+
+    number: int
+    training: bool
+    node_id: str
+    status: str
+    seconds: float = 0.0
+    message: str = ""
 
 
 class Strategy(Protocol):
@@ -229,6 +265,7 @@ class Experiment:
     stop_on_failure: bool = False
     secagg_fields: Callable[[int], Mapping[str, Any]] | None = None
     on_round: Callable[[RoundRecord], None] | None = None
+    on_progress: Callable[[ProgressEvent], None] | None = None
     state_ids: dict[str, str | None] = field(factory=dict)
 
     def _upload(self, name: str, obj: Any) -> str:
@@ -274,21 +311,40 @@ class Experiment:
             request.update(self.secagg_fields(round_number))
         return request
 
-    def _collect(self, tasks: Mapping[str, str], deadline: float) -> list[NodeResult]:
+    def _progress(self, number: int, training: bool, node_id: str, status: str, **more: Any) -> None:
+        if self.on_progress is not None:
+            self.on_progress(
+                ProgressEvent(number=number, training=training, node_id=node_id, status=status, **more)
+            )
+
+    def _collect(
+        self, tasks: Mapping[str, str], started: float, number: int, training: bool
+    ) -> list[NodeResult]:
+        deadline = started + self.round_deadline_s
         pending = dict(tasks)
         results: dict[str, NodeResult] = {}
         while pending and time.monotonic() < deadline:
             for node_id, task_id in list(pending.items()):
-                wait = max(0.0, min(2.0, deadline - time.monotonic()))
+                # shorter waits when several nodes are pending, so that a finished node is seen soon
+                wait = max(0.0, min(2.0 / len(pending), deadline - time.monotonic()))
                 reply = self.board.reply(task_id, wait=wait)
                 if reply is None:
                     continue
                 del pending[node_id]
-                results[node_id] = self._result_of(node_id, reply)
+                result = results[node_id] = self._result_of(node_id, reply)
+                self._progress(
+                    number,
+                    training,
+                    node_id,
+                    "done" if result.success else "failed",
+                    seconds=time.monotonic() - started,
+                    message=result.msg,
+                )
         for node_id in pending:
             results[node_id] = NodeResult(
                 node_id=node_id, success=False, msg="no reply before the round deadline"
             )
+            self._progress(number, training, node_id, "timeout", seconds=time.monotonic() - started)
         return [results[n] for n in tasks]
 
     def _result_of(self, node_id: str, reply: Mapping[str, Any]) -> NodeResult:
@@ -333,7 +389,10 @@ class Experiment:
             n: self.board.post_task(n, self._request(n, round_number, params_url, training))
             for n in self.node_ids
         }
-        results = self._collect(tasks, started + self.round_deadline_s)
+        number = round_number + 1 if training else round_number
+        for n in tasks:
+            self._progress(number, training, n, "sent")
+        results = self._collect(tasks, started, number, training)
         failed = [r for r in results if not r.success]
         for r in failed:
             log.warning("round %d: node %s failed: %s", round_number, r.node_id, r.msg)

@@ -1,0 +1,1 @@
+"""Tests of the researcher side: configuration, outputs, the connection to a server, `fedpipe run`."""
