@@ -7,7 +7,7 @@ from typing import Any
 from attrs import field, frozen
 from returns.result import Failure, Result, Success
 
-from fedpipe.context import RoundContext
+from fedpipe.context import RoundContext, Update
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.request import TrainRequest, is_identifier_text
 
@@ -122,8 +122,26 @@ class TrainReply:
         }
 
 
+def _metadata(ctx: RoundContext, update: Update | None) -> dict[str, Any]:
+    """The update's metadata (or, without one, the validation before training) and every note.
+
+    The notes are read from the final context, so that those of steps after ``make_update``
+    (encryption, the reply's conversion, one's own steps) are there too.
+    """
+    if update is not None:
+        base = dict(update.metadata)
+    else:
+        before = ctx.validation.before
+        base = {"validation_before": None if before is None else dict(before)}
+    return {**base, "notes": list(ctx.notes)}
+
+
 def to_reply(result: Result[RoundContext, RoundError], header: ReplyHeader) -> TrainReply:
     """Build the reply: success fields from the final context, or the error's public text.
+
+    A success reply's ``metadata`` is the update's (validation before and after training, the
+    secure-aggregation record, what one's own steps added) with ``notes``: every note of the
+    round, whichever step added it.
 
     A failure reply still carries the researcher, job, node and dataset ids and the state id the
     round would have saved, so the researcher can always attribute it (D5).
@@ -149,15 +167,7 @@ def to_reply(result: Result[RoundContext, RoundError], header: ReplyHeader) -> T
                     }
                 ),
                 sample_size=training.sample_size if training is not None and ctx.request.training else None,
-                metadata=(
-                    dict(update.metadata)
-                    if update is not None
-                    else {
-                        "validation_before": None
-                        if ctx.validation.before is None
-                        else dict(ctx.validation.before)
-                    }
-                ),
+                metadata=_metadata(ctx, update),
             )
         case Failure(error):
             return TrainReply(

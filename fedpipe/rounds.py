@@ -27,11 +27,28 @@ upload and skipping validation on the global parameters:
 ... )
 >>> names(variant)[-3:]
 ('clip_update', 'upload_results', 'save_state')
+
+Every step declares what it needs and provides (``fedpipe.compose.declare``), so an edit that
+leaves a step without what it needs is refused when it is made, naming both steps:
+
+>>> without(standard_round(fake_ports()), "load_plan")
+Traceback (most recent call last):
+...
+fedpipe.compose.CompositionError: step 'init_plan' needs 'plan', which only 'load_plan' provides: it was removed
+
+A step of one's own may declare its contract too, on its ``NamedStep`` (or with ``declare``):
+clipping needs the update and provides it again, so it cannot be placed before ``make_update``:
+
+>>> insert_before(standard_round(fake_ports()), "make_update",
+...               NamedStep("clip_update", clip_update, needs="update", provides="update"))
+Traceback (most recent call last):
+...
+fedpipe.compose.CompositionError: step 'clip_update' needs 'update', which 'make_update' provides only after it
 """
 
 from returns.result import Success
 
-from fedpipe.compose import NamedStep, Round, without
+from fedpipe.compose import NamedStep, Round, check_round, without
 from fedpipe.ports import Ports
 from fedpipe.steps import (
     check_approval,
@@ -66,40 +83,45 @@ _ = Success  # used by the doctest above
 
 
 def standard_round(ports: Ports) -> Round:
-    """Every step of the reference round (§1.8), bound to ``ports``; results are uploaded before state is saved."""
-    return (
-        NamedStep("check_secagg", check_secagg(ports.secagg_keys)),
-        NamedStep("parse_training_args", parse_training_args),
-        NamedStep("find_dataset", find_dataset(ports.datasets)),
-        NamedStep("fetch_plan", fetch_plan(ports.exchange)),
-        NamedStep("check_approval", check_approval(ports.approvals)),
-        NamedStep("agree_keys", agree_keys(ports.lom, ports.clock)),
-        NamedStep("fetch_params", fetch_params(ports.exchange)),
-        NamedStep("start_masks", start_masks(ports.crypter)),
-        NamedStep("fetch_aggregator_args", fetch_aggregator_args(ports.exchange)),
-        NamedStep("fetch_aux_vars", fetch_aux_vars(ports.exchange)),
-        NamedStep("load_plan", load_plan(ports.plans)),
-        NamedStep("init_plan", init_plan),
-        NamedStep("load_state", load_state(ports.states)),
-        NamedStep("set_params", set_params),
-        NamedStep("ingest_aux_vars", ingest_aux_vars),
-        NamedStep("split_data", split_data),
-        NamedStep("validate_global", validate_global(ports.monitor, ports.clock)),
-        NamedStep("train_model", train_model(ports.monitor, ports.clock)),
-        NamedStep("collect_aux_vars", collect_aux_vars),
-        NamedStep("validate_local", validate_local(ports.monitor, ports.clock)),
-        NamedStep("make_update", make_update),
-        NamedStep(
-            "encrypt_update",
-            encrypt_update(
-                ports.crypter,
-                ports.secagg_keys,
-                clock=ports.clock,
-                lom_keys=None if ports.lom is None else ports.lom.keys,
+    """Every step of the reference round (§1.8), bound to ``ports``; results are uploaded before state is saved.
+
+    The round is checked as every edit of it is (``fedpipe.compose.check_round``).
+    """
+    return check_round(
+        (
+            NamedStep("check_secagg", check_secagg(ports.secagg_keys)),
+            NamedStep("parse_training_args", parse_training_args),
+            NamedStep("find_dataset", find_dataset(ports.datasets)),
+            NamedStep("fetch_plan", fetch_plan(ports.exchange)),
+            NamedStep("check_approval", check_approval(ports.approvals)),
+            NamedStep("agree_keys", agree_keys(ports.lom, ports.clock)),
+            NamedStep("fetch_params", fetch_params(ports.exchange)),
+            NamedStep("start_masks", start_masks(ports.crypter)),
+            NamedStep("fetch_aggregator_args", fetch_aggregator_args(ports.exchange)),
+            NamedStep("fetch_aux_vars", fetch_aux_vars(ports.exchange)),
+            NamedStep("load_plan", load_plan(ports.plans)),
+            NamedStep("init_plan", init_plan),
+            NamedStep("load_state", load_state(ports.states)),
+            NamedStep("set_params", set_params),
+            NamedStep("ingest_aux_vars", ingest_aux_vars),
+            NamedStep("split_data", split_data),
+            NamedStep("validate_global", validate_global(ports.monitor, ports.clock)),
+            NamedStep("train_model", train_model(ports.monitor, ports.clock)),
+            NamedStep("collect_aux_vars", collect_aux_vars),
+            NamedStep("validate_local", validate_local(ports.monitor, ports.clock)),
+            NamedStep("make_update", make_update),
+            NamedStep(
+                "encrypt_update",
+                encrypt_update(
+                    ports.crypter,
+                    ports.secagg_keys,
+                    clock=ports.clock,
+                    lom_keys=None if ports.lom is None else ports.lom.keys,
+                ),
             ),
-        ),
-        NamedStep("upload_results", upload_results(ports.exchange)),
-        NamedStep("save_state", save_state(ports.states)),
+            NamedStep("upload_results", upload_results(ports.exchange)),
+            NamedStep("save_state", save_state(ports.states)),
+        )
     )
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from attrs import evolve
 from returns.result import Failure, Result, Success
 
-from fedpipe.compose import NamedStep, Round, Step, replace, require, without
+from fedpipe.compose import NamedStep, Round, Step, declare, replace, require, without
 from fedpipe.context import PlanSource, RoundContext, Update
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.fedbiomed import secure
@@ -77,6 +77,7 @@ def _bad(step: str, detail: str, public: str) -> RoundError:
 def take_plan(inline: InlineRound) -> Step:
     """Write the plan source that came in the message into the round workspace (for the loader)."""
 
+    @declare(provides="plan_source")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         try:
             raw = inline.plan_source.encode("utf-8")
@@ -117,6 +118,7 @@ def take_plan(inline: InlineRound) -> Step:
 def take_params(inline: InlineRound) -> Step:
     """Keep the global parameters that came decoded in the message for ``set_params``."""
 
+    @declare(provides="params")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         if not isinstance(inline.params, Mapping) or not inline.params:
             return Failure(
@@ -132,6 +134,7 @@ def take_params(inline: InlineRound) -> Step:
 def take_aggregator_args(inline: InlineRound) -> Step:
     """Keep the aggregator arguments of the message, read-only."""
 
+    @declare(provides="aggregator_args")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         if not inline.aggregator_args:
             return Success(ctx)
@@ -144,6 +147,7 @@ def take_aggregator_args(inline: InlineRound) -> Step:
 def take_aux_vars(inline: InlineRound) -> Step:
     """Keep the optimizer auxiliary variables of the message (none in a plain FedAvg round)."""
 
+    @declare(provides="aux_vars")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         if not inline.aux_vars:
             return Success(ctx)
@@ -159,6 +163,7 @@ def prepare_reply(convert: Callable[[Any], tuple[Any, tuple[str, ...]]] = fedbio
     that cannot be expressed is a failure, and then no state is saved.
     """
 
+    @declare(needs="update", provides="update")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         def fill(update: Update) -> Result[RoundContext, RoundError]:
             if update.encrypted:
@@ -202,13 +207,21 @@ def fedbiomed_round(
     steps = without(standard_round(ports), *_DROPPED)
     jl = crypter if crypter is not None else ports.crypter
     names = tuple(str(name) for name in inline.params)
+    # the secagg decision of a Fed-BioMed round is the message's (``inline.secagg``): its steps
+    # provide and need it under the standard steps' names
     steps = replace(
-        steps, "check_secagg", NamedStep("check_secagg", secure.check_secagg(inline.secagg, secagg_store))
+        steps,
+        "check_secagg",
+        NamedStep(
+            "check_secagg", secure.check_secagg(inline.secagg, secagg_store), provides=("secagg", "lom")
+        ),
     )
     steps = replace(
         steps,
         "start_masks",
-        NamedStep("start_masks", secure.start_masks(inline.secagg, secagg_store, jl, inline.params)),
+        NamedStep(
+            "start_masks", secure.start_masks(inline.secagg, secagg_store, jl, inline.params), needs="secagg"
+        ),
     )
     steps = replace(
         steps,
@@ -223,6 +236,8 @@ def fedbiomed_round(
                 insecure_validation=insecure_validation,
                 clock=ports.clock,
             ),
+            needs=("update", "training", "secagg"),
+            provides="update",
         ),
     )
     steps = replace(steps, "fetch_plan", NamedStep("take_plan", take_plan(inline)))

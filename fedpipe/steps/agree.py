@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from returns.result import Failure, Result, Success
 
-from fedpipe.compose import Step
+from fedpipe.compose import Step, declare
 from fedpipe.context import LomSetup, RoundContext
 from fedpipe.errors import ErrorCode, RoundError, printable
 from fedpipe.ports import Clock, LomPorts, PairwiseSecrets, PendingOffer
@@ -82,6 +82,7 @@ def agree_keys(
     offers never came. ``new_ephemeral`` draws the ephemeral keys (a seeded one in tests).
     """
 
+    @declare(needs="lom")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         setup = ctx.lom
         if setup is None or not ctx.request.training:

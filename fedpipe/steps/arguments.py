@@ -7,7 +7,7 @@ from attrs import evolve
 from returns.result import Failure, Result, Success
 
 from fedpipe.args import TrainingArgs, parse_training_args_mapping
-from fedpipe.compose import Step
+from fedpipe.compose import Step, declare
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError, printable
 from fedpipe.plan import REQUEST_LOADER_ARGS, DatasetRecord, request_loader_arg_problem
@@ -19,6 +19,7 @@ __all__ = ["check_caps", "find_dataset", "parse_training_args"]
 STEP = "parse_training_args"
 
 
+@declare(provides="args")
 def parse_training_args(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     """Validate ``training_args`` into a TrainingArgs within the owner's caps; else fail the round here.
 
@@ -112,6 +113,7 @@ def check_caps(args: TrainingArgs, settings: NodeSettings) -> Result[TrainingArg
 def find_dataset(datasets: DatasetRegistry) -> Step:
     """Look the request's dataset up in the node's registry; an unknown id fails the round."""
 
+    @declare(provides="dataset")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         def found(record: DatasetRecord | None) -> Result[RoundContext, RoundError]:
             if record is None:

@@ -7,7 +7,7 @@ import random
 
 from returns.result import Failure, Result
 
-from fedpipe.compose import require
+from fedpipe.compose import declare, require
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.plan import DataSplit
@@ -56,6 +56,7 @@ def _data_failed(detail: str, public: str, code: ErrorCode = ErrorCode.DATA_FAIL
     return RoundError(code=code, step="split_data", detail=detail, public=public)
 
 
+@declare(needs=("plan", "args", "dataset"), provides="split")
 def split_data(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     """Load the dataset and give the plan its train/test split.
 

@@ -23,7 +23,7 @@ import numpy as np
 from attrs import evolve
 from returns.result import Failure, Result, Success
 
-from fedpipe.compose import Step, require
+from fedpipe.compose import Step, declare, require
 from fedpipe.context import LomSetup, RoundContext, SecaggSetup, TrainingOutcome, Update
 from fedpipe.errors import ErrorCode, RoundError, printable
 from fedpipe.ports import Clock, LomKeys, PairwiseSecrets, SecaggCrypter, SecaggKeys
@@ -82,6 +82,7 @@ def start_masks(crypter: SecaggCrypter) -> Step:
     A missing count or bad file never fails the round here: later steps report real problems.
     """
 
+    @declare(needs="secagg")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         setup = ctx.secagg
         if setup is None or not ctx.request.training:
@@ -335,6 +336,7 @@ def encrypt_update(
     ``context_id`` and ``target_range``, and the factor sits at index ``n_values``.
     """
 
+    @declare(needs=("update", "training", "secagg", "lom"), provides="update")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         if ctx.lom is not None:
             if ctx.update is None or ctx.training is None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from attrs import evolve
 from returns.result import Failure, Result, Success
 
-from fedpipe.compose import Step, timeout_error
+from fedpipe.compose import Step, declare, timeout_error
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import Clock, Monitor
@@ -21,6 +21,7 @@ __all__ = ["validate_global", "validate_local"]
 def _validate(monitor: Monitor, clock: Clock | None, *, before_train: bool) -> Step:
     name = "validate_global" if before_train else "validate_local"
 
+    @declare(needs=("plan", "args", "split"), provides="validation")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         args, plan, split = ctx.args, ctx.plan, ctx.split
         if args is None or plan is None:

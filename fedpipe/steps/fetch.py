@@ -11,7 +11,7 @@ from attrs import evolve
 from returns.result import Failure, Result, Success
 
 from fedpipe.codec import Limits, load_file
-from fedpipe.compose import Step
+from fedpipe.compose import Step, declare
 from fedpipe.context import PlanSource, RoundContext
 from fedpipe.errors import ErrorCode, RoundError, is_public_safe, printable
 from fedpipe.ports import URL_INVALID, URL_NOT_ALLOWED, FileExchange
@@ -84,6 +84,7 @@ def _decode_into(path: Path, *, ctx: RoundContext, what: str) -> Result[Any, Rou
 def fetch_plan(exchange: FileExchange) -> Step:
     """Download the training-plan source into the round workspace and keep its text and digest."""
 
+    @declare(provides="plan_source")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         dest = ctx.workdir / "training_plan.py"
 
@@ -110,6 +111,7 @@ def fetch_plan(exchange: FileExchange) -> Step:
 def fetch_params(exchange: FileExchange) -> Step:
     """Download the global model parameters file (decoded once, later, by set_params)."""
 
+    @declare(provides="params")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         dest = ctx.workdir / "global_params.mpk"
         return (
@@ -127,6 +129,7 @@ def fetch_aggregator_args(exchange: FileExchange) -> Step:
     Other entries are kept as sent (the reference downloaded every object-valued entry: D7).
     """
 
+    @declare(provides="aggregator_args")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         resolved: dict[str, Any] = {}
         for i, (name, value) in enumerate(ctx.request.aggregator_args.items()):
@@ -156,6 +159,7 @@ def fetch_aux_vars(exchange: FileExchange) -> Step:
     On any failure the round stops and no partial merge is kept.
     """
 
+    @declare(provides="aux_vars")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         merged: dict[str, Any] = {}
         for i, url in enumerate(ctx.request.aux_var_urls):

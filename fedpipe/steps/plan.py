@@ -6,7 +6,7 @@ from typing import Any
 from attrs import evolve
 from returns.result import Failure, Result, Success
 
-from fedpipe.compose import Step, require
+from fedpipe.compose import Step, declare, require
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import PlanLoader
@@ -21,6 +21,7 @@ __all__ = ["collect_aux_vars", "ingest_aux_vars", "init_plan", "load_plan", "set
 def load_plan(plans: PlanLoader) -> Step:
     """Import the downloaded source and instantiate ``training_plan_class`` with no arguments."""
 
+    @declare(needs="plan_source", provides="plan")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         return (
             require(ctx.plan_source, step="load_plan", what="training plan source")
@@ -31,6 +32,7 @@ def load_plan(plans: PlanLoader) -> Step:
     return step
 
 
+@declare(needs=("plan", "args", "aggregator_args"))
 def init_plan(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     """Call the plan's post_init with the model args, training args and resolved aggregator args.
 
@@ -58,6 +60,7 @@ def init_plan(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     )
 
 
+@declare(needs=("plan", "params"))
 def set_params(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     """Decode the global parameters file (once) and load its ``model_weights`` into the plan.
 
@@ -101,6 +104,7 @@ def set_params(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     )
 
 
+@declare(needs=("plan", "aux_vars"))
 def ingest_aux_vars(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     """Hand the researcher's auxiliary variables to the plan's optimizer (nothing to do without any).
 
@@ -123,6 +127,7 @@ def ingest_aux_vars(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     )
 
 
+@declare(needs=("plan", "training"), provides="training")
 def collect_aux_vars(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     """Collect the optimizer's auxiliary variables after training (e.g. SCAFFOLD state)."""
 

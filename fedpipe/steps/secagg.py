@@ -6,7 +6,7 @@ from typing import TypeVar
 from attrs import evolve
 from returns.result import Failure, Result, Success
 
-from fedpipe.compose import Step
+from fedpipe.compose import Step, declare
 from fedpipe.context import LomSetup, RoundContext, SecaggSetup
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import Biprime, SecaggKeys, ServerKeyShare
@@ -91,6 +91,7 @@ def check_secagg(keys: SecaggKeys) -> Step:
     scheme, and ``"joye-libert"`` without its two contexts, are refused.
     """
 
+    @declare(provides=("secagg", "lom"))
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         req, settings = ctx.request, ctx.settings
         if req.secagg_scheme == "lom":

@@ -7,7 +7,7 @@ from attrs import evolve
 from returns.result import Failure, Result, Success
 
 from fedpipe.codec import CodecError, dumps, loads
-from fedpipe.compose import Step, require
+from fedpipe.compose import Step, declare, require
 from fedpipe.context import RoundContext
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import NodeState, SplitRecord, StateStore
@@ -24,6 +24,7 @@ def load_state(states: StateStore) -> Step:
     store that cannot be read fails the round.
     """
 
+    @declare(needs="plan", provides="previous_state")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         previous_id = ctx.request.state_id
         if previous_id is None:
@@ -73,6 +74,7 @@ def _save_failed(detail: str, cause: BaseException | None = None) -> RoundError:
 def save_state(states: StateStore) -> Step:
     """Save the plan's state and the data split under this round's new state id (one atomic write)."""
 
+    @declare(needs="plan", provides="saved_state")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         state_id = ctx.state_id
         if state_id is None:  # validation-only rounds never create or overwrite state

@@ -6,7 +6,7 @@ from typing import Any
 from attrs import evolve
 from returns.result import Failure, Result, Success
 
-from fedpipe.compose import Step, require, timeout_error
+from fedpipe.compose import Step, declare, require, timeout_error
 from fedpipe.context import RoundContext, TrainingOutcome, Update
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import Clock, Monitor
@@ -23,6 +23,7 @@ def train_model(monitor: Monitor, clock: Clock) -> Step:
     the routine returned or raised, and nothing of this training is kept.
     """
 
+    @declare(needs=("plan", "split"), provides="training")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         plan, split = ctx.plan, ctx.split
         if plan is None or split is None:
@@ -70,13 +71,15 @@ def train_model(monitor: Monitor, clock: Clock) -> Step:
 
 
 def _metadata(ctx: RoundContext) -> dict[str, Any]:
+    # the round's notes are added where the update leaves the node (results file, reply), so
+    # that those of the steps after this one are there too
     return {
         "validation_before": None if ctx.validation.before is None else dict(ctx.validation.before),
         "validation_after": None if ctx.validation.after is None else dict(ctx.validation.after),
-        "notes": list(ctx.notes),
     }
 
 
+@declare(needs=("plan", "training"), provides="update")
 def make_update(ctx: RoundContext) -> Result[RoundContext, RoundError]:
     """Collect the trained parameters (flat when secure aggregation will encrypt them) and optimizer args."""
     plan, training = ctx.plan, ctx.training

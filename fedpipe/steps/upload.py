@@ -6,7 +6,7 @@ from attrs import evolve
 from returns.result import Failure, Result
 
 from fedpipe.codec import CodecError, dumps
-from fedpipe.compose import Step, require
+from fedpipe.compose import Step, declare, require
 from fedpipe.context import RoundContext, Update
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import FileExchange
@@ -15,7 +15,11 @@ __all__ = ["results_payload", "upload_results"]
 
 
 def results_payload(ctx: RoundContext, update: Update) -> dict[str, Any]:
-    """The results file content: the reference's keys, plus ``metadata`` (validation, notes)."""
+    """The results file content: the reference's keys, plus ``metadata`` (validation, notes).
+
+    ``metadata["notes"]`` holds every note of the round so far, from ``ctx``: those of the
+    steps between ``make_update`` and the upload (encryption, one's own) included.
+    """
     payload: dict[str, Any] = {
         "researcher_id": ctx.request.researcher_id,
         "job_id": ctx.request.job_id,
@@ -26,7 +30,7 @@ def results_payload(ctx: RoundContext, update: Update) -> dict[str, Any]:
         "encrypted": update.encrypted,
         "optim_aux_var": dict(update.aux_vars),
         "sample_size": ctx.training.sample_size if ctx.training else None,
-        "metadata": dict(update.metadata),
+        "metadata": {**update.metadata, "notes": list(ctx.notes)},
     }
     if update.encryption_factor is not None:
         payload["encryption_factor"] = list(update.encryption_factor)
@@ -36,6 +40,7 @@ def results_payload(ctx: RoundContext, update: Update) -> dict[str, Any]:
 def upload_results(exchange: FileExchange) -> Step:
     """Write the results file in the round workspace and upload it; keep the download URL."""
 
+    @declare(needs="update", provides="params_url")
     def step(ctx: RoundContext) -> Result[RoundContext, RoundError]:
         def write(update: Update) -> Result[RoundContext, RoundError]:
             path = ctx.workdir / "node_params.mpk"
