@@ -18,6 +18,9 @@ hexadecimal integers of any size, JSON-escaped strings). A source that does not 
 digest: ``plan_digest`` returns a ``PlanSyntaxError`` saying where.
 
 Every digest records its algorithm and canonical form; registries store both and match on both.
+Wherever a digest is shown (the node log, a refused round's reply, ``fedpipe plans``, the demo) it
+is written one way: ``<ALGORITHM>:<hex>`` (``digest_text``), in full, or cut to its first
+``SHORT_HEX`` hex digits in lists.
 """
 
 import ast
@@ -34,10 +37,13 @@ from returns.result import Failure, Result, Success
 __all__ = [
     "CANONICAL_FORM",
     "DEFAULT_ALGORITHM",
+    "SHORT_HEX",
     "HashAlgorithm",
+    "PendingPlan",
     "PlanDigest",
     "PlanSyntaxError",
     "canonical_source",
+    "digest_text",
     "hash_function",
     "plan_digest",
     "plan_digests",
@@ -74,6 +80,19 @@ _HASHLIB_NAME: dict[HashAlgorithm, str] = {
 }
 
 
+SHORT_HEX = 12
+"""Hex digits of a digest shown in lists (``plans list``, the demo); enough to tell plans apart."""
+
+
+def digest_text(algorithm: HashAlgorithm | str, hexdigest: str, *, short: bool = False) -> str:
+    """The one written form of a plan digest: ``ALGORITHM:hex``, cut to ``SHORT_HEX`` digits when ``short``.
+
+    >>> digest_text(HashAlgorithm.SHA256, "bd4a4980c1e2" + "0" * 52, short=True)
+    'SHA256:bd4a4980c1e2'
+    """
+    return f"{HashAlgorithm(algorithm).value}:{hexdigest[:SHORT_HEX] if short else hexdigest}"
+
+
 def hash_function(algorithm: HashAlgorithm) -> Callable[[bytes], str]:
     """The hex-digest function for ``algorithm`` (each name maps to its own hashlib function).
 
@@ -104,6 +123,18 @@ class PlanDigest:
     hexdigest: str
     algorithm: HashAlgorithm = DEFAULT_ALGORITHM
     canonical_form: str = CANONICAL_FORM
+
+    def text(self, *, short: bool = False) -> str:
+        """This digest as ``digest_text`` writes it (``SHA256:<hex>``)."""
+        return digest_text(self.algorithm, self.hexdigest, short=short)
+
+
+@frozen(kw_only=True)
+class PendingPlan:
+    """A plan a round refused, as the approval registry keeps it for the owner's review."""
+
+    plan_id: str
+    digest: PlanDigest
 
 
 def _constant(value: object) -> str:

@@ -278,7 +278,9 @@ def load_or_create_settings(
 ) -> NodeSettings:
     """The settings stored in ``root``; created (with ``node_id`` and ``overrides``) on first use.
 
-    Raises ``NodeAdminError`` for an unreadable file, or when ``node_id`` differs from the stored one.
+    Whichever command first uses a root gives it its id: ``node_id``, or a new random one. Raises
+    ``NodeAdminError`` for an unreadable file, or when ``node_id`` differs from the stored one (the
+    message names the stored id, so the owner can pass it).
     """
     root = Path(root)
     path = root / SETTINGS_FILE
@@ -290,7 +292,10 @@ def load_or_create_settings(
         except (OSError, ValueError, TypeError) as err:
             raise NodeAdminError(f"cannot read the node settings {path}: {err}") from err
         if node_id is not None and node_id != settings.node_id:
-            raise NodeAdminError(f"{root} belongs to node {settings.node_id!r}, not {node_id!r}")
+            raise NodeAdminError(
+                f"{root} belongs to node {settings.node_id!r}, not {node_id!r}: "
+                f"pass --node-id {settings.node_id} or use another --root"
+            )
         return evolve(settings, **overrides) if overrides else settings
     settings = NodeSettings(node_id=node_id or f"node-{uuid.uuid4().hex[:8]}", root=root, **overrides)
     save_settings(settings)
@@ -434,6 +439,21 @@ def deliver_reply(
     return None
 
 
+def _check_server_url(url: str) -> None:
+    """Refuse a server URL the agent could never reach (no http(s) scheme or host) at once, not by retrying."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port
+    except ValueError as err:
+        raise NodeAdminError(f"the server URL {url!r} is malformed: {err}") from err
+    if parts.scheme not in ("http", "https") or not host:
+        raise NodeAdminError(
+            f"the server URL must start with http:// or https://, e.g. http://{url}, not {url!r}"
+        )
+
+
 def run_node_agent(
     root: Path | str,
     *,
@@ -456,6 +476,8 @@ def run_node_agent(
     whose delivery kills the process is set aside by the board after a few deliveries.
     Returns 1 when the server refuses the node's credential. LOM contexts are agreed with the
     pinned peers through the server's key relay, waiting at most ``agreement_seconds``.
+    A ``server_url`` that is not an http(s) URL, or a root that belongs to another ``node_id``,
+    is refused with ``NodeAdminError`` before anything is created.
     """
     from fedpipe.adapters.http_exchange import HttpFileExchange, origin_of, ssl_context
     from fedpipe.adapters.lock import NodeLock
@@ -466,6 +488,7 @@ def run_node_agent(
 
     log = logging.getLogger("fedpipe.node")
     stop = stop or threading.Event()
+    _check_server_url(server_url)  # before the root is made: a typo must not leave a node behind
     settings = load_or_create_settings(root, node_id=node_id)
     server = server_url.rstrip("/")
     verify = ssl_context(ca_file) if ca_file else True

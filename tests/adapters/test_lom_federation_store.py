@@ -164,46 +164,15 @@ def test_owners_exchange_and_pin_keys_with_the_commands(
     assert print_a == FileIdentityKey.of_root(a).fingerprint()
     wrong = "SHA256:" + "0" * 64
     key_file = str(tmp_path / "a.pem")
-    assert (
-        main(
-            [
-                "peers",
-                "add",
-                "--root",
-                str(b),
-                "--node-id",
-                "node-a",
-                "--key",
-                key_file,
-                "--fingerprint",
-                wrong,
-            ]
-        )
-        == 1
-    )
+    add = ["peers", "add", "node-a", "--root", str(b), "--key", key_file, "--fingerprint"]
+    assert main([*add, wrong]) == 2
     assert "not pinned" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "peers",
-                "add",
-                "--root",
-                str(b),
-                "--node-id",
-                "node-a",
-                "--key",
-                key_file,
-                "--fingerprint",
-                print_a,
-            ]
-        )
-        == 0
-    )
+    assert main([*add, print_a]) == 0
     assert main(["peers", "list", "--root", str(b)]) == 0
     assert f"node-a  {print_a}" in capsys.readouterr().out
-    assert main(["peers", "remove", "--root", str(b), "--node-id", "node-a"]) == 0
-    assert main(["peers", "remove", "--root", str(b), "--node-id", "node-a"]) == 1
-    assert main(["peers", "list", "--root", str(tmp_path / "absent")]) == 1
+    assert main(["peers", "remove", "node-a", "--root", str(b)]) == 0
+    assert main(["peers", "remove", "node-a", "--root", str(b)]) == 2
+    assert main(["peers", "list", "--root", str(tmp_path / "absent")]) == 2
 
 
 def test_a_pending_offer_is_kept_until_its_context_is_stored(db: Database) -> None:

@@ -16,13 +16,47 @@ from fedpipe.server.auth import bearer
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("command", ["demo", "serve", "tokens", "node", "plans", "datasets"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "demo",
+        "serve",
+        "tokens",
+        "tokens issue",
+        "tokens list",
+        "tokens revoke",
+        "node",
+        "plans",
+        "plans list",
+        "plans show",
+        "plans approve",
+        "plans reject",
+        "plans register",
+        "plans remove",
+        "datasets",
+        "datasets add",
+        "datasets list",
+        "datasets remove",
+        "identity",
+        "peers",
+        "peers add",
+        "peers list",
+        "peers remove",
+    ],
+)
 def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """`fedpipe <command> --help` prints usage and exits 0."""
+    """`fedpipe <command> [<action>] --help` prints that command's own usage and exits 0."""
     with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
+        main([*command.split(), "--help"])
     assert exit_info.value.code == 0
     assert "usage: fedpipe " + command in capsys.readouterr().out
+
+
+def test_plans_pending_is_an_alias_of_register(capsys: pytest.CaptureFixture[str]) -> None:
+    """`plans pending` keeps working; its help says it registers a plan file as pending."""
+    with pytest.raises(SystemExit):
+        main(["plans", "pending", "--help"])
+    assert "register a plan file as pending" in " ".join(capsys.readouterr().out.split()).lower()
 
 
 def test_owner_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -35,7 +69,7 @@ def test_owner_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["datasets", "add", "--root", str(root), "--id", "ds1", "--path", str(data)]) == 0
     assert main(["datasets", "list", "--root", str(root)]) == 0
     assert "ds1" in capsys.readouterr().out
-    assert main(["datasets", "add", "--root", str(root), "--id", "ds1", "--path", str(data)]) == 1
+    assert main(["datasets", "add", "--root", str(root), "--id", "ds1", "--path", str(data)]) == 2
     assert "error:" in capsys.readouterr().err
     assert main(["plans", "approve", "--root", str(root), "--file", str(plan)]) == 0
     assert main(["plans", "list", "--root", str(root)]) == 0
@@ -45,7 +79,7 @@ def test_owner_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "Rejected" in capsys.readouterr().out
     bad = tmp_path / "bad.py"
     bad.write_text("def broken(:\n")
-    assert main(["plans", "approve", "--root", str(root), "--file", str(bad)]) == 1
+    assert main(["plans", "approve", "--root", str(root), "--file", str(bad)]) == 2
 
 
 def test_serve_answers_health(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,7 +147,7 @@ def test_tokens_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_node_needs_a_readable_token_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`fedpipe node` with a missing or empty token file exits 1 with one line, before any connection."""
+    """`fedpipe node` with a missing or empty token file exits 2 with one line, before any connection."""
     empty = tmp_path / "empty.token"
     empty.write_text("\n")
     for token_file in (tmp_path / "absent.token", empty):
@@ -128,7 +162,7 @@ def test_node_needs_a_readable_token_file(tmp_path: Path, capsys: pytest.Capture
                 str(token_file),
             ]
         )
-        assert code == 1
+        assert code == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1
 
@@ -151,11 +185,11 @@ def test_datasets_add_reads_a_csv_as_the_round_will(
     ragged = tmp_path / "ragged.csv"
     ragged.write_text("a,b,c\n1,2,3\n4,5\n6,7,8\n")
     capsys.readouterr()
-    assert main(["datasets", "add", "--root", str(root), "--id", "r", "--path", str(ragged)]) == 1
+    assert main(["datasets", "add", "--root", str(root), "--id", "r", "--path", str(ragged)]) == 2
     assert (
-        main(["datasets", "add", "--root", str(root), "--id", "n", "--path", str(tmp_path / "none.csv")]) == 1
+        main(["datasets", "add", "--root", str(root), "--id", "n", "--path", str(tmp_path / "none.csv")]) == 2
     )
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
-    assert main(["datasets", "list", "--root", str(tmp_path / "elsewhere")]) == 1
+    assert main(["datasets", "list", "--root", str(tmp_path / "elsewhere")]) == 2
     assert not (tmp_path / "elsewhere").exists()

@@ -13,9 +13,13 @@ algorithm and the canonical-form version that produced it. The reference's D15 d
   never as a download error.
 
 The source text is kept in the database, so the owner can review it and ``rehash`` the registry
-when changing algorithm without the original files.
+when changing algorithm without the original files. A plan that a round refused because it was
+unknown is recorded as Pending (``record_refused``), source included, for the owner to review.
+Owner operations find a plan by id, name, or digest (``SHA256:<hex>``, a unique prefix of at
+least 8 hex digits will do), the form ``plans list`` shows.
 """
 
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
@@ -29,8 +33,10 @@ from fedpipe.approval import (
     CANONICAL_FORM,
     DEFAULT_ALGORITHM,
     HashAlgorithm,
+    PendingPlan,
     PlanDigest,
     PlanSyntaxError,
+    digest_text,
     plan_digest,
     plan_digests,
 )
@@ -49,6 +55,8 @@ _SELECT = (
 _BY_DIGEST = _SELECT + "WHERE hash = ? AND algorithm = ? AND canonical_form = ?"
 _BY_ID = _SELECT + "WHERE plan_id = ?"
 _BY_NAME = _SELECT + "WHERE name = ?"
+_BY_DIGEST_PREFIX = _SELECT + "WHERE algorithm = ? AND substr(hash, 1, ?) = ? LIMIT 2"
+_DIGEST_REF = re.compile(r"(?P<algorithm>[A-Z0-9_]+):(?P<hex>[0-9a-fA-F]{8,128})")
 _ALL = _SELECT + "ORDER BY date_registered, plan_id"
 _WITH_STATUS = _SELECT + "WHERE status = ? ORDER BY date_registered, plan_id"
 _INSERT = (
@@ -72,6 +80,10 @@ class PlanRecord:
     notes: str | None
     date_registered: str
     date_last_action: str
+
+    def digest_text(self, *, short: bool = False) -> str:
+        """The plan's digest as every fedpipe output writes it: ``SHA256:<hex>`` (``short``: 12 digits)."""
+        return digest_text(self.algorithm, self.hash, short=short)
 
 
 def _record(row: tuple[Any, ...]) -> PlanRecord:
@@ -220,11 +232,77 @@ class SqliteApprovalRegistry:
             raise NodeAdminError(f"cannot register training plan {name!r}: {err}") from err
         return _record(row)
 
+    def record_refused(
+        self, source: str, *, plan_class: str, researcher_id: str | None
+    ) -> Result[PendingPlan, RoundError]:
+        """Record the plan ``source`` a round refused as Pending, for the owner's review.
+
+        The record is named after ``plan_class`` and its digest, and notes who sent it. A plan
+        already registered (recorded by an earlier round, say) is returned as it is: one record
+        per plan. A source that does not parse, or a store that cannot be written, is a failure
+        (the round is refused all the same).
+        """
+        try:
+            with self._db.transaction() as conn:
+                digests = plan_digests(source, [self.algorithm, *_stored_algorithms(conn)])
+                if isinstance(digests, Failure):
+                    return Failure(_syntax_failure(digests.failure()))
+                existing = _find(conn, digests.unwrap())
+                if existing is None:
+                    digest = digests.unwrap()[0]
+                    plan_id = f"training_plan_{uuid.uuid4()}"
+                    name = f"{plan_class}@{digest.text(short=True)}"
+                    if conn.execute("SELECT 1 FROM training_plans WHERE name = ?", (name,)).fetchone():
+                        name = plan_id  # an owner's plan already took the name
+                    now = now_iso()
+                    conn.execute(
+                        _INSERT,
+                        (
+                            plan_id,
+                            name,
+                            f"refused by a round: class {plan_class}",
+                            digest.hexdigest,
+                            digest.algorithm.value,
+                            digest.canonical_form,
+                            Approval.PENDING.value,
+                            researcher_id,
+                            "recorded when a round asked for it unapproved",
+                            now,
+                            now,
+                            source,
+                        ),
+                    )
+                    existing = tuple(conn.execute(_BY_ID, (plan_id,)).fetchone())
+            record = _record(existing)
+        except STORE_ERRORS as err:
+            return Failure(
+                store_error(
+                    ErrorCode.PLAN_NOT_APPROVED,
+                    f"approval registry write failed: {type(err).__name__}: {err}",
+                    "The training plan approval registry of this node could not be written.",
+                    retryable=True,
+                )
+            )
+        return Success(
+            PendingPlan(
+                plan_id=record.plan_id,
+                digest=PlanDigest(
+                    hexdigest=record.hash, algorithm=record.algorithm, canonical_form=record.canonical_form
+                ),
+            )
+        )
+
     @staticmethod
     def _lookup(conn: sqlite3.Connection, ref: str) -> tuple[Any, ...] | None:
         row = conn.execute(_BY_ID, (ref,)).fetchone()
         if row is None:
             row = conn.execute(_BY_NAME, (ref,)).fetchone()
+        if row is None and (match := _DIGEST_REF.fullmatch(ref.strip().rstrip("…"))):
+            prefix = match["hex"].lower()
+            rows = conn.execute(_BY_DIGEST_PREFIX, (match["algorithm"], len(prefix), prefix)).fetchall()
+            if len(rows) > 1:
+                raise NodeAdminError(f"{ref} matches several training plans: give more of the digest")
+            row = rows[0] if rows else None
         return tuple(row) if row is not None else None
 
     def _row(self, conn: sqlite3.Connection, ref: str) -> tuple[Any, ...]:
