@@ -161,9 +161,13 @@ def public_text(code: ErrorCode, public: str | None) -> str:
     return _DEFAULT_PUBLIC[code]
 
 
-@frozen(kw_only=True)
-class RoundError:
+@frozen(kw_only=True, auto_exc=False)  # compared by value, not by identity
+class RoundError(Exception):
     r"""A round failure: ``detail`` goes to the node log only, ``public`` to the researcher.
+
+    A value (compared by its fields) that is also an exception, so that ``.unwrap()`` of a failed
+    ``Result`` says why: ``returns`` raises its ``UnwrapFailedError`` *from* the failure, and the
+    traceback shows this error's :meth:`log_line`.
 
     ``public`` is checked on construction: a text that could leak a path, a traceback or an
     exception repr is replaced by the code's generic text, so no caller can leak by mistake.
@@ -191,6 +195,9 @@ class RoundError:
         object.__setattr__(self, "public", public)
         object.__setattr__(self, "detail", printable(self.detail, None))
         object.__setattr__(self, "step", printable(self.step, None))
+
+    def __str__(self) -> str:
+        return self.log_line()
 
     def with_step(self, step: str) -> "RoundError":
         """Return this error attributed to ``step`` (used by NamedStep when a step left it empty)."""
