@@ -14,11 +14,12 @@ import os
 import shutil
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import evolve
 from returns.result import Failure, Result
@@ -389,19 +390,60 @@ def _fallback_reply(request: Any, node_id: str) -> TrainReply:
     return to_reply(Failure(error), header_of(request if isinstance(request, Mapping) else None, node_id))
 
 
-class _Backoff:
-    """The agent's wait after a failure: 0.5 s doubling up to 30 s, back to 0.5 s after a success."""
+class _Stop(Protocol):
+    """What the agent's waits watch: ``threading.Event`` or the agent's own ``_StopFlag``."""
 
-    def __init__(self, stop: threading.Event, log: logging.Logger) -> None:
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class _StopFlag:
+    """The agent's stop: the caller's event, or SIGTERM/SIGINT as noted by the signal handler.
+
+    The handler only stores the signal's name: a handler that took a lock (an Event's, a log
+    handler's) could deadlock or fail on the very lock the interrupted code holds. A watcher
+    thread does the rest (``_Lifecycle``).
+    """
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.signal_name: str | None = None
+
+    def is_set(self) -> bool:
+        return self.signal_name is not None or self.event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) for the stop; True when stopping."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = 0.1 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.1))
+        return self.is_set()
+
+
+class _Backoff:
+    """The agent's wait after a failure: 0.5 s doubling up to 30 s, back to 0.5 s after a success.
+
+    Its log line tells a lost connection from one that is still down.
+    """
+
+    def __init__(self, stop: _Stop, log: logging.Logger) -> None:
         self._stop = stop
         self._log = log
         self.delay = 0.5
+        self.connected: bool | None = None  # None: not yet reached
 
     def reset(self) -> None:
         self.delay = 0.5
 
     def wait(self, err: Exception) -> None:
-        self._log.warning("%s; retrying in %.1f s", err, self.delay)
+        state = {None: "cannot reach the server", True: "connection lost", False: "still unreachable"}
+        self._log.warning("%s (%s); retrying in %.1f s", state[self.connected], err, self.delay)
+        if self.connected:
+            self.connected = False
         self._stop.wait(self.delay)
         self.delay = min(self.delay * 2, 30.0)
 
@@ -411,22 +453,26 @@ def deliver_reply(
     task: "Task",
     replies: Sequence[TrainReply],
     *,
-    stop: threading.Event,
+    stop: _Stop,
     backoff: _Backoff,
     log: logging.Logger,
 ) -> "ReplyOutcome | None":
     """Post the first of ``replies`` the board accepts (the later ones are fallbacks for a refusal).
 
-    Waits out an unreachable board until ``stop`` is set; returns the last outcome (None when
-    stopped before any answer). A lost lease is final: the board has redelivered the task.
+    Waits out an unreachable board until ``stop`` is set (a stopping node still tries once: the
+    round is done, its reply is what the researcher waits for); returns the last outcome (None
+    when no answer came). A lost lease is final: the board has redelivered the task.
     """
     from fedpipe.adapters.task_client import ReplyOutcome, TaskBoardUnavailable
 
     pending = list(replies)
-    while not stop.is_set():
+    while True:
         try:
             outcome = client.post_reply(task, pending[0].to_dict())
         except TaskBoardUnavailable as err:
+            if stop.is_set():
+                log.warning("task %s: reply not sent (%s): stopping", task.task_id, err)
+                return None
             backoff.wait(err)
             continue
         if outcome is ReplyOutcome.REFUSED and len(pending) > 1:
@@ -436,7 +482,102 @@ def deliver_reply(
         if outcome is not ReplyOutcome.ACCEPTED:
             log.warning("task %s: reply not accepted (%s)", task.task_id, outcome.value)
         return outcome
-    return None
+
+
+def round_label(request: Any) -> str:
+    """How the node's log names the round a request asks for, numbered as its researcher reads it.
+
+    The wire's ``round`` counts from 0; a training round is shown 1-based (what ``fedpipe run``
+    and the demo print), a validation-only round as the validation after that many rounds. A
+    request too broken to say gets a plain label (the round itself will refuse it).
+
+    >>> round_label({"job_id": "j1", "round": 0, "training": True})
+    'round 1 of job j1'
+    >>> round_label({"job_id": "j1", "round": 5, "training": False})
+    'validation after round 5 of job j1'
+    >>> round_label(["not", "a", "request"])
+    'a malformed request'
+    """
+    if not isinstance(request, Mapping):
+        return "a malformed request"
+    job = request.get("job_id")
+    job_text = f"job {job[:80]}" if isinstance(job, str) and job.isprintable() else "an unnamed job"
+    number = request.get("round", 0)
+    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        return f"a round of {job_text}"
+    if request.get("training", True) is False:
+        return f"validation after round {number} of {job_text}"
+    return f"round {number + 1} of {job_text}"
+
+
+class _RoundAbandoned(BaseException):
+    """Raised by the signal handler when the owner asks twice to stop during a round.
+
+    A BaseException, so that the round's last-resort ``except Exception`` lets it through: the
+    round unwinds (its state transaction rolls back, its workspace is removed) and gets no reply;
+    the board hands the task out again once its lease runs out.
+    """
+
+
+class _Lifecycle:
+    """The node's stop: signal handling, the watcher that acts on it, and the round in progress.
+
+    First SIGTERM/SIGINT: logged, and the long poll is cut short (its connection shut down); a
+    round in progress runs to its end and its reply is sent, since a round's steps are not safe
+    to cut at any point and the researcher waits for that reply. A second signal during that
+    round abandons it (``_RoundAbandoned``).
+    """
+
+    def __init__(self, stop: _StopFlag, client: "HttpTaskClient", log: logging.Logger) -> None:
+        self.stop = stop
+        self.client = client
+        self.log = log
+        self.round: str | None = None  # the label of the round in progress
+        self.abandoned: str | None = None
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="fedpipe-stop", daemon=True)
+        self._previous: dict[int, Any] = {}
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        """The signal handler: note the signal (a second one during a round abandons the round)."""
+        name = signal.Signals(signum).name
+        if self.stop.signal_name is not None and self.round is not None:
+            self.abandoned = self.round
+            raise _RoundAbandoned
+        self.stop.signal_name = self.stop.signal_name or name
+
+    def _watch(self) -> None:
+        reported = False
+        while not self._done.is_set():
+            if self.stop.is_set():
+                if not reported:
+                    reported = True
+                    why = f"{self.stop.signal_name} received" if self.stop.signal_name else "asked to stop"
+                    running = self.round
+                    if running is None:
+                        self.log.info("stopping: %s", why)
+                    else:
+                        self.log.info(
+                            "stopping: %s; finishing %s first (signal again to abandon it)", why, running
+                        )
+                if self.round is None:
+                    # between rounds only: a round in progress keeps its connections (renewal, reply)
+                    self.client.interrupt()
+                    return
+            self._done.wait(0.05)
+
+    def __enter__(self) -> "_Lifecycle":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self.on_signal)
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._watcher.join(timeout=2)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _check_server_url(url: str) -> None:
@@ -452,6 +593,19 @@ def _check_server_url(url: str) -> None:
         raise NodeAdminError(
             f"the server URL must start with http:// or https://, e.g. http://{url}, not {url!r}"
         )
+
+
+def _shown_url(url: str) -> str:
+    """``url`` as the log shows it: without any user info (a credential never reaches a log).
+
+    >>> _shown_url("https://user:secret@board.example:8443/fed")
+    'https://board.example:8443/fed'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def run_node_agent(
@@ -478,6 +632,13 @@ def run_node_agent(
     pinned peers through the server's key relay, waiting at most ``agreement_seconds``.
     A ``server_url`` that is not an http(s) URL, or a root that belongs to another ``node_id``,
     is refused with ``NodeAdminError`` before anything is created.
+
+    Stopping (``stop``, or SIGTERM/SIGINT when run in the main thread) cuts the long poll short,
+    so an idle node stops at once; a round in progress first runs to its end and sends its reply,
+    and a second signal abandons it (no reply, nothing half-written: the board hands the task
+    out again after its lease). Each change of state is logged at INFO on ``fedpipe.node``:
+    connected, waiting for tasks, running round r of job j, replied, stopping, stopped; a lost
+    connection at WARNING with the retry delay. The token never reaches the log.
     """
     from fedpipe.adapters.http_exchange import HttpFileExchange, origin_of, ssl_context
     from fedpipe.adapters.lock import NodeLock
@@ -487,16 +648,13 @@ def run_node_agent(
     from fedpipe.training.warm import warm_up_in_background
 
     log = logging.getLogger("fedpipe.node")
-    stop = stop or threading.Event()
     _check_server_url(server_url)  # before the root is made: a typo must not leave a node behind
     settings = load_or_create_settings(root, node_id=node_id)
     server = server_url.rstrip("/")
     verify = ssl_context(ca_file) if ca_file else True
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    stopping = _StopFlag(stop or threading.Event())
     with NodeLock(settings.root):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: stop.set())
         try:
             exchange = HttpFileExchange(
                 f"{server}/upload",
@@ -509,54 +667,68 @@ def run_node_agent(
         monitor = HttpMonitor(f"{server}/monitor", headers=headers, verify=verify)
         client = HttpTaskClient(server, settings.node_id, token=token, poll_wait=poll_wait, verify=verify)
         relay = HttpSecaggRelay(server, token=token, verify=verify)
-        backoff = _Backoff(stop, log)
+        backoff = _Backoff(stopping, log)
+        lifecycle = _Lifecycle(stopping, client, log)
 
         code = 0
         fresh = True  # the first poll ends the leases a dead predecessor held
+        waiting = False  # whether "waiting for tasks" was said since the last change of state
         try:
-            with Node.open(
-                settings,
-                exchange=exchange,
-                monitor=monitor,
-                crypter=_default_crypter(),
-                relay=relay,
-                agreement_seconds=agreement_seconds,
-            ) as node:
+            with (
+                lifecycle,
+                Node.open(
+                    settings,
+                    exchange=exchange,
+                    monitor=monitor,
+                    crypter=_default_crypter(),
+                    relay=relay,
+                    agreement_seconds=agreement_seconds,
+                ) as node,
+            ):
                 removed = node.clean_workspaces()
                 if removed:
                     log.warning("removed %d round workspace(s) left by an earlier run", removed)
                 warm_up_in_background()  # torch's lazy imports, off the first round's path
-                log.info("node %s pulling tasks from %s", settings.node_id, server)
-                while not stop.is_set():
+                log.info("node %s pulling tasks from %s", settings.node_id, _shown_url(server))
+                while not stopping.is_set():
+                    if backoff.connected and not waiting:
+                        log.info("waiting for tasks")
+                        waiting = True
                     try:
-                        task = client.next_task(fresh=fresh)
+                        # the first poll answers at once: "connected" means reached, not 10 s later
+                        task = client.next_task(fresh=fresh, wait=0.0 if fresh else None)
                     except TaskBoardUnavailable as err:
+                        if stopping.is_set():
+                            break  # the poll was cut short to stop
                         backoff.wait(err)
+                        waiting = False
                         continue
+                    if not backoff.connected:
+                        log.info("connected to %s as node %s", _shown_url(server), settings.node_id)
+                        backoff.connected = True
                     fresh = False
                     backoff.reset()
                     if task is None:
                         continue
-                    log.info("task %s: round started (delivery %d)", task.task_id, task.delivery)
-                    fallback = _fallback_reply(task.request, settings.node_id)
-                    with _LeaseKeeper(client, task, log):
-                        try:
-                            reply = node.run_round(task.request)
-                        except Exception:  # a bug outside the round's own boundary: answer, go on
-                            log.exception("task %s: the round could not run", task.task_id)
-                            reply = fallback
-                        log.info(
-                            "task %s: %s",
-                            task.task_id,
-                            "success" if reply.success else f"failed ({reply.msg})",
-                        )
-                        monitor.flush()  # the round's metrics reach the researcher before its reply does
-                        replies = [reply, fallback] if reply is not fallback else [reply]
-                        deliver_reply(client, task, replies, stop=stop, backoff=backoff, log=log)
+                    waiting = False
+                    label = round_label(task.request)
+                    lifecycle.round = label  # from here a stop lets the round finish
+                    if stopping.is_set():
+                        # the poll returned a task as the node stopped: not started, so the
+                        # board hands it out again when its lease runs out (or at the next start)
+                        log.info("task %s (%s) left to the board: stopping", task.task_id, label)
+                        break
+                    log.info("running %s (task %s, delivery %d)", label, task.task_id, task.delivery)
+                    reply = _run_task(node, client, task, monitor, stopping, backoff, log)
+                    lifecycle.round = None
                     prefetch = getattr(node.ports.crypter, "prefetch_after_reply", None)
-                    if reply.success and callable(prefetch):
+                    if reply.success and callable(prefetch) and not stopping.is_set():
                         # the next round's Joye-Libert masks, in the idle time until it arrives
                         prefetch(claimed_rounds=node.secagg_keys.claimed_rounds)
+        except _RoundAbandoned:
+            log.warning(
+                "abandoned %s: no reply sent; the board hands the task out again", lifecycle.abandoned
+            )
         except TaskBoardRefused as err:
             log.error("%s", err)
             code = 1
@@ -565,4 +737,32 @@ def run_node_agent(
             relay.close()
             monitor.close()
             exchange.close()
+    log.info("stopped")
     return code
+
+
+def _run_task(
+    node: Node,
+    client: "HttpTaskClient",
+    task: "Task",
+    monitor: Any,
+    stop: _Stop,
+    backoff: _Backoff,
+    log: logging.Logger,
+) -> TrainReply:
+    """Run one task's round under its lease and deliver the reply (or a fallback); the round's reply."""
+    from fedpipe.adapters.task_client import ReplyOutcome
+
+    fallback = _fallback_reply(task.request, node.settings.node_id)
+    with _LeaseKeeper(client, task, log):
+        try:
+            reply = node.run_round(task.request)
+        except Exception:  # a bug outside the round's own boundary: answer, go on
+            log.exception("task %s: the round could not run", task.task_id)
+            reply = fallback
+        monitor.flush()  # the round's metrics reach the researcher before its reply does
+        replies = [reply, fallback] if reply is not fallback else [reply]
+        outcome = deliver_reply(client, task, replies, stop=stop, backoff=backoff, log=log)
+    if outcome is ReplyOutcome.ACCEPTED:
+        log.info("replied: %s", "success" if reply.success else f"failure ({reply.msg})")
+    return reply

@@ -6,12 +6,16 @@ lease is current (a node that lost its lease, say after a long pause, cannot ove
 of the node that got the task next).
 """
 
+import contextlib
 import enum
 import json
+import socket
 import ssl
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import httpcore
 import httpx
 from attrs import frozen
 
@@ -69,6 +73,52 @@ def _task_of(body: Any) -> Task:
     )
 
 
+class _InterruptibleBackend(httpcore.NetworkBackend):
+    """httpcore's blocking backend, remembering its live sockets so that a call can be cut short."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._streams: weakref.WeakSet[httpcore.NetworkStream] = weakref.WeakSet()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+        self._streams.add(stream)
+        return stream
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+        self._streams.add(stream)
+        return stream
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+    def shutdown_all(self) -> None:
+        """Shut every live socket down: a blocked read on it returns at once, in any thread.
+
+        Only ``shutdown`` (no lock, no close): it is safe from a signal handler, and the owner of
+        the connection still closes it as for any broken connection.
+        """
+        for stream in list(self._streams):
+            sock = stream.get_extra_info("socket")
+            if isinstance(sock, socket.socket):
+                # the plain socket's shutdown, under TLS too: the TLS object stays to its owner;
+                # an OSError means it is closed already, with nothing in flight on it
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 class HttpTaskClient:
     """Long-polls ``GET /tasks/{node_id}/next`` and answers under the task's lease; all waits are bounded.
 
@@ -89,10 +139,16 @@ class HttpTaskClient:
         self.node_id = node_id
         self.poll_wait = min(max(poll_wait, 0.0), 30.0)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        transport = httpx.HTTPTransport(verify=ssl_context(verify), trust_env=False)
+        self._backend = _InterruptibleBackend()
+        pool = getattr(transport, "_pool", None)
+        if isinstance(pool, httpcore.ConnectionPool):
+            # httpx has no public hook for the backend; without it interrupt() waits the poll out
+            pool._network_backend = self._backend
         self._client = httpx.Client(
             base_url=server_url.rstrip("/"),
             headers=headers,
-            verify=ssl_context(verify),
+            transport=transport,
             trust_env=False,  # the token goes to this server only, never through an environment proxy
             follow_redirects=False,
             timeout=httpx.Timeout(
@@ -116,15 +172,16 @@ class HttpTaskClient:
             raise TaskBoardUnavailable(f"{what}: HTTP {response.status_code}")
         return response
 
-    def next_task(self, *, fresh: bool = False) -> Task | None:
-        """The next task, or None when none came within ``poll_wait`` seconds.
+    def next_task(self, *, fresh: bool = False, wait: float | None = None) -> Task | None:
+        """The next task, or None when none came within ``wait`` (default ``poll_wait``) seconds.
 
         ``fresh`` says this process just started, so that the board ends the leases a dead
         predecessor held (one process per node root) and hands those tasks back now.
         Raises TaskBoardUnavailable for a malformed task: the board stored it, so it will set
         it aside after its lease runs out too often.
         """
-        params: dict[str, Any] = {"wait": f"{self.poll_wait:g}"}
+        seconds = self.poll_wait if wait is None else min(max(wait, 0.0), self.poll_wait)
+        params: dict[str, Any] = {"wait": f"{seconds:g}"}
         if fresh:
             params["fresh"] = "1"
         response = self._call("polling for tasks", "GET", f"/tasks/{self.node_id}/next", params=params)
@@ -171,6 +228,15 @@ class HttpTaskClient:
         if response.status_code in (403, 404, 409):
             return ReplyOutcome.LEASE_LOST
         return ReplyOutcome.REFUSED
+
+    def interrupt(self) -> None:
+        """Cut short the call in flight (the long poll), from a signal handler or another thread.
+
+        Its connection is shut down, so the call raises TaskBoardUnavailable at once, and the
+        server sees the node leave: it hands no task to a poll whose node is gone. Later calls
+        open a fresh connection.
+        """
+        self._backend.shutdown_all()
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

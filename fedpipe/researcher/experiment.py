@@ -395,10 +395,10 @@ class Experiment:
         results = self._collect(tasks, started, number, training)
         failed = [r for r in results if not r.success]
         for r in failed:
-            log.warning("round %d: node %s failed: %s", round_number, r.node_id, r.msg)
+            log.warning("round %d: node %s failed: %s", number, r.node_id, r.msg)
         if failed and self.stop_on_failure:
             raise ExperimentStopped(
-                f"round {round_number}: {len(failed)} node(s) failed: "
+                f"round {number}: {len(failed)} node(s) failed: "
                 + "; ".join(f"{r.node_id}: {r.msg}" for r in failed)
             )
         ok = [r for r in results if r.success]
@@ -406,7 +406,7 @@ class Experiment:
             for r in ok:
                 self.state_ids[r.node_id] = r.state_id
             if not ok:
-                raise ExperimentStopped(f"round {round_number}: no node succeeded")
+                raise ExperimentStopped(f"round {number}: no node succeeded")
             params = self.strategy.aggregate(params, ok, round_number)
         record = RoundRecord(
             round=round_number,

@@ -66,7 +66,7 @@ def test_node_killed_mid_round_is_restarted_and_experiment_completes(tmp_path: P
     killed = False
     while time.monotonic() < deadline and not killed:
         log = out / "nodes" / "node-2" / "node.log"
-        if pid_file.exists() and log.exists() and "round started" in log.read_text(errors="replace"):
+        if pid_file.exists() and log.exists() and "running round" in log.read_text(errors="replace"):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
             killed = True
         time.sleep(0.2)
