@@ -53,7 +53,7 @@ def test_the_demo_command_with_lom_completes(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "FedAvg + LOM secure aggregation" in proc.stdout
+    assert "FedAvg (Adam, lr 0.01) + LOM secure aggregation" in proc.stdout
     assert "node-1: pinned the identity keys of node-2" in proc.stdout
     assert "round 1: secure (lom) 2 nodes" in proc.stdout
     assert "final global accuracy:" in proc.stdout
