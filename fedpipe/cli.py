@@ -406,12 +406,18 @@ def _plans_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_record(owner: "Node", ref: str, hint: str = "") -> "PlanRecord":
+    """The owner's plan record for an id or digest ``ref``; a one-line error when there is none."""
+    record = owner.approvals.get(ref)
+    if record is None:
+        raise CommandError(f"no training plan {ref!r} (see `fedpipe plans list`{hint})")
+    return record
+
+
 def _plans_show(args: argparse.Namespace) -> int:
     ref = _one_ref(args, "plan id (see `fedpipe plans list`)")
     with _owner(args, create=False) as owner:
-        record = owner.approvals.get(ref)
-        if record is None:
-            raise CommandError(f"no training plan {ref!r} (see `fedpipe plans list`)")
+        record = _plan_record(owner, ref)
         source = owner.approvals.source_of(record.plan_id)
     print(f"# {record.plan_id}  {record.status.value}  {record.digest_text()}")
     print(f"# name: {record.name}")
@@ -441,9 +447,7 @@ def _plans_set(args: argparse.Namespace) -> int:
     if args.file is None:
         ref = _one_ref(args, "plan id (see `fedpipe plans list`) or --file SOURCE")
         with _owner(args, create=False) as owner:
-            if owner.approvals.get(ref) is None:
-                hint = f"; a source file goes with --file {ref}" if Path(ref).is_file() else ""
-                raise CommandError(f"no training plan {ref!r} (see `fedpipe plans list`{hint})")
+            _plan_record(owner, ref, f"; a source file goes with --file {ref}" if Path(ref).is_file() else "")
             record = owner.approvals.set_status(ref, status)
     else:
         source = _plan_file(args.file)
@@ -462,9 +466,7 @@ def _plans_set(args: argparse.Namespace) -> int:
 def _plans_remove(args: argparse.Namespace) -> int:
     ref = _one_ref(args, "plan id (see `fedpipe plans list`)")
     with _owner(args, create=False) as owner:
-        record = owner.approvals.get(ref)
-        if record is None:
-            raise CommandError(f"no training plan {ref!r} (see `fedpipe plans list`)")
+        record = _plan_record(owner, ref)
         owner.approvals.remove(record.plan_id)
     print(f"removed training plan {record.plan_id} ({record.name})")
     return 0

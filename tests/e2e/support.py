@@ -3,7 +3,7 @@
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fedpipe.adapters.private_file import write_private
@@ -61,3 +61,17 @@ def wait_for_nodes(url: str, researcher_token: str, node_ids: Iterable[str], tim
             time.sleep(0.3)
     finally:
         board.close()
+
+
+def wait_for_health(url: str, what: Callable[[], str] = lambda: "", timeout: float = 60.0) -> None:
+    """Wait until the server at ``url`` answers ``/health``; fails with ``what()`` (e.g. its log) if never."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, f"fedpipe serve never answered /health {what()}"
+            time.sleep(0.2)

@@ -8,12 +8,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from attrs import frozen
 
 from fedpipe.researcher.board import BoardClient
-from tests.e2e.support import issue, node_token_file, spawn_node
+from tests.e2e.support import issue, node_token_file, spawn_node, wait_for_health
 
 pytestmark = [pytest.mark.e2e]
 
@@ -38,14 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "fedpipe serve never answered /health"
-                time.sleep(0.2)
+        wait_for_health(url)
         yield Server(url=url, root=root, researcher=issue(root, "researcher", "lifecycle"))
     finally:
         proc.terminate()

@@ -5,11 +5,9 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -18,6 +16,7 @@ from fedpipe.cli import main as fedpipe
 from fedpipe.researcher import load_model, load_safetensors
 from fedpipe.researcher.demo import demo_plan_source, reference_statistics
 from fedpipe.training import load_breast_cancer, non_iid_shards
+from tests.e2e.support import wait_for_health
 
 pytestmark = pytest.mark.e2e
 
@@ -102,14 +101,7 @@ def federation(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             )
             == 0
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, (logs / "server.log").read_text()
-                time.sleep(0.2)
+        wait_for_health(url, lambda: (logs / "server.log").read_text())
         yield url, tmp_path
     finally:
         for proc in procs:
