@@ -1,12 +1,13 @@
-"""The ``fedpipe`` command: demo, run, serve, tokens, node, and the node owner's plans, datasets, identity and peers.
+"""The ``fedpipe`` command: demo, run, simulate, serve, tokens, node, and the owner's plans, datasets, identity, peers.
 
 Every user error is one line on stderr (``error: ...``) and exit status 2, argparse's own errors
 included, and is found before anything starts or any file is written; only a bug prints a
 traceback. Each command and sub-command has its own ``--help``, every option its help and
 default. The owner commands share ``--root`` and ``--node-id``: the first command that needs a
 node root creates it with its id, a later one with another ``--node-id`` is refused, and the
-listing commands never create anything. ``run`` (the researcher's experiment) is registered by
-``fedpipe.researcher.run_cli`` when that module is present.
+listing commands never create anything. ``run`` (the researcher's experiment) and ``simulate``
+(the same on virtual nodes) come from ``fedpipe.researcher.run_cli`` and ``fedpipe.simulation.cli``,
+imported only when the command line may ask for them (they load torch).
 """
 
 import argparse
@@ -952,13 +953,12 @@ def build_parser(*, with_run: bool = True) -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    if with_run:
-        try:
-            from fedpipe.researcher.run_cli import add_run_parser  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            pass
-        else:
-            add_run_parser(sub)
+    if with_run:  # the researcher's commands import torch: only when one of them may be asked for
+        from fedpipe.researcher.run_cli import add_run_parser
+        from fedpipe.simulation.cli import add_simulate_parser
+
+        add_run_parser(sub)
+        add_simulate_parser(sub)
     common = _owner_options()
     _add_demo(sub)
     _add_serve(sub)

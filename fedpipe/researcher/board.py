@@ -2,13 +2,13 @@
 
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from fedpipe.adapters.http_exchange import ssl_context
 
-__all__ = ["BoardClient", "BoardError"]
+__all__ = ["BoardClient", "BoardError", "TaskBoard"]
 
 
 class BoardError(Exception):
@@ -17,6 +17,25 @@ class BoardError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TaskBoard(Protocol):
+    """What an experiment needs of a task board: post requests, read replies and metric events.
+
+    ``BoardClient`` is the one of ``fedpipe serve``; a simulation passes an in-memory board.
+    """
+
+    def post_task(self, node_id: str, request: Mapping[str, Any]) -> str:
+        """Queue ``request`` for ``node_id``; return the task id."""
+        ...
+
+    def reply(self, task_id: str, wait: float) -> dict[str, Any] | None:
+        """The node's reply to ``task_id``, or None if none came within ``wait`` seconds."""
+        ...
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """Every monitor event the nodes sent for ``job_id``."""
+        ...
 
 
 class BoardClient:

@@ -19,7 +19,7 @@ from returns.result import Failure
 
 from fedpipe.codec import dump_file, load_file
 from fedpipe.ports import FileExchange
-from fedpipe.researcher.board import BoardClient
+from fedpipe.researcher.board import TaskBoard
 
 __all__ = [
     "Experiment",
@@ -246,9 +246,14 @@ def _metric_value(metric: Mapping[str, Any]) -> float | None:
 
 @define
 class Experiment:
-    """A federated experiment driven over the task board and the file exchange."""
+    """A federated experiment driven over the task board and the file exchange.
 
-    board: BoardClient
+    ``board`` and ``exchange`` are ports: ``fedpipe run`` passes the server's, a simulation
+    in-memory ones. ``sample`` picks the nodes of each training round from its index (default:
+    every node of ``node_ids``); the final validation runs on every node.
+    """
+
+    board: TaskBoard
     exchange: FileExchange
     node_ids: Sequence[str]
     plan_source_url: str
@@ -267,6 +272,7 @@ class Experiment:
     on_round: Callable[[RoundRecord], None] | None = None
     on_progress: Callable[[ProgressEvent], None] | None = None
     state_ids: dict[str, str | None] = field(factory=dict)
+    sample: Callable[[int], Sequence[str]] | None = None
 
     def _upload(self, name: str, obj: Any) -> str:
         path = self.workdir / f"{name}.mpk"
@@ -363,11 +369,16 @@ class Experiment:
             results=content,
         )
 
-    def _metrics(self, round_number: int) -> dict[str, NodeMetrics]:
+    def _metrics(self, round_number: int, node_ids: Sequence[str]) -> dict[str, NodeMetrics]:
         events = [e for e in self.board.events(self.job_id) if e.get("round") == round_number]
+        by_node: dict[str, list[dict[str, Any]]] = {n: [] for n in node_ids}
+        for e in events:
+            node = e.get("node_id")
+            if isinstance(node, str) and node in by_node:
+                by_node[node].append(e)
         out: dict[str, NodeMetrics] = {}
-        for node_id in self.node_ids:
-            mine = [e for e in events if e.get("node_id") == node_id]
+        for node_id in node_ids:
+            mine = by_node[node_id]
             losses = [_metric_value(e.get("metric", {})) for e in mine if e.get("train")]
             before = [e for e in mine if e.get("test") and e.get("test_on_global_updates")]
             after = [e for e in mine if e.get("test") and e.get("test_on_local_updates")]
@@ -382,12 +393,12 @@ class Experiment:
     def run_round(
         self, round_number: int, params: Mapping[str, Any], *, training: bool = True
     ) -> tuple[RoundRecord, Mapping[str, Any]]:
-        """One round on every node; returns its record and the next global parameters."""
+        """One round on its nodes (``sample``'s pick, or every node); returns its record and the next parameters."""
         started = time.monotonic()
         params_url = self._upload(f"global-{round_number}", {"model_weights": dict(params)})
+        node_ids = self.node_ids if not training or self.sample is None else self.sample(round_number)
         tasks = {
-            n: self.board.post_task(n, self._request(n, round_number, params_url, training))
-            for n in self.node_ids
+            n: self.board.post_task(n, self._request(n, round_number, params_url, training)) for n in node_ids
         }
         number = round_number + 1 if training else round_number
         for n in tasks:
@@ -411,7 +422,7 @@ class Experiment:
         record = RoundRecord(
             round=round_number,
             results=tuple(results),
-            metrics=self._metrics(round_number),
+            metrics=self._metrics(round_number, node_ids),
             seconds=time.monotonic() - started,
             training=training,
         )

@@ -47,7 +47,20 @@ class Case:
     absent: tuple[str, ...] = ()
 
 
+EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "experiment.toml")
+
 CASES = (
+    Case(name="simulate-no-nodes", argv=("simulate", "--config", EXAMPLE, "--nodes", "0"), says="--nodes"),
+    Case(
+        name="simulate-more-per-round",
+        argv=("simulate", "--config", EXAMPLE, "--nodes", "4", "--per-round", "5"),
+        says="5 nodes per round",
+    ),
+    Case(
+        name="simulate-no-config",
+        argv=("simulate", "--config", "absent.toml", "--nodes", "3"),
+        says="absent.toml",
+    ),
     Case(name="demo-no-nodes", argv=("demo", "--nodes", "0"), says="--nodes"),
     Case(name="demo-no-epochs", argv=("demo", "--epochs", "0"), says="--epochs"),
     Case(name="demo-negative-rounds", argv=("demo", "--rounds", "-1"), says="--rounds"),

@@ -1,0 +1,254 @@
+"""``fedpipe simulate``: an experiment of ``fedpipe run`` on N virtual nodes of this machine.
+
+Exit status: 0 when the run ends with a validated final model; 2 for a mistake found before the
+first round (options, configuration, plan file, partition); 1 when the simulation fails while it
+runs; 130 when interrupted. Errors are one line on stderr, ``error: ...``; one progress line per
+round goes to stderr, and the outputs of ``fedpipe run`` to --output at the end.
+"""
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_simulate_parser", "main", "simulate_command"]
+
+DESCRIPTION = """\
+Simulate a federated experiment on N virtual nodes of this machine. Each node has its own node
+root (settings, SQLite database with its dataset, plan approval and node state), made when the
+node is first sampled, holding a partition of the shipped breast-cancer data; each runs the real
+node round, over an in-memory exchange. The configuration is that of `fedpipe run` (rounds,
+dataset, plan_class, [strategy], [training_args], [model_args]; nodes must be "all"). Each
+training round samples --per-round of the --nodes (seeded with --seed, which also draws the
+partition); the final validation runs on every node. The final model (model.mpk and
+model.safetensors), metrics.csv and accuracy.png are written to --output.
+Exit status: 0 done, 2 a mistake found before the first round, 1 the simulation failed."""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, not {text}")
+    return value
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
+
+
+def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register the ``simulate`` sub-command on ``sub`` (the ``fedpipe`` parser's sub-parsers); return it.
+
+    Its ``run`` default is ``simulate_command``: arguments -> exit status.
+    """
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "simulate",
+        help="researcher: simulate an experiment on N virtual nodes running the real node round",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _arguments(parser)
+    parser.set_defaults(run=simulate_command)
+    return parser
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    from fedpipe.simulation.engine import ENGINES
+    from fedpipe.simulation.partition import SCHEMES
+
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the experiment configuration, TOML (required)",
+    )
+    parser.add_argument(
+        "--plan",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the training plan source (default: plan_file in the configuration)",
+    )
+    parser.add_argument(
+        "--nodes", type=_positive, required=True, metavar="N", help="how many virtual nodes (required)"
+    )
+    parser.add_argument(
+        "--per-round",
+        type=_positive,
+        default=None,
+        metavar="K",
+        help="nodes sampled per training round (default: every node)",
+    )
+    parser.add_argument(
+        "--partition",
+        choices=SCHEMES,
+        default="iid",
+        help="how the data is split among the nodes (default: iid)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=_alpha,
+        default=0.5,
+        metavar="A",
+        help="Dirichlet concentration for --partition dirichlet (default: 0.5)",
+    )
+    parser.add_argument(
+        "--seed", type=_seed, default=0, metavar="S", help="seeds the partition and the sampling (default: 0)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("fedpipe-simulation"),
+        metavar="DIR",
+        help="where the model, metrics.csv and accuracy.png go (default: fedpipe-simulation)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the virtual nodes' roots are kept (default: a temporary folder, removed at the end)",
+    )
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="inline", help="what runs the nodes' rounds (default: inline)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only errors and the final lines")
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _error(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    """Run ``fedpipe simulate`` with parsed arguments; return the exit status (see the module's text)."""
+    from fedpipe.researcher.config import ConfigError, load_config
+    from fedpipe.researcher.console import metric_label
+    from fedpipe.researcher.experiment import RoundRecord
+    from fedpipe.researcher.federation import ResearcherError
+    from fedpipe.researcher.outputs import save_outputs
+    from fedpipe.simulation.api import simulate
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        return _error(str(err), 2)
+    plan = args.plan if args.plan is not None else config.plan_file
+    if plan is None:
+        return _error(
+            f"{args.config}: no training plan: give --plan FILE or plan_file in the configuration", 2
+        )
+    if not Path(plan).is_file():
+        return _error(f"no training plan file at {plan}", 2)
+    if args.output.exists() and not args.output.is_dir():
+        return _error(f"--output {args.output} exists and is not a folder", 2)
+    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
+        return _error(f"--workdir {args.workdir} exists and is not a folder", 2)
+    name, percent = metric_label(config.training_args)
+
+    def shown(value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{100 * value:.1f}%" if percent else f"{value:.4g}"
+
+    def progress(record: RoundRecord) -> None:
+        if args.quiet:
+            return
+        ok = sum(r.success for r in record.results)
+        head = f"round {record.number}/{config.rounds}" if record.training else "final validation"
+        _note(
+            f"{head}: {ok}/{len(record.results)} nodes ok, global {name} {shown(record.weighted('before'))}"
+            f" ({record.seconds:.2f} s)"
+        )
+
+    # the virtual nodes' own log lines would repeat, per node, what the round lines report
+    node_log = logging.getLogger("fedpipe.node")
+    node_log.addHandler(logging.NullHandler())
+    node_log.propagate = False
+    started = time.monotonic()
+    try:
+        result = simulate(
+            config,
+            nodes=args.nodes,
+            per_round=args.per_round,
+            partition=args.partition,
+            alpha=args.alpha,
+            seed=args.seed,
+            workdir=args.workdir,
+            engine=args.engine,
+            plan_file=plan,
+            on_round=progress,
+        )
+    except ResearcherError as err:
+        return _error(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        return _error("interrupted: nothing was saved", 130)
+    elapsed = time.monotonic() - started
+    try:
+        outputs = save_outputs(
+            result,
+            args.output,
+            title=f"fedpipe simulate: {config.strategy.label}, {args.nodes} nodes",
+            metric=name,
+            percent=percent,
+        )
+    except OSError as err:
+        return _error(f"cannot write the outputs to {args.output}: {err.strerror or err}", 1)
+    print(
+        f"simulation finished in {elapsed:.1f} s: {config.rounds} rounds on {args.nodes} virtual nodes, {config.strategy.label}"
+    )
+    print(f"model: {outputs.model_codec} and {outputs.model_safetensors}")
+    print(f"metrics: {outputs.metrics}")
+    print(
+        f"plot: {outputs.plot}" if outputs.plot is not None else "plot: skipped (matplotlib is not installed)"
+    )
+    final = result.final_metric
+    if final is None:
+        return _error("no node validated the final model: its metric is unavailable", 1)
+    print(f"final global {name}: {shown(final)} (weighted over the nodes' test subsets)", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser of the ``simulate`` arguments (``python -m fedpipe.simulation.cli``)."""
+    parser = argparse.ArgumentParser(
+        prog="fedpipe simulate", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m fedpipe.simulation.cli`` (the same command as ``fedpipe simulate``)."""
+    return simulate_command(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

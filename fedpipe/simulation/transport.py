@@ -1,0 +1,206 @@
+"""The in-memory transport of a simulation: a file exchange and a task board shared by researcher and nodes.
+
+The researcher's ``Experiment`` talks to ``MemoryBoard`` and ``MemoryExchange`` through the same
+ports as to ``fedpipe serve``. The board hands the tasks a round posted to an ``Engine`` as one
+batch, the first time the researcher asks for a reply; each node of the batch reads the payloads
+its request names (plan source, global parameters, auxiliary variables) from the batch's
+``files``, shared by reference, and writes its results into its own ``TaskExchange``, whose
+uploads come back with its reply.
+"""
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from attrs import field, frozen
+from returns.result import Failure, Result, Success
+
+from fedpipe.errors import ErrorCode, RoundError
+from fedpipe.ports import MetricEvent
+
+__all__ = [
+    "SIM_HOST",
+    "EventRecorder",
+    "MemoryBoard",
+    "MemoryExchange",
+    "RoundBatch",
+    "SimTask",
+    "TaskExchange",
+    "TaskOutcome",
+]
+
+SIM_HOST = "http://simulation.invalid"
+_RESULTS = f"{SIM_HOST}/results/"
+
+
+def _error(code: ErrorCode, detail: str) -> RoundError:
+    return RoundError(code=code, step="", detail=detail)
+
+
+@frozen(kw_only=True)
+class SimTask:
+    """One task of a round: the request the researcher posted for ``node_id``."""
+
+    task_id: str
+    node_id: str
+    request: Mapping[str, Any] = field(repr=False)
+
+
+@frozen(kw_only=True)
+class RoundBatch:
+    """The tasks of one round and the payloads they name (URL -> bytes), shared by every task.
+
+    An engine sends ``files`` once per batch (a Ray engine puts them in the object store once and
+    passes the reference to every actor), never once per task.
+    """
+
+    tasks: tuple[SimTask, ...]
+    files: Mapping[str, bytes] = field(repr=False)
+
+
+@frozen(kw_only=True)
+class TaskOutcome:
+    """What a node gives back for a task: its reply, its metric events and the files it uploaded."""
+
+    task_id: str
+    reply: Mapping[str, Any] = field(repr=False)
+    events: tuple[Mapping[str, Any], ...] = field(default=(), repr=False)
+    uploads: Mapping[str, bytes] = field(factory=dict, repr=False)
+
+
+class MemoryExchange:
+    """The researcher's file exchange, in a dict (URL -> bytes).
+
+    A node's results are read once: downloading them drops them, so that finished rounds hold
+    no memory of the nodes' updates.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self._ids: Iterator[int] = itertools.count()
+
+    def upload(self, path: Path) -> Result[str, RoundError]:
+        """Keep the file's bytes under a new URL."""
+        try:
+            content = path.read_bytes()
+        except OSError as err:
+            return Failure(_error(ErrorCode.UPLOAD_FAILED, f"cannot read {path.name}: {err.strerror}"))
+        url = f"{SIM_HOST}/files/{next(self._ids)}"
+        self.files[url] = content
+        return Success(url)
+
+    def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
+        """Write the bytes of ``url`` to ``dest``; results are dropped once read."""
+        content = self.files.pop(url, None) if url.startswith(_RESULTS) else self.files.get(url)
+        if content is None:
+            return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"no file at {url}"))
+        if len(content) > max_bytes:
+            return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"{url}: {len(content)} bytes > {max_bytes}"))
+        dest.write_bytes(content)
+        return Success(dest)
+
+    def put(self, url: str, content: bytes) -> None:
+        """Keep ``content`` under ``url`` (a node's upload, as its engine brought it back)."""
+        self.files[url] = content
+
+
+class TaskExchange:
+    """A node's file exchange for one task: reads the batch's shared files, keeps its own uploads."""
+
+    def __init__(self, files: Mapping[str, bytes], task_id: str) -> None:
+        self._files = files
+        self._prefix = f"{_RESULTS}{task_id}/"
+        self.uploads: dict[str, bytes] = {}
+
+    def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
+        """Copy the shared bytes of ``url`` into ``dest`` (unknown URLs fail like a 404)."""
+        content = self._files.get(url)
+        if content is None:
+            return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"GET {url}: 404 not found"))
+        if len(content) > max_bytes:
+            return Failure(
+                _error(ErrorCode.DOWNLOAD_FAILED, f"GET {url}: {len(content)} bytes > {max_bytes}")
+            )
+        dest.write_bytes(content)
+        return Success(dest)
+
+    def upload(self, path: Path) -> Result[str, RoundError]:
+        """Keep the file's bytes; its URL is the task's own."""
+        try:
+            content = path.read_bytes()
+        except OSError as err:
+            return Failure(_error(ErrorCode.UPLOAD_FAILED, f"cannot read {path.name}: {err.strerror}"))
+        url = f"{self._prefix}{len(self.uploads)}"
+        self.uploads[url] = content
+        return Success(url)
+
+
+class EventRecorder:
+    """A node's monitor for one task: keeps the events, which travel back with the reply."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def report(self, event: MetricEvent) -> None:
+        """Keep ``event`` (as the monitor route receives it)."""
+        self.events.append(event.to_dict())
+
+
+def _urls(request: Mapping[str, Any]) -> list[str]:
+    """The payload URLs a request names."""
+    urls = [request.get("training_plan_url"), request.get("params_url")]
+    aux = request.get("aux_var_urls")
+    if isinstance(aux, list):
+        urls.extend(aux)
+    return [u for u in urls if isinstance(u, str)]
+
+
+class MemoryBoard:
+    """The task board of a simulation: queues a round's tasks and runs them as one batch on ``engine``.
+
+    ``engine`` is anything with ``run(batch) -> Sequence[TaskOutcome]`` (see ``fedpipe.simulation.engine``).
+    The batch starts when the researcher first asks for a reply, i.e. once every task of the
+    round is posted; the nodes' uploads go into ``exchange`` and their events into the monitor
+    log, before their replies are readable.
+    """
+
+    def __init__(self, engine: Any, exchange: MemoryExchange) -> None:
+        self._engine = engine
+        self._exchange = exchange
+        self._queued: list[SimTask] = []
+        self._replies: dict[str, Mapping[str, Any]] = {}
+        self._events: dict[str, list[dict[str, Any]]] = {}
+        self._ids: Iterator[int] = itertools.count()
+
+    def post_task(self, node_id: str, request: Mapping[str, Any]) -> str:
+        """Queue ``request`` for ``node_id``; return the task id."""
+        task_id = f"task-{next(self._ids)}"
+        self._queued.append(SimTask(task_id=task_id, node_id=node_id, request=dict(request)))
+        return task_id
+
+    def _dispatch(self) -> None:
+        tasks = tuple(self._queued)
+        self._queued.clear()
+        files = self._exchange.files
+        shared = {u: files[u] for t in tasks for u in _urls(t.request) if u in files}
+        outcomes: Sequence[TaskOutcome] = self._engine.run(RoundBatch(tasks=tasks, files=shared))
+        for outcome in outcomes:
+            for url, content in outcome.uploads.items():
+                self._exchange.put(url, content)
+            for event in outcome.events:
+                job = event.get("job_id")
+                if isinstance(job, str):
+                    self._events.setdefault(job, []).append(dict(event))
+            self._replies[outcome.task_id] = outcome.reply
+
+    def reply(self, task_id: str, wait: float) -> dict[str, Any] | None:
+        """The node's reply to ``task_id`` (running the queued batch first); None if it gave none."""
+        if task_id not in self._replies and self._queued:
+            self._dispatch()
+        reply = self._replies.pop(task_id, None)
+        return None if reply is None else dict(reply)
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """Every monitor event the nodes sent for ``job_id``."""
+        return list(self._events.get(job_id, ()))
