@@ -309,7 +309,8 @@ class Experiment:
             "training_plan_url": self.plan_source_url,
             "training_plan_class": self.plan_class,
             "round": round_number,
-            "aggregator_args": self.strategy.aggregator_args() if training else {},
+            # the validation round builds the same optimizer (e.g. SCAFFOLD's SGD, whose arguments Adam refuses)
+            "aggregator_args": self.strategy.aggregator_args(),
             "aux_var_urls": aux_urls,
             "command": "train",
         }
