@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fedpipe.simulation.api import SimulationError, sampler, simulate
-    from fedpipe.simulation.engine import Engine, InlineEngine
+    from fedpipe.simulation.engine import Engine, EngineOptions, InlineEngine, NodesSpec
     from fedpipe.simulation.nodes import VirtualNodes, node_ids
     from fedpipe.simulation.transport import MemoryBoard, MemoryExchange, RoundBatch, SimTask, TaskOutcome
 
@@ -21,7 +21,9 @@ _HOMES = {
     "sampler": "api",
     "simulate": "api",
     "Engine": "engine",
+    "EngineOptions": "engine",
     "InlineEngine": "engine",
+    "NodesSpec": "engine",
     "VirtualNodes": "nodes",
     "node_ids": "nodes",
     "MemoryBoard": "transport",
@@ -33,9 +35,11 @@ _HOMES = {
 
 __all__ = [
     "Engine",
+    "EngineOptions",
     "InlineEngine",
     "MemoryBoard",
     "MemoryExchange",
+    "NodesSpec",
     "RoundBatch",
     "SimTask",
     "SimulationError",

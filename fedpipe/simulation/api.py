@@ -6,6 +6,7 @@ the real node round; only the transport is in memory (``fedpipe.simulation.trans
 ``Engine`` runs each round's tasks.
 """
 
+import importlib.util
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,8 +25,8 @@ from fedpipe.researcher.experiment import (
     RoundRecord,
 )
 from fedpipe.researcher.federation import ResearcherError, build_strategy, initial_params_from_plan
-from fedpipe.simulation.engine import ENGINES, make_engine
-from fedpipe.simulation.nodes import VirtualNodes, node_ids
+from fedpipe.simulation.engine import ENGINES, EngineOptions, NodesSpec, make_engine
+from fedpipe.simulation.nodes import node_ids
 from fedpipe.simulation.transport import MemoryBoard, MemoryExchange
 
 __all__ = ["SimulationError", "sampler", "simulate"]
@@ -96,6 +97,7 @@ def simulate(
     seed: int = 0,
     workdir: Path | str | None = None,
     engine: str = "inline",
+    engine_options: EngineOptions | None = None,
     plan_file: Path | str | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     on_progress: Callable[[ProgressEvent], None] | None = None,
@@ -107,9 +109,10 @@ def simulate(
     validation runs on every node. The nodes' roots live under ``workdir`` (default: a temporary
     folder removed at the end; a given one must not hold an earlier simulation). ``plan_file``
     defaults to the configuration's. The job id defaults to one derived from ``seed``, so that
-    the same arguments give the same model. Rounds, aggregation and results are those of
-    ``fedpipe run``. Every expected failure is a ``SimulationError`` (one line; ``exit_code`` 2
-    before the first round, 1 after).
+    the same arguments give the same model. ``engine`` runs the nodes' rounds (``"inline"``: in
+    this process; ``"ray"``: on a pool of Ray actors, set up by ``engine_options``). Rounds,
+    aggregation and results are those of ``fedpipe run``. Every expected failure is a
+    ``SimulationError`` (one line; ``exit_code`` 2 before the first round, 1 after).
     """
     from fedpipe.simulation.partition import partition as split
     from fedpipe.training import load_breast_cancer
@@ -117,6 +120,8 @@ def simulate(
     _check(config, nodes, per_round)
     if engine not in ENGINES:
         raise SimulationError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise SimulationError("the ray engine needs Ray: pip install 'fedpipe[ray]'")
     source = plan_file if plan_file is not None else config.plan_file
     if source is None:
         raise SimulationError("no training plan: give one with --plan, or plan_file in the configuration")
@@ -137,17 +142,23 @@ def simulate(
     job_id = config.job_id or f"simulation-{seed}"
     strategy, _ = build_strategy(config, initial, ids, job_id)
     with _folder(workdir) as folder:
-        hosted = VirtualNodes(
-            folder,
+        spec = NodesSpec(
+            # absolute: Ray's workers do not run in this process's folder
+            workdir=str(folder.resolve()),
             ids=ids,
             features=data.features,
             labels=data.labels,
             columns=(*data.feature_names, "label"),
-            partitions=parts,
+            partitions=tuple(parts),
             dataset_id=config.dataset,
             plan_source=plan_source,
         )
-        runner = make_engine(engine, hosted)
+        try:
+            runner = make_engine(engine, spec, engine_options)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            # Ray's messages span lines and name its internals: the first line says enough
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SimulationError(f"cannot start the {engine} engine: {reason}") from err
         exchange = MemoryExchange()
         scratch = folder / "researcher"
         scratch.mkdir(parents=True, exist_ok=True)

@@ -133,7 +133,25 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="where the virtual nodes' roots are kept (default: a temporary folder, removed at the end)",
     )
     parser.add_argument(
-        "--engine", choices=ENGINES, default="inline", help="what runs the nodes' rounds (default: inline)"
+        "--engine",
+        choices=ENGINES,
+        default="inline",
+        help="what runs the nodes' rounds: inline, in this process, or ray, on a pool of Ray actors"
+        " (needs the ray extra; default: inline)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --engine ray: the Ray cluster to join (default: start a local Ray, stopped at the end)",
+    )
+    parser.add_argument(
+        "--cpus",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="with --engine ray: the CPUs of the local Ray, one actor each (default: all of this machine);"
+        " with --address, the number of actors (default: the cluster's CPUs)",
     )
     parser.add_argument("--quiet", action="store_true", help="print only errors and the final lines")
 
@@ -155,6 +173,7 @@ def simulate_command(args: argparse.Namespace) -> int:
     from fedpipe.researcher.federation import ResearcherError
     from fedpipe.researcher.outputs import save_outputs
     from fedpipe.simulation.api import simulate
+    from fedpipe.simulation.engine import EngineOptions
 
     try:
         config = load_config(args.config)
@@ -171,6 +190,8 @@ def simulate_command(args: argparse.Namespace) -> int:
         return _error(f"--output {args.output} exists and is not a folder", 2)
     if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
         return _error(f"--workdir {args.workdir} exists and is not a folder", 2)
+    if args.engine != "ray" and (args.address is not None or args.cpus is not None):
+        return _error("--address and --cpus are options of --engine ray", 2)
     name, percent = metric_label(config.training_args)
 
     def shown(value: float | None) -> str:
@@ -203,6 +224,7 @@ def simulate_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             workdir=args.workdir,
             engine=args.engine,
+            engine_options=EngineOptions(address=args.address, num_cpus=args.cpus),
             plan_file=plan,
             on_round=progress,
         )
