@@ -312,6 +312,10 @@ def write_metrics_csv(result: ExperimentResult, path: Path | str) -> Path:
     return target
 
 
+_LEGEND_NODES = 12
+"""Above this many nodes the plot draws them as one family of lines, not a legend entry each."""
+
+
 def plot_accuracy(
     result: ExperimentResult,
     path: Path | str,
@@ -337,9 +341,16 @@ def plot_accuracy(
     xs = list(range(1, len(records) + 1))
     labels = [str(r.number) if r.training else "final" for r in records]
     fig, ax = plt.subplots(figsize=(7, 4))
-    for node in sorted({n for r in records for n in r.metrics}):
-        ys = [r.metrics[node].before if node in r.metrics else None for r in records]
-        ax.plot(xs, [np.nan if y is None else scale * y for y in ys], marker="o", alpha=0.6, label=node)
+    nodes = sorted({n for r in records for n in r.metrics})
+    many = len(nodes) > _LEGEND_NODES  # a simulation's hundreds of nodes: thin grey lines, one legend entry
+    for i, node in enumerate(nodes):
+        values = [r.metrics[node].before if node in r.metrics else None for r in records]
+        ys = [np.nan if y is None else scale * y for y in values]
+        if many:
+            label = f"each node ({len(nodes)})" if i == 0 else None
+            ax.plot(xs, ys, color="grey", linewidth=0.6, alpha=0.35, label=label)
+        else:
+            ax.plot(xs, ys, marker="o", alpha=0.6, label=node)
     glob = [r.weighted("before") for r in records]
     ax.plot(
         xs,
