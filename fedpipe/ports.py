@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from attrs import field, frozen
 from returns.result import Result
 
+from fedpipe.approval import PendingPlan
 from fedpipe.errors import RoundError
 from fedpipe.plan import DatasetRecord, TrainingPlan
 
@@ -82,6 +83,13 @@ class ApprovalRegistry(Protocol):
 
     def status(self, source: str) -> Result[Approval, RoundError]:
         """The approval status of the plan whose source text is ``source``."""
+        ...
+
+    def record_refused(
+        self, source: str, *, plan_class: str, researcher_id: str | None
+    ) -> Result[PendingPlan, RoundError]:
+        """Keep the unknown plan ``source`` a round refused as pending, source and all, for the owner's
+        review (once: a plan already recorded is returned as it is)."""
         ...
 
 

@@ -1,40 +1,22 @@
 """Training-plan approval: the node owner must have approved the exact plan source."""
 
-from typing import Protocol, runtime_checkable
-
 from returns.result import Failure, Result, Success
 
-from fedpipe.approval import PendingPlan, plan_digest
+from fedpipe.approval import plan_digest
 from fedpipe.compose import Step, declare, require
 from fedpipe.context import PlanSource, RoundContext
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import Approval, ApprovalRegistry
 
-__all__ = ["PlanReviewQueue", "check_approval"]
-
-
-@runtime_checkable
-class PlanReviewQueue(Protocol):
-    """An approval registry that keeps the plans rounds refused, source and all, for the owner's review."""
-
-    def record_refused(
-        self, source: str, *, plan_class: str, researcher_id: str | None
-    ) -> Result[PendingPlan, RoundError]:
-        """Record the unknown plan ``source`` as pending (once: a known plan is returned as it is)."""
-        ...
-
-
-def _digest_of(source: str, *, short: bool) -> str:
-    digest = plan_digest(source)
-    return "(no digest)" if isinstance(digest, Failure) else digest.unwrap().text(short=short)
+__all__ = ["check_approval"]
 
 
 def check_approval(approvals: ApprovalRegistry) -> Step:
     """Refuse a plan that is not approved, when the node requires approval.
 
-    A plan the registry does not know is recorded as pending when the registry keeps a review
-    queue (``PlanReviewQueue``), so that the owner finds it, with its source, in ``plans list
-    --pending``. The refusal names the plan by its digest, in the form ``plans list`` shows.
+    A plan the registry does not know is recorded there as pending (``record_refused``), so that
+    the owner finds it, with its source, in ``plans list --pending``. The refusal names the plan
+    by its digest, in the form ``plans list`` shows.
     """
 
     @declare(needs="plan_source")
@@ -43,12 +25,13 @@ def check_approval(approvals: ApprovalRegistry) -> Step:
             return Success(ctx.noted("training plan approval is off on this node: plan accepted unchecked"))
 
         def refused(src: PlanSource, status: Approval) -> RoundError:
-            digest, short = _digest_of(src.source, short=False), _digest_of(src.source, short=True)
-            detail = f"training plan {digest} is {status.value}"
-            if status is not Approval.NOT_REGISTERED:
+            digest = plan_digest(src.source).value_or(None)  # status() parsed it: None only in theory
+            full, short = (digest.text(), digest.text(short=True)) if digest else ("(no digest)",) * 2
+            detail, review = f"training plan {full} is {status.value}", ""
+            if status is Approval.PENDING:
                 detail += f" (review it with `fedpipe plans show {short}`)"
-            review = " It awaits the node owner's review." if status is Approval.PENDING else ""
-            if status is Approval.NOT_REGISTERED and isinstance(approvals, PlanReviewQueue):
+                review = " It awaits the node owner's review."
+            elif status is Approval.NOT_REGISTERED:
                 recorded = approvals.record_refused(
                     src.source,
                     plan_class=ctx.request.training_plan_class,
@@ -58,12 +41,11 @@ def check_approval(approvals: ApprovalRegistry) -> Step:
                     detail += f"; it could not be recorded for review: {recorded.failure().detail}"
                 else:
                     pending = recorded.unwrap()
-                    detail = (
-                        f"training plan {pending.digest.text()} is {status.value}: recorded as pending "
-                        f"{pending.plan_id} (review it with `fedpipe plans show {pending.plan_id}`)"
-                    )
-                    short = pending.digest.text(short=True)
+                    short = pending.digest.text(short=True)  # as the registry lists it
+                    detail += f": recorded as pending {pending.plan_id} (review it with `fedpipe plans show {short}`)"
                     review = " It awaits the node owner's review."
+            else:
+                detail += f" (see `fedpipe plans show {short}`)"
             return RoundError(
                 code=ErrorCode.PLAN_NOT_APPROVED,
                 step="check_approval",

@@ -14,7 +14,7 @@ from typing import Any
 from attrs import define, field
 from returns.result import Failure, Result, Success
 
-from fedpipe.approval import plan_digest
+from fedpipe.approval import PendingPlan, plan_digest
 from fedpipe.args import Metric, TrainingArgs
 from fedpipe.codec import dumps
 from fedpipe.errors import ErrorCode, RoundError
@@ -131,10 +131,12 @@ def source_digest(source: str) -> str:
 
 @define
 class InMemoryApprovalRegistry:
-    """Plan approvals keyed by canonical source digest; ``fail_next`` makes lookups fail."""
+    """Plan approvals keyed by canonical source digest; ``fail_next`` makes lookups fail; refused
+    unknown plans are kept as pending, with their source in ``refused``."""
 
     statuses: dict[str, Approval] = field(factory=dict)
     fail_next: int = 0
+    refused: dict[str, str] = field(factory=dict)  # digest -> source of the plans rounds refused
 
     def set_status(self, source: str, status: Approval) -> None:
         """Register ``source`` with ``status``."""
@@ -143,6 +145,18 @@ class InMemoryApprovalRegistry:
     def approve(self, source: str) -> None:
         """Register ``source`` as approved."""
         self.set_status(source, Approval.APPROVED)
+
+    def record_refused(
+        self, source: str, *, plan_class: str, researcher_id: str | None
+    ) -> Result[PendingPlan, RoundError]:
+        """Keep ``source`` as pending (its source in ``refused``), once; as the node's registry does."""
+        digest = plan_digest(source)
+        if isinstance(digest, Failure):
+            return Failure(_error(ErrorCode.PLAN_NOT_APPROVED, "the refused plan does not parse"))
+        d = digest.unwrap()
+        self.statuses.setdefault(d.hexdigest, Approval.PENDING)
+        self.refused.setdefault(d.hexdigest, source)
+        return Success(PendingPlan(plan_id=f"pending-{d.hexdigest[:12]}", digest=d))
 
     def status(self, source: str) -> Result[Approval, RoundError]:
         """The status of ``source``; NOT_REGISTERED when unknown; a failure when it does not parse."""

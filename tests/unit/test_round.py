@@ -164,6 +164,18 @@ def test_unapproved_plan_is_refused(node: FakeNode, status: Approval | None) -> 
     assert request["params_url"] not in node.exchange.downloads
 
 
+def test_an_unknown_plan_is_kept_for_review_and_stays_refused(node: FakeNode) -> None:
+    """A plan the owner never saw is recorded as pending with its source; the next round says so."""
+    request = node.request(approve=False)
+    source = node.exchange.files[request["training_plan_url"]].decode()
+    first = assert_failed(node, request, ErrorCode.PLAN_NOT_APPROVED, "check_approval")
+    assert "status: Not Registered" in first.msg and "awaits the node owner's review" in first.msg
+    assert list(node.approvals.refused.values()) == [source]
+    second = assert_failed(node, node.request(approve=False), ErrorCode.PLAN_NOT_APPROVED, "check_approval")
+    assert "status: Pending" in second.msg
+    assert len(node.approvals.refused) == 1
+
+
 def test_approval_off_accepts_any_plan(node: FakeNode) -> None:
     """§12.1 item 8 (converse): with approval off the plan runs unchecked, and the node log says so."""
     node.settings = evolve(node.settings, training_plan_approval=False)
