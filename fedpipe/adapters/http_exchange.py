@@ -44,7 +44,9 @@ from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import URL_INVALID, URL_NOT_ALLOWED
 
 __all__ = [
+    "CLIENT_LIMITS",
     "DOWNLOAD_PUBLIC",
+    "KEEPALIVE_EXPIRY_S",
     "MAX_REDIRECTS",
     "UPLOAD_PUBLIC",
     "HttpFileExchange",
@@ -254,6 +256,15 @@ def _storage_error(detail: str) -> RoundError:
     return RoundError(code=ErrorCode.DOWNLOAD_FAILED, step="", detail=detail, public=DOWNLOAD_PUBLIC)
 
 
+KEEPALIVE_EXPIRY_S = 2.0
+"""How long a client keeps an idle connection to the server: below the server's keep-alive
+(``fedpipe.server.KEEPALIVE_S``, uvicorn's 5 s), which otherwise may drop a connection just as a
+client reuses it, and the request on it fails (``ReadError``)."""
+
+CLIENT_LIMITS = httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S)
+"""The connection limits of every client of ``fedpipe serve`` (exchange, board, monitor, relay)."""
+
+
 def ssl_context(verify: ssl.SSLContext | str | os.PathLike[str] | bool) -> ssl.SSLContext | bool:
     """httpx's ``verify`` for a CA file or directory (a context: httpx deprecates paths); contexts and
     booleans as given."""
@@ -377,6 +388,7 @@ class HttpFileExchange:
             follow_redirects=False,
             trust_env=False,
             verify=ssl_context(verify),
+            limits=CLIENT_LIMITS,
         )
 
     @staticmethod

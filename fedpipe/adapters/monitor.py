@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from fedpipe.adapters.http_exchange import ssl_context
+from fedpipe.adapters.http_exchange import CLIENT_LIMITS, ssl_context
 from fedpipe.ports import MetricEvent
 
 __all__ = ["CallbackMonitor", "HttpMonitor"]
@@ -119,6 +119,7 @@ class HttpMonitor:
             verify=ssl_context(verify),
             follow_redirects=False,
             trust_env=False,  # the token goes to this server only, never through an environment proxy
+            limits=CLIENT_LIMITS,
         )
         self._lock = threading.Lock()
         self._outage = False

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from returns.result import Failure, Result, Success
 
-from fedpipe.adapters.http_exchange import ssl_context
+from fedpipe.adapters.http_exchange import CLIENT_LIMITS, ssl_context
 from fedpipe.errors import ErrorCode, RoundError
 
 __all__ = ["MAX_RELAY_WAIT_S", "HttpSecaggRelay"]
@@ -65,6 +65,7 @@ class HttpSecaggRelay:
             verify=ssl_context(verify),
             trust_env=False,  # the token goes to this server only
             follow_redirects=False,
+            limits=CLIENT_LIMITS,
             timeout=httpx.Timeout(
                 connect=connect_timeout, read=MAX_RELAY_WAIT_S + 10.0, write=30.0, pool=connect_timeout
             ),

@@ -19,7 +19,7 @@ import httpcore
 import httpx
 from attrs import frozen
 
-from fedpipe.adapters.http_exchange import ssl_context
+from fedpipe.adapters.http_exchange import CLIENT_LIMITS, ssl_context
 
 __all__ = ["HttpTaskClient", "ReplyOutcome", "Task", "TaskBoardRefused", "TaskBoardUnavailable"]
 
@@ -139,7 +139,7 @@ class HttpTaskClient:
         self.node_id = node_id
         self.poll_wait = min(max(poll_wait, 0.0), 30.0)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        transport = httpx.HTTPTransport(verify=ssl_context(verify), trust_env=False)
+        transport = httpx.HTTPTransport(verify=ssl_context(verify), trust_env=False, limits=CLIENT_LIMITS)
         self._backend = _InterruptibleBackend()
         pool = getattr(transport, "_pool", None)
         if isinstance(pool, httpcore.ConnectionPool):

@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from fedpipe.adapters.http_exchange import ssl_context
+from fedpipe.adapters.http_exchange import CLIENT_LIMITS, ssl_context
 
 __all__ = ["BoardClient", "BoardError", "TaskBoard"]
 
@@ -60,9 +60,7 @@ class BoardClient:
             verify=ssl_context(verify),
             trust_env=False,  # the token goes to this server only, never through an environment proxy
             timeout=httpx.Timeout(timeout, connect=5.0),
-            # the server drops an idle connection after 5 s (uvicorn's default); reusing one at that
-            # moment fails mid-request (a ReadError on a task post), so idle ones are dropped sooner
-            limits=httpx.Limits(keepalive_expiry=2.0),
+            limits=CLIENT_LIMITS,
         )
 
     def post_task(self, node_id: str, request: Mapping[str, Any]) -> str:

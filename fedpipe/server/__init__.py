@@ -10,7 +10,11 @@ from typing import Any
 
 from fedpipe.server.app import DEFAULT_MAX_BYTES, create_app
 
-__all__ = ["DEFAULT_MAX_BYTES", "create_app", "serve"]
+__all__ = ["DEFAULT_MAX_BYTES", "KEEPALIVE_S", "create_app", "serve"]
+
+KEEPALIVE_S = 5
+"""How long the server keeps an idle client connection open; its clients drop theirs sooner
+(``fedpipe.adapters.http_exchange.KEEPALIVE_EXPIRY_S``)."""
 
 
 def serve(
@@ -44,6 +48,7 @@ def serve(
         port=port,
         log_level=log_level,
         lifespan="off",
+        timeout_keep_alive=KEEPALIVE_S,
         ssl_certfile=None if certfile is None else str(certfile),
         ssl_keyfile=None if keyfile is None else str(keyfile),
     )

@@ -60,9 +60,7 @@ def connect(root: Path) -> sqlite3.Connection:
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(
-        root / BOARD_FILE, isolation_level=None, check_same_thread=False, timeout=30.0
-    )
+    conn = sqlite3.connect(root / BOARD_FILE, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")

@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
+from fedpipe.server import KEEPALIVE_S
 from fedpipe.server.app import create_app
 
 __all__ = ["ServerProcess", "running_app", "running_server"]
@@ -46,6 +47,7 @@ def running_app(
         lifespan="off",
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEPALIVE_S,
         ssl_certfile=None if certfile is None else str(certfile),
         ssl_keyfile=None if keyfile is None else str(keyfile),
     )

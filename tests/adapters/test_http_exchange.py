@@ -171,3 +171,11 @@ def test_download_never_raises_whatever_the_url(
         result = ex.download(f"http://127.0.0.1:1/{path}#{fragment}", node / "x", max_bytes=10)
     assert result.failure().code is ErrorCode.DOWNLOAD_FAILED
     assert list(node.iterdir()) == []
+
+
+def test_clients_drop_idle_connections_before_the_server_does() -> None:
+    # a connection the server closes just as a client reuses it fails the request on it (ReadError)
+    from fedpipe.adapters.http_exchange import CLIENT_LIMITS, KEEPALIVE_EXPIRY_S
+    from fedpipe.server import KEEPALIVE_S
+
+    assert CLIENT_LIMITS.keepalive_expiry == KEEPALIVE_EXPIRY_S < KEEPALIVE_S / 2
