@@ -10,7 +10,7 @@ from typing import Any
 from fedpipe.args import parse_metric
 from fedpipe.researcher.experiment import ProgressEvent, RoundRecord
 
-__all__ = ["ProgressPrinter", "RoundTable", "metric_label", "seconds"]
+__all__ = ["ProgressPrinter", "RoundTable", "metric_label", "metric_text", "seconds"]
 
 
 def seconds(value: float) -> str:
@@ -78,7 +78,8 @@ class ProgressPrinter:
         )
 
 
-def _value(value: float | None, percent: bool) -> str:
+def metric_text(value: float | None, percent: bool) -> str:
+    """A metric as the tables show it: a percentage, or four significant digits; ``-`` when absent."""
     if value is None:
         return "-"
     return f"{100 * value:.1f}%" if percent else f"{value:.4g}"
@@ -113,8 +114,8 @@ class RoundTable:
             loss = _loss(m.train_loss if m else None) if record.training else ""
             lines.append(
                 f"  {result.node_id:<16} {samples:>7} {loss:>8} "
-                f"{_value(m.before if m else None, self.percent):>20} "
-                f"{_value(m.after if m and record.training else None, self.percent) if record.training else '':>20}"
+                f"{metric_text(m.before if m else None, self.percent):>20} "
+                f"{metric_text(m.after if m and record.training else None, self.percent) if record.training else '':>20}"
             )
         ok = [r for r in record.results if r.success]
         losses = [
@@ -126,7 +127,7 @@ class RoundTable:
         lines.append(
             f"  {'aggregate':<16} {sum(r.sample_size for r in ok) if record.training else '':>7} "
             f"{_loss(mean_loss) if record.training else '':>8} "
-            f"{_value(record.weighted('before'), self.percent):>20} "
-            f"{_value(record.weighted('after'), self.percent) if record.training else '':>20}"
+            f"{metric_text(record.weighted('before'), self.percent):>20} "
+            f"{metric_text(record.weighted('after'), self.percent) if record.training else '':>20}"
         )
         return "\n".join(line.rstrip() for line in lines)

@@ -46,7 +46,9 @@ __all__ = [
     "build_strategy",
     "check_server_url",
     "connect",
+    "experiment_of",
     "initial_params_from_plan",
+    "plan_file_of",
     "run_experiment",
     "select_nodes",
 ]
@@ -61,6 +63,31 @@ class ResearcherError(Exception):
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def experiment_of(config: ExperimentConfig, **parts: Any) -> Experiment:
+    """The ``Experiment`` of ``config`` (plan class, dataset, training and model args, deadline,
+    stop on failure), with ``parts`` for the rest (board, exchange, nodes, plan URL, strategy...)."""
+    return Experiment(
+        plan_class=config.plan_class,
+        dataset_id=config.dataset,
+        training_args=thaw(config.training_args),
+        model_args=thaw(config.model_args),
+        round_deadline_s=config.round_deadline,
+        stop_on_failure=config.stop_on_failure,
+        **parts,
+    )
+
+
+def plan_file_of(config: ExperimentConfig, plan_file: Path | str | None = None) -> Path:
+    """The training plan file: ``plan_file``, else the configuration's; ResearcherError (exit 2) when
+    there is none or it is not a file."""
+    source = plan_file if plan_file is not None else config.plan_file
+    if source is None:
+        raise ResearcherError("no training plan: give one with --plan, or plan_file in the configuration")
+    if not Path(source).is_file():
+        raise ResearcherError(f"no training plan file at {source}")
+    return Path(source)
 
 
 def check_server_url(url: str) -> str:
@@ -280,12 +307,7 @@ def run_experiment(
     failure is a ResearcherError (see the module's text for its exit codes); nothing is posted
     before the nodes, the plan and the initial model are known to be usable.
     """
-    source = plan_file if plan_file is not None else config.plan_file
-    if source is None:
-        raise ResearcherError("no training plan: give one with --plan, or plan_file in the configuration")
-    path = Path(source)
-    if not path.is_file():
-        raise ResearcherError(f"no training plan file at {source}")
+    path = plan_file_of(config, plan_file)
     node_ids = select_nodes(federation, config.nodes, wait=wait_for_nodes, warn=warn)
     initial = (
         dict(initial_params)
@@ -299,21 +321,16 @@ def run_experiment(
     uploaded = federation.exchange.upload(path)
     if isinstance(uploaded, Failure):
         raise ResearcherError(f"cannot upload the training plan: {uploaded.failure().public}", 1)
-    experiment = Experiment(
+    experiment = experiment_of(
+        config,
         board=federation.board,
         exchange=federation.exchange,
         node_ids=node_ids,
         job_id=job_id,
         plan_source_url=uploaded.unwrap(),
-        plan_class=config.plan_class,
-        dataset_id=config.dataset,
-        training_args=thaw(config.training_args),
-        model_args=thaw(config.model_args),
         initial_params=initial,
         strategy=strategy,
         workdir=scratch,
-        round_deadline_s=config.round_deadline,
-        stop_on_failure=config.stop_on_failure,
         secagg_fields=secagg_fields,
         on_round=on_round,
         on_progress=on_progress,

@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedpipe.argtypes import seconds
+from fedpipe.researcher.command import add_experiment_options, error, note, plan_path, report
+
 __all__ = ["add_run_parser", "main", "run_command"]
 
 DESCRIPTION = """\
@@ -30,25 +33,6 @@ Exit status: 0 done, 2 a mistake found before the run started, 1 the run failed.
 
 def _say(text: str) -> None:
     print(text, flush=True)
-
-
-def _note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _error(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return code
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, not {text}")
-    return value
 
 
 def add_run_parser(sub: Any) -> argparse.ArgumentParser:
@@ -78,26 +62,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="file holding a researcher token (`fedpipe tokens issue --researcher NAME --out FILE`; required)",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the experiment configuration, TOML (required)",
-    )
-    parser.add_argument(
-        "--plan",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="the training plan source the node owners approved (default: plan_file in the configuration)",
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=Path("fedpipe-output"),
-        metavar="DIR",
-        help="where the model, metrics.csv and accuracy.png go (default: fedpipe-output)",
+    add_experiment_options(
+        parser,
+        output="fedpipe-output",
+        plan_help="the training plan source the node owners approved",
     )
     parser.add_argument(
         "--ca-file",
@@ -108,13 +76,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait-nodes",
-        type=_positive_seconds,
+        type=seconds,
         default=30.0,
         metavar="SECONDS",
         help='how long to wait for the configured nodes (for "all": a first node) to connect (default: 30)',
-    )
-    parser.add_argument(
-        "--quiet", action="store_true", help="print only errors and the final lines (default: off)"
     )
 
 
@@ -122,27 +87,16 @@ def run_command(args: argparse.Namespace) -> int:
     """Run ``fedpipe run`` with parsed arguments; return the exit status (see the module's text)."""
     from fedpipe.bootstrap import NodeAdminError, read_token_file
     from fedpipe.researcher.config import ConfigError, load_config
-    from fedpipe.researcher.console import ProgressPrinter, RoundTable, metric_label
+    from fedpipe.researcher.console import ProgressPrinter, RoundTable
     from fedpipe.researcher.federation import ResearcherError, check_server_url, connect, run_experiment
-    from fedpipe.researcher.outputs import save_outputs
 
     try:
         config = load_config(args.config)
         check_server_url(args.server)
         token = read_token_file(args.token_file)
-    except (ConfigError, ResearcherError) as err:
-        return _error(str(err), 2)
-    except NodeAdminError as err:
-        return _error(str(err), 2)
-    plan = args.plan if args.plan is not None else config.plan_file
-    if plan is None:
-        return _error(
-            f"{args.config}: no training plan: give --plan FILE or plan_file in the configuration", 2
-        )
-    if not Path(plan).is_file():
-        return _error(f"no training plan file at {plan}", 2)
-    if args.output.exists() and not args.output.is_dir():
-        return _error(f"--output {args.output} exists and is not a folder", 2)
+        plan = plan_path(args, config)
+    except (ConfigError, ResearcherError, NodeAdminError) as err:
+        return error(str(err), 2)
     table = RoundTable(config.rounds, config.training_args)
     say = (lambda text: None) if args.quiet else _say
     try:
@@ -150,7 +104,7 @@ def run_command(args: argparse.Namespace) -> int:
             connect(args.server, token, ca_file=args.ca_file) as federation,
             tempfile.TemporaryDirectory(prefix="fedpipe-run-") as scratch,
         ):
-            progress = ProgressPrinter(config.rounds, (lambda text: None) if args.quiet else _note)
+            progress = ProgressPrinter(config.rounds, (lambda text: None) if args.quiet else note)
             started = time.monotonic()
             result = run_experiment(
                 config,
@@ -160,36 +114,20 @@ def run_command(args: argparse.Namespace) -> int:
                 wait_for_nodes=args.wait_nodes,
                 on_round=lambda record: say(table(record)),
                 on_progress=progress,
-                warn=lambda text: _note(f"warning: {text}"),
+                warn=lambda text: note(f"warning: {text}"),
             )
             elapsed = time.monotonic() - started
     except ResearcherError as err:
-        return _error(str(err), err.exit_code)
+        return error(str(err), err.exit_code)
     except KeyboardInterrupt:
-        return _error("interrupted: the nodes finish the tasks already sent; nothing was saved", 130)
-    name, percent = metric_label(config.training_args)
-    try:
-        outputs = save_outputs(
-            result,
-            args.output,
-            title=f"fedpipe run: {config.strategy.label}",
-            metric=name,
-            percent=percent,
-        )
-    except OSError as err:
-        return _error(f"cannot write the outputs to {args.output}: {err.strerror or err}", 1)
-    _say(f"experiment finished in {elapsed:.1f} s: {config.rounds} rounds, {config.strategy.label}")
-    _say(f"model: {outputs.model_codec} and {outputs.model_safetensors}")
-    _say(f"metrics: {outputs.metrics}")
-    _say(
-        f"plot: {outputs.plot}" if outputs.plot is not None else "plot: skipped (matplotlib is not installed)"
+        return error("interrupted: the nodes finish the tasks already sent; nothing was saved", 130)
+    return report(
+        result,
+        config,
+        args.output,
+        title=f"fedpipe run: {config.strategy.label}",
+        headline=f"experiment finished in {elapsed:.1f} s: {config.rounds} rounds, {config.strategy.label}",
     )
-    final = result.final_metric
-    if final is None:
-        return _error("no node validated the final model: its metric is unavailable", 1)
-    shown = f"{100 * final:.1f}%" if percent else f"{final:.4g}"
-    _say(f"final global {name}: {shown} (weighted over the nodes' test subsets)")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,16 +15,20 @@ from pathlib import Path
 import numpy as np
 from returns.result import Failure
 
-from fedpipe.request import thaw
 from fedpipe.researcher.config import ExperimentConfig
 from fedpipe.researcher.experiment import (
-    Experiment,
     ExperimentResult,
     ExperimentStopped,
     ProgressEvent,
     RoundRecord,
 )
-from fedpipe.researcher.federation import ResearcherError, build_strategy, initial_params_from_plan
+from fedpipe.researcher.federation import (
+    ResearcherError,
+    build_strategy,
+    experiment_of,
+    initial_params_from_plan,
+    plan_file_of,
+)
 from fedpipe.simulation.engine import ENGINES, EngineOptions, NodesSpec, make_engine
 from fedpipe.simulation.nodes import node_ids
 from fedpipe.simulation.transport import MemoryBoard, MemoryExchange
@@ -122,15 +126,12 @@ def simulate(
         raise SimulationError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
     if engine == "ray" and importlib.util.find_spec("ray") is None:
         raise SimulationError("the ray engine needs Ray: pip install 'fedpipe[ray]'")
-    source = plan_file if plan_file is not None else config.plan_file
-    if source is None:
-        raise SimulationError("no training plan: give one with --plan, or plan_file in the configuration")
-    path = Path(source)
+    path = plan_file_of(config, plan_file)
     try:
         plan_source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SimulationError(
-            f"cannot read the training plan {source}: {getattr(err, 'strerror', None) or err}"
+            f"cannot read the training plan {path}: {getattr(err, 'strerror', None) or err}"
         ) from err
     data = load_breast_cancer()
     try:
@@ -164,22 +165,17 @@ def simulate(
         scratch.mkdir(parents=True, exist_ok=True)
         uploaded = exchange.upload(path)
         if isinstance(uploaded, Failure):
-            raise SimulationError(f"cannot read the training plan {source}")
-        experiment = Experiment(
+            raise SimulationError(f"cannot read the training plan {path}")
+        experiment = experiment_of(
+            config,
             board=MemoryBoard(runner, exchange),
             exchange=exchange,
             node_ids=ids,
             job_id=job_id,
             plan_source_url=uploaded.unwrap(),
-            plan_class=config.plan_class,
-            dataset_id=config.dataset,
-            training_args=thaw(config.training_args),
-            model_args=thaw(config.model_args),
             initial_params=initial,
             strategy=strategy,
             workdir=scratch,
-            round_deadline_s=config.round_deadline,
-            stop_on_failure=config.stop_on_failure,
             on_round=on_round,
             on_progress=on_progress,
             sample=sampler(ids, per_round, seed),

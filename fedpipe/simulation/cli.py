@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedpipe.argtypes import non_negative_int, positive_float, positive_int
+from fedpipe.researcher.command import add_experiment_options, error, note, plan_path, report
+
 __all__ = ["add_simulate_parser", "main", "simulate_command"]
 
 DESCRIPTION = """\
@@ -26,36 +29,6 @@ training round samples --per-round of the --nodes (seeded with --seed, which als
 partition); the final validation runs on every node. The final model (model.mpk and
 model.safetensors), metrics.csv and accuracy.png are written to --output.
 Exit status: 0 done, 2 a mistake found before the first round, 1 the simulation failed."""
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, not {text}")
-    return value
-
-
-def _alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
-    return value
 
 
 def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
@@ -78,26 +51,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     from fedpipe.simulation.engine import ENGINES
     from fedpipe.simulation.partition import SCHEMES
 
+    add_experiment_options(parser, output="fedpipe-simulation", plan_help="the training plan source")
     parser.add_argument(
-        "--config",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the experiment configuration, TOML (required)",
-    )
-    parser.add_argument(
-        "--plan",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="the training plan source (default: plan_file in the configuration)",
-    )
-    parser.add_argument(
-        "--nodes", type=_positive, required=True, metavar="N", help="how many virtual nodes (required)"
+        "--nodes", type=positive_int, required=True, metavar="N", help="how many virtual nodes (required)"
     )
     parser.add_argument(
         "--per-round",
-        type=_positive,
+        type=positive_int,
         default=None,
         metavar="K",
         help="nodes sampled per training round (default: every node)",
@@ -110,20 +70,17 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--alpha",
-        type=_alpha,
+        type=positive_float,
         default=0.5,
         metavar="A",
         help="Dirichlet concentration for --partition dirichlet (default: 0.5)",
     )
     parser.add_argument(
-        "--seed", type=_seed, default=0, metavar="S", help="seeds the partition and the sampling (default: 0)"
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=Path("fedpipe-simulation"),
-        metavar="DIR",
-        help="where the model, metrics.csv and accuracy.png go (default: fedpipe-simulation)",
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        metavar="S",
+        help="seeds the partition and the sampling (default: 0)",
     )
     parser.add_argument(
         "--workdir",
@@ -147,65 +104,42 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cpus",
-        type=_positive,
+        type=positive_int,
         default=None,
         metavar="N",
         help="with --engine ray: the CPUs of the local Ray, one actor each (default: all of this machine);"
         " with --address, the number of actors (default: the cluster's CPUs)",
     )
-    parser.add_argument("--quiet", action="store_true", help="print only errors and the final lines")
-
-
-def _note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _error(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return code
 
 
 def simulate_command(args: argparse.Namespace) -> int:
     """Run ``fedpipe simulate`` with parsed arguments; return the exit status (see the module's text)."""
     from fedpipe.researcher.config import ConfigError, load_config
-    from fedpipe.researcher.console import metric_label
+    from fedpipe.researcher.console import metric_label, metric_text
     from fedpipe.researcher.experiment import RoundRecord
     from fedpipe.researcher.federation import ResearcherError
-    from fedpipe.researcher.outputs import save_outputs
     from fedpipe.simulation.api import simulate
     from fedpipe.simulation.engine import EngineOptions
 
     try:
         config = load_config(args.config)
-    except ConfigError as err:
-        return _error(str(err), 2)
-    plan = args.plan if args.plan is not None else config.plan_file
-    if plan is None:
-        return _error(
-            f"{args.config}: no training plan: give --plan FILE or plan_file in the configuration", 2
-        )
-    if not Path(plan).is_file():
-        return _error(f"no training plan file at {plan}", 2)
-    if args.output.exists() and not args.output.is_dir():
-        return _error(f"--output {args.output} exists and is not a folder", 2)
+        plan = plan_path(args, config)
+    except (ConfigError, ResearcherError) as err:
+        return error(str(err), 2)
     if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
-        return _error(f"--workdir {args.workdir} exists and is not a folder", 2)
+        return error(f"--workdir {args.workdir} exists and is not a folder", 2)
     if args.engine != "ray" and (args.address is not None or args.cpus is not None):
-        return _error("--address and --cpus are options of --engine ray", 2)
+        return error("--address and --cpus are options of --engine ray", 2)
     name, percent = metric_label(config.training_args)
-
-    def shown(value: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{100 * value:.1f}%" if percent else f"{value:.4g}"
 
     def progress(record: RoundRecord) -> None:
         if args.quiet:
             return
         ok = sum(r.success for r in record.results)
         head = f"round {record.number}/{config.rounds}" if record.training else "final validation"
-        _note(
-            f"{head}: {ok}/{len(record.results)} nodes ok, global {name} {shown(record.weighted('before'))}"
+        note(
+            f"{head}: {ok}/{len(record.results)} nodes ok, global {name} "
+            f"{metric_text(record.weighted('before'), percent)}"
             f" ({record.seconds:.2f} s)"
         )
 
@@ -229,33 +163,18 @@ def simulate_command(args: argparse.Namespace) -> int:
             on_round=progress,
         )
     except ResearcherError as err:
-        return _error(str(err), err.exit_code)
+        return error(str(err), err.exit_code)
     except KeyboardInterrupt:
-        return _error("interrupted: nothing was saved", 130)
+        return error("interrupted: nothing was saved", 130)
     elapsed = time.monotonic() - started
-    try:
-        outputs = save_outputs(
-            result,
-            args.output,
-            title=f"fedpipe simulate: {config.strategy.label}, {args.nodes} nodes",
-            metric=name,
-            percent=percent,
-        )
-    except OSError as err:
-        return _error(f"cannot write the outputs to {args.output}: {err.strerror or err}", 1)
-    print(
-        f"simulation finished in {elapsed:.1f} s: {config.rounds} rounds on {args.nodes} virtual nodes, {config.strategy.label}"
+    return report(
+        result,
+        config,
+        args.output,
+        title=f"fedpipe simulate: {config.strategy.label}, {args.nodes} nodes",
+        headline=f"simulation finished in {elapsed:.1f} s: {config.rounds} rounds on {args.nodes} virtual nodes, "
+        f"{config.strategy.label}",
     )
-    print(f"model: {outputs.model_codec} and {outputs.model_safetensors}")
-    print(f"metrics: {outputs.metrics}")
-    print(
-        f"plot: {outputs.plot}" if outputs.plot is not None else "plot: skipped (matplotlib is not installed)"
-    )
-    final = result.final_metric
-    if final is None:
-        return _error("no node validated the final model: its metric is unavailable", 1)
-    print(f"final global {name}: {shown(final)} (weighted over the nodes' test subsets)", flush=True)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ def test_simulate_runs_and_writes_the_outputs_of_fedpipe_run(tmp_path: Path) -> 
 
 def test_mistakes_are_one_line_exit_2_and_write_nothing(tmp_path: Path) -> None:
     for args, message in [
-        (("--nodes", "0"), "--nodes: must be a positive integer, not 0"),
+        (("--nodes", "0"), "--nodes: must be a whole number of at least 1, not '0'"),
         (("--nodes", "900"), "error: cannot partition the data: n_nodes (900)"),
         (("--nodes", "3", "--per-round", "5"), "error: 5 nodes per round is more than the 3 nodes simulated"),
         (("--nodes", "3", "--plan", "missing.py"), "error: no training plan file at missing.py"),
