@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from attrs import field, frozen
-from returns.result import Failure, Result, Success
+from returns.result import Result
 
+from fedpipe.adapters.memory_files import read_upload, write_download
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import MetricEvent
 
@@ -82,23 +83,18 @@ class MemoryExchange:
 
     def upload(self, path: Path) -> Result[str, RoundError]:
         """Keep the file's bytes under a new URL."""
-        try:
-            content = path.read_bytes()
-        except OSError as err:
-            return Failure(_error(ErrorCode.UPLOAD_FAILED, f"cannot read {path.name}: {err.strerror}"))
-        url = f"{SIM_HOST}/files/{next(self._ids)}"
+        return read_upload(path).map(
+            lambda content: self._keep(f"{SIM_HOST}/files/{next(self._ids)}", content)
+        )
+
+    def _keep(self, url: str, content: bytes) -> str:
         self.files[url] = content
-        return Success(url)
+        return url
 
     def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
         """Write the bytes of ``url`` to ``dest``; results are dropped once read."""
         content = self.files.pop(url, None) if url.startswith(_RESULTS) else self.files.get(url)
-        if content is None:
-            return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"no file at {url}"))
-        if len(content) > max_bytes:
-            return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"{url}: {len(content)} bytes > {max_bytes}"))
-        dest.write_bytes(content)
-        return Success(dest)
+        return write_download(url, content, dest, max_bytes=max_bytes)
 
     def put(self, url: str, content: bytes) -> None:
         """Keep ``content`` under ``url`` (a node's upload, as its engine brought it back)."""
@@ -115,25 +111,16 @@ class TaskExchange:
 
     def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
         """Copy the shared bytes of ``url`` into ``dest`` (unknown URLs fail like a 404)."""
-        content = self._files.get(url)
-        if content is None:
-            return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"GET {url}: 404 not found"))
-        if len(content) > max_bytes:
-            return Failure(
-                _error(ErrorCode.DOWNLOAD_FAILED, f"GET {url}: {len(content)} bytes > {max_bytes}")
-            )
-        dest.write_bytes(content)
-        return Success(dest)
+        return write_download(url, self._files.get(url), dest, max_bytes=max_bytes)
 
     def upload(self, path: Path) -> Result[str, RoundError]:
         """Keep the file's bytes; its URL is the task's own."""
-        try:
-            content = path.read_bytes()
-        except OSError as err:
-            return Failure(_error(ErrorCode.UPLOAD_FAILED, f"cannot read {path.name}: {err.strerror}"))
+        return read_upload(path).map(self._keep)
+
+    def _keep(self, content: bytes) -> str:
         url = f"{self._prefix}{len(self.uploads)}"
         self.uploads[url] = content
-        return Success(url)
+        return url
 
 
 class EventRecorder:

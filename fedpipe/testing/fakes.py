@@ -14,6 +14,7 @@ from typing import Any
 from attrs import define, field
 from returns.result import Failure, Result, Success
 
+from fedpipe.adapters.memory_files import read_upload, write_download
 from fedpipe.approval import PendingPlan, plan_digest
 from fedpipe.args import Metric, TrainingArgs
 from fedpipe.codec import dumps
@@ -90,31 +91,22 @@ class InMemoryFileExchange:
         return False
 
     def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
-        """Copy the stored (published or uploaded) bytes to ``dest`` atomically; unknown URLs fail like a 404."""
+        """Copy the stored (published or uploaded) bytes to ``dest``; unknown URLs fail like a 404."""
         self.downloads.append(url)
         if self._inject(url):
             return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"injected failure for {url}", retryable=True))
-        content = self.files.get(url, self.uploads.get(url))
-        if content is None:
-            return Failure(_error(ErrorCode.DOWNLOAD_FAILED, f"GET {url}: 404 not found"))
-        if len(content) > max_bytes:
-            return Failure(
-                _error(ErrorCode.DOWNLOAD_FAILED, f"GET {url}: {len(content)} bytes > limit {max_bytes}")
-            )
-        dest.write_bytes(content)
-        return Success(dest)
+        return write_download(url, self.files.get(url, self.uploads.get(url)), dest, max_bytes=max_bytes)
 
     def upload(self, path: Path) -> Result[str, RoundError]:
         """Store the file's bytes under a new URL."""
         if self._inject("upload"):
             return Failure(_error(ErrorCode.UPLOAD_FAILED, "injected upload failure", retryable=True))
-        try:
-            content = path.read_bytes()
-        except OSError as err:
-            return Failure(_error(ErrorCode.UPLOAD_FAILED, f"cannot read {path}: {err.strerror}"))
+        return read_upload(path).map(self._keep)
+
+    def _keep(self, content: bytes) -> str:
         url = f"{FAKE_HOST}/uploads/{next(self._ids)}"
         self.uploads[url] = content
-        return Success(url)
+        return url
 
 
 def source_digest(source: str) -> str:
