@@ -36,6 +36,7 @@ Usage: ``python benchmarks/secagg.py [--quick] [--params N] [--bits B] [--train 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -129,8 +130,6 @@ def parallel_exponentiation(key: int, n: int, procs: int, count: int, nice: int)
     exponentiation costs what the machine gives every core under that load, which on a shared or
     virtual machine is not what one core gets alone.
     """
-    import subprocess
-
     cmd = [sys.executable, "-c", PARALLEL_EXP, str(nice), f"{key:x}", f"{n:x}", str(count), str(REPO)]
     running = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(procs)]
     times = [float(p.communicate()[0].strip()) for p in running]
