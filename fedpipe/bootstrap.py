@@ -177,6 +177,7 @@ class Node:
         algorithm: HashAlgorithm = DEFAULT_ALGORITHM,
         relay: SecaggRelay | None = None,
         agreement_seconds: float = 60.0,
+        durable: bool = True,
     ) -> "Node":
         """Open (creating if needed) the node's root directory and database and wire the adapters.
 
@@ -184,13 +185,15 @@ class Node:
         ``clock`` to the system clock; ``algorithm`` hashes newly registered plans. ``relay``
         (the server's key relay) lets the node agree LOM contexts with its pinned peers, waiting
         at most ``agreement_seconds`` for their offers; without one LOM rounds are refused.
+        ``durable=False`` opens the database without a disk sync per commit (see ``Database``):
+        for scratch node roots only.
         Raises ``NodeAdminError`` when the root or the database cannot be used.
         """
         try:
             settings.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise NodeAdminError(f"cannot create the node root {settings.root}: {err}") from err
-        db = Database(settings.db_path)
+        db = Database(settings.db_path, durable=durable)
         return cls(
             settings,
             db,

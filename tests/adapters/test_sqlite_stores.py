@@ -63,6 +63,25 @@ def test_reopening_keeps_data_and_does_not_migrate_again(path: Path) -> None:
         second.close()
 
 
+def test_a_durable_database_syncs_every_commit_and_a_scratch_one_leaves_it_to_the_system(path: Path) -> None:
+    """FULL (2) by default; ``durable=False`` (a simulation's virtual nodes) is OFF (0), with the same data."""
+    durable = Database(path)
+    try:
+        with durable.transaction(write=False) as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+        SqliteDatasetRegistry(durable).add(DatasetRecord(dataset_id="ds", path="/d"))
+    finally:
+        durable.close()
+    scratch = Database(path, durable=False)
+    try:
+        with scratch.transaction(write=False) as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 0
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert SqliteDatasetRegistry(scratch).get("ds").unwrap() == DatasetRecord(dataset_id="ds", path="/d")
+    finally:
+        scratch.close()
+
+
 def test_database_of_a_newer_schema_is_refused(path: Path) -> None:
     Database(path).close()
     with _raw(path) as conn:
