@@ -217,7 +217,11 @@ class TorchTrainingPlan:
         if seed is not None:
             random.seed(seed)
             np.random.seed(seed % 2**32)
-            torch.manual_seed(seed)
+            # not torch.manual_seed: where CUDA is absent it still queues a lazy seeding call (with
+            # a formatted stack) per backend, at every round, for the life of the process
+            torch.default_generator.manual_seed(seed)
+            if torch.cuda.is_available():
+                torch.cuda.manual_seed_all(seed)
         self._dependencies = self._declared_dependencies()
         model = self.init_model(*self._hook_args(self.init_model, "init_model", self._model_args))
         if not isinstance(model, torch.nn.Module):
