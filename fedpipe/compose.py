@@ -238,6 +238,11 @@ def check_round(
         if s.name in seen:
             raise ValueError(f"duplicate step name {s.name!r} in round")
         seen.add(s.name)
+    # a node builds its rounds anew for every new ports bundle: the verdict depends only on
+    # the names and contracts, so a shape seen once is not checked again
+    shape = (tuple((s.name, s.contract) for s in out), frozenset(given))
+    if shape in _CHECKED:
+        return out
     provided = set(given)
     for at, s in enumerate(out):
         contract = s.contract
@@ -247,7 +252,14 @@ def check_round(
         if missing:
             raise CompositionError(_unmet(s.name, missing[0], out, at, before), step=s.name, need=missing[0])
         provided |= contract.provides
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED.add(shape)
     return out
+
+
+_CHECKED: set[tuple[tuple[tuple[str, StepContract | None], ...], frozenset[str]]] = set()
+_CHECKED_MAX = 256
 
 
 def _index(round_: Sequence[NamedStep], name: str) -> int:
