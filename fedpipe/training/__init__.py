@@ -16,7 +16,14 @@ A minimal plan::
 """
 
 from fedpipe.training.data import DataManager, merge_loader_args
-from fedpipe.training.datasets import TabularData, TabularDataset, load_breast_cancer, non_iid_shards
+from fedpipe.training.datasets import (
+    TabularData,
+    TabularDataset,
+    enlarge,
+    load_breast_cancer,
+    non_iid_shards,
+    read_table,
+)
 from fedpipe.training.device import DeviceChoice, select_device
 from fedpipe.training.errors import DataError, MetricError, PlanContractError, PlanError
 from fedpipe.training.metrics import evaluate, metric_values
@@ -35,12 +42,14 @@ __all__ = [
     "TabularData",
     "TabularDataset",
     "TorchTrainingPlan",
+    "enlarge",
     "evaluate",
     "flatten_params",
     "load_breast_cancer",
     "merge_loader_args",
     "metric_values",
     "non_iid_shards",
+    "read_table",
     "select_device",
     "warm_up",
     "warm_up_in_background",

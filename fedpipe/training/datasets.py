@@ -2,6 +2,9 @@
 
 import csv
 import io
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -14,7 +17,15 @@ from torch.utils.data import Dataset
 
 from fedpipe.training.errors import DataError
 
-__all__ = ["TabularData", "TabularDataset", "load_breast_cancer", "non_iid_shards", "standardize"]
+__all__ = [
+    "TabularData",
+    "TabularDataset",
+    "enlarge",
+    "load_breast_cancer",
+    "non_iid_shards",
+    "read_table",
+    "standardize",
+]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -54,6 +65,86 @@ def load_breast_cancer() -> TabularData:
     )
 
 
+def enlarge(data: TabularData, rows: int, *, seed: int = 0, jitter: float = 0.05) -> TabularData:
+    """``data`` grown to ``rows`` rows: its own rows first, then generated ones (seeded, no download).
+
+    A generated row copies a randomly drawn row of ``data`` (so the class balance is kept in
+    expectation) and multiplies each feature by ``exp(N(0, jitter))``: positive features stay
+    positive and keep their scale, and the classes stay as separable as in ``data``. For
+    simulations that need more rows than the 569 shipped ones; ``rows`` at or below ``len(data)``
+    returns ``data`` unchanged. The same arguments always give the same rows.
+
+    >>> big = enlarge(load_breast_cancer(), 2000, seed=1)
+    >>> big.features.shape, bool((big.features[:569] == load_breast_cancer().features).all())
+    ((2000, 30), True)
+    >>> bool((big.features >= 0).all()), big.labels.dtype.name
+    (True, 'float32')
+    """
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise DataError(f"rows must be a positive integer, not {rows!r}")
+    if not (jitter >= 0 and np.isfinite(jitter)):
+        raise DataError(f"jitter must be a finite number of at least 0, not {jitter!r}")
+    extra = rows - len(data)
+    if extra <= 0:
+        return data
+    rng = np.random.default_rng(seed)
+    source = rng.integers(0, len(data), size=extra)
+    noise = np.exp(rng.normal(0.0, jitter, size=(extra, data.features.shape[1]))).astype(np.float32)
+    return TabularData(
+        features=np.concatenate([data.features, data.features[source] * noise]),
+        labels=np.concatenate([data.labels, data.labels[source]]),
+        feature_names=data.feature_names,
+        label_names=data.label_names,
+    )
+
+
+_TABLES: "OrderedDict[tuple[str, int, int, int], FloatArray]" = OrderedDict()
+_TABLES_LOCK = threading.Lock()
+_TABLES_BYTES = 0
+TABLE_CACHE_BYTES = 64 * 1024**2
+"""What ``read_table`` keeps in memory per process, at most (least recently used tables go first)."""
+
+
+def read_table(path: str | os.PathLike[str], *, skiprows: int = 1) -> FloatArray:
+    """The numeric CSV file at ``path`` as a float32 matrix (one row per line), read-only.
+
+    A plan's ``training_data`` reads its dataset at every round; this keeps the parsed table of
+    a file, keyed by its path, size and modification time, so that a process running many
+    rounds (a node, a simulation's worker hosting many virtual nodes) parses it once while it is
+    unchanged. Tables over ``TABLE_CACHE_BYTES`` are not kept. Raises ``DataError`` for a file
+    that cannot be read or parsed, with the reason in one line.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = f.write_text("a,b\\n1,2\\n3,4\\n")
+    >>> read_table(f).tolist(), read_table(f) is read_table(f)
+    ([[1.0, 2.0], [3.0, 4.0]], True)
+    """
+    try:
+        info = os.stat(path)
+        key = (os.path.realpath(path), info.st_size, info.st_mtime_ns, skiprows)
+        with _TABLES_LOCK:
+            table = _TABLES.get(key)
+            if table is not None:
+                _TABLES.move_to_end(key)
+                return table
+        table = np.loadtxt(path, delimiter=",", skiprows=skiprows, dtype=np.float32, ndmin=2)
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"cannot read the table {os.fspath(path)}: {getattr(err, 'strerror', None) or err}"
+        ) from err
+    table.setflags(write=False)
+    if table.nbytes <= TABLE_CACHE_BYTES:
+        global _TABLES_BYTES
+        with _TABLES_LOCK:
+            if key not in _TABLES:
+                _TABLES[key] = table
+                _TABLES_BYTES += table.nbytes
+            while _TABLES_BYTES > TABLE_CACHE_BYTES:
+                _TABLES_BYTES -= _TABLES.popitem(last=False)[1].nbytes
+    return table
+
+
 def standardize(features: FloatArray) -> FloatArray:
     """Scale each column to zero mean and unit variance (constant columns are only centred).
 
@@ -66,6 +157,10 @@ def standardize(features: FloatArray) -> FloatArray:
     return scaled
 
 
+def _writable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    return array if array.flags.writeable else array.copy()
+
+
 class TabularDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """A torch Dataset over a feature matrix and a label vector, fetched a whole batch at a time.
 
@@ -74,8 +169,9 @@ class TabularDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """
 
     def __init__(self, features: Any, labels: Any) -> None:
-        x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-        y = torch.as_tensor(np.asarray(labels, dtype=np.float32))
+        # torch shares a writable array's memory; a read-only one (a ``read_table`` result) is copied
+        x = torch.as_tensor(_writable(np.asarray(features, dtype=np.float32)))
+        y = torch.as_tensor(_writable(np.asarray(labels, dtype=np.float32)))
         if x.ndim != 2 or len(x) != len(y):
             raise DataError(f"features must be 2-D with one row per label, got {tuple(x.shape)} and {len(y)}")
         self.features = x
