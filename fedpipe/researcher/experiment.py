@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from returns.result import Failure
 
 from fedpipe.codec import dump_file, load_file
@@ -140,12 +140,21 @@ class NodeMetrics:
     test_samples: int = 0
 
 
+def _without_update(result: NodeResult) -> NodeResult:
+    """``result`` as a round record keeps it: its update's metadata, not its parameters."""
+    meta = result.results.get("metadata")
+    return evolve(result, results={} if meta is None else {"metadata": meta})
+
+
 @frozen(kw_only=True)
 class RoundRecord:
     """A finished round: each node's result and metrics, and the sample-weighted global figures.
 
     ``round`` is the round's index on the wire (0-based, what its requests carry); ``number`` is
-    what a user reads (1-based).
+    what a user reads (1-based). Its ``results`` keep of each node's update only the
+    ``metadata`` (what the node says of its encryption, timings): the parameters were
+    aggregated into the next global model, and a run over many nodes and rounds must not hold
+    every node's model of every round in memory.
     """
 
     round: int
@@ -422,7 +431,7 @@ class Experiment:
             params = self.strategy.aggregate(params, ok, round_number)
         record = RoundRecord(
             round=round_number,
-            results=tuple(results),
+            results=tuple(_without_update(r) for r in results),
             metrics=self._metrics(round_number, node_ids),
             seconds=time.monotonic() - started,
             training=training,

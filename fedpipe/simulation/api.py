@@ -99,6 +99,7 @@ def simulate(
     partition: str = "iid",
     alpha: float = 0.5,
     seed: int = 0,
+    rows: int | None = None,
     workdir: Path | str | None = None,
     engine: str = "inline",
     engine_options: EngineOptions | None = None,
@@ -119,7 +120,7 @@ def simulate(
     ``SimulationError`` (one line; ``exit_code`` 2 before the first round, 1 after).
     """
     from fedpipe.simulation.partition import partition as split
-    from fedpipe.training import load_breast_cancer
+    from fedpipe.training import DataError, enlarge, load_breast_cancer
 
     _check(config, nodes, per_round)
     if engine not in ENGINES:
@@ -133,7 +134,10 @@ def simulate(
         raise SimulationError(
             f"cannot read the training plan {path}: {getattr(err, 'strerror', None) or err}"
         ) from err
-    data = load_breast_cancer()
+    try:
+        data = load_breast_cancer() if rows is None else enlarge(load_breast_cancer(), rows, seed=seed)
+    except DataError as err:
+        raise SimulationError(str(err)) from err
     try:
         parts = split(data.labels, nodes, scheme=partition, alpha=alpha, seed=seed)
     except ValueError as err:

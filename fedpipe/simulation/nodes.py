@@ -5,8 +5,10 @@ dataset registry, plan approvals and node state, its partition of the data as a 
 made the first time the node is sampled, as its owner would: the partition is registered and
 the researcher's plan approved. Each task opens the node (``fedpipe.bootstrap.Node``), runs
 ``execute_round`` with the standard steps over an in-memory exchange, and closes it again: an
-idle node holds nothing in memory. What a process can keep warm across nodes and rounds is
-kept: the plan module, compiled and run once per source digest.
+idle node holds nothing in memory but its settings (a small frozen value). What a process can
+keep warm across nodes and rounds is kept: the plan module, compiled and run once per source
+digest, and a plan's tables when it reads them with ``fedpipe.training.read_table``. A virtual
+node's database does not sync each commit to the disk (``durable=False``): its root is scratch.
 """
 
 import hashlib
@@ -33,6 +35,7 @@ from fedpipe.plan import DatasetRecord, TrainingPlan
 from fedpipe.ports import Approval
 from fedpipe.reply import header_of, to_reply
 from fedpipe.runner import execute_round
+from fedpipe.settings import NodeSettings
 from fedpipe.simulation.transport import EventRecorder, SimTask, TaskExchange, TaskOutcome
 
 __all__ = ["CachedPlanLoader", "VirtualNodes", "node_ids"]
@@ -119,6 +122,8 @@ class VirtualNodes:
         self._dataset_id = dataset_id
         self._plan_source = plan_source
         self._created: set[str] = set()
+        # the settings of a created node (a small frozen value): read from its root once
+        self._settings: dict[str, NodeSettings] = {}
         self._plans = CachedPlanLoader()
 
     def root(self, node_id: str) -> Path:
@@ -139,7 +144,9 @@ class VirtualNodes:
         path = root / "data" / "partition.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savetxt(path, table, delimiter=",", header=",".join(self._columns), comments="", fmt="%.9g")
-        with Node.open(settings, exchange=OfflineExchange(), crypter=UnconfiguredCrypter()) as owner:
+        with Node.open(
+            settings, exchange=OfflineExchange(), crypter=UnconfiguredCrypter(), durable=False
+        ) as owner:
             if owner.datasets.get(self._dataset_id).value_or(None) is None:
                 owner.datasets.add(
                     DatasetRecord(
@@ -167,8 +174,13 @@ class VirtualNodes:
                 raise NodeAdminError(f"no virtual node {task.node_id!r}")
             if task.node_id not in self._created:
                 self._create(task.node_id)
-            settings = load_or_create_settings(self.root(task.node_id), node_id=task.node_id)
-            node = Node.open(settings, exchange=exchange, monitor=monitor, crypter=UnconfiguredCrypter())
+            settings = self._settings.get(task.node_id)
+            if settings is None:
+                settings = load_or_create_settings(self.root(task.node_id), node_id=task.node_id)
+                self._settings[task.node_id] = settings
+            node = Node.open(
+                settings, exchange=exchange, monitor=monitor, crypter=UnconfiguredCrypter(), durable=False
+            )
         except (NodeAdminError, OSError) as err:
             error = RoundError(
                 code=ErrorCode.INTERNAL,
