@@ -1,34 +1,53 @@
-"""The Ray engine: a pool of Ray actors, each hosting many virtual nodes, runs each round's batch.
+"""The Ray engine: a pool of Ray actors, each hosting many virtual nodes, streams each round's outcomes.
 
 Each actor builds its own ``VirtualNodes`` from the simulation's ``NodesSpec`` (put in the object
-store once) and keeps what a process keeps warm (the plan module) across rounds. A node always
-goes to the same actor (a stable hash of its id), so that its actor's caches stay warm. A round
-puts its shared files in the object store once; its tasks are grouped per actor and sent as one
-call per actor, with the files by reference. Tasks and outcomes cross as plain data (dicts,
-strings, bytes). An actor that dies mid-round is replaced, and the tasks of its call run again
-on another actor: a call that died returned nothing, so no outcome is taken twice, and a node's
-re-run starts from the state its request names (the round saves state last, under a new id),
-not from whatever the dead attempt may have left.
+store once) and keeps what a process keeps warm (the plan module, the round's shared files)
+across calls. A node always goes to the same actor (a stable hash of its id), so that its
+actor's caches stay warm. A round puts its shared files in the object store once; its tasks are
+grouped per actor, and each group is sent at once as a few calls ("chunks", which the actor runs
+in order), with the files by reference: each finished chunk's outcomes come back while the
+others run, and a cancelled round drops its chunks not yet started. Tasks and outcomes cross as
+plain data (dicts, strings, bytes). An actor that dies mid-round is replaced, and the tasks of
+its unfinished chunks run again on another actor: a chunk that died returned nothing, so no
+outcome is taken twice, and a node's re-run starts from the state its request names (the round
+saves state last, under a new id), not from whatever the dead attempt may have left.
 """
 
 import logging
+import math
 import socket
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from attrs import frozen
 from returns.result import Failure
 
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.reply import header_of, to_reply
-from fedpipe.simulation.engine import NodesSpec
+from fedpipe.simulation.engine import NodesSpec, RunningBatch
 from fedpipe.simulation.nodes import VirtualNodes
 from fedpipe.simulation.transport import RoundBatch, SimTask, TaskOutcome
 
-__all__ = ["NodeHost", "RayEngine", "slot_of"]
+__all__ = ["CHUNKS_PER_ACTOR", "MAX_CHUNK", "NodeHost", "RayEngine", "chunked", "slot_of"]
 
 _ATTEMPTS = 3
 """How many actors a task's call may die on before its nodes are given a failure reply."""
+
+_MIN_WAIT = 0.05
+"""The shortest wait for a running call (seconds), as the inline engine's (``engine._MIN_WAIT``)."""
+
+CHUNKS_PER_ACTOR = 8
+"""How many calls an actor's share of a round is split into, by default: progress 8 times a round."""
+
+MAX_CHUNK = 32
+"""The most tasks one call runs, by default: bounds what a crash re-runs and how late progress comes."""
+
+_START_S = 300.0
+"""How long the pool's actors may take to start (a cluster short of CPUs never starts some)."""
+
+_SETTLE_S = 30.0
+"""How long the other calls of an actor that died may take to report their end."""
 
 
 def slot_of(node_id: str, actors: int) -> int:
@@ -38,6 +57,20 @@ def slot_of(node_id: str, actors: int) -> int:
     (True, True)
     """
     return zlib.crc32(node_id.encode("utf-8")) % actors
+
+
+def chunked(tasks: Sequence[SimTask], size: int | None = None) -> list[tuple[SimTask, ...]]:
+    """``tasks`` in order, cut into calls of ``size`` (default: ``CHUNKS_PER_ACTOR`` calls of at most ``MAX_CHUNK``).
+
+    >>> from fedpipe.simulation.transport import SimTask
+    >>> tasks = [SimTask(task_id=str(i), node_id="n", request={}) for i in range(20)]
+    >>> [len(c) for c in chunked(tasks)], [len(c) for c in chunked(tasks, 8)], chunked([])
+    ([3, 3, 3, 3, 3, 3, 2], [8, 8, 4], [])
+    """
+    if size is None:
+        size = min(MAX_CHUNK, math.ceil(len(tasks) / CHUNKS_PER_ACTOR))
+    size = max(1, size)
+    return [tuple(tasks[i : i + size]) for i in range(0, len(tasks), size)]
 
 
 def _check_address(address: str) -> None:
@@ -88,11 +121,26 @@ class NodeHost:
         node_log.addHandler(logging.NullHandler())
         node_log.propagate = False
         self._nodes: VirtualNodes = spec.build()
+        self._files: tuple[str, Mapping[str, bytes]] = ("", {})
 
-    def run(self, tasks: Sequence[Mapping[str, Any]], files: Mapping[str, bytes]) -> list[dict[str, Any]]:
-        """Run ``tasks`` (plain task data) in order on their nodes; their outcomes as plain data."""
+    def run(self, tasks: Sequence[Mapping[str, Any]], shared: Sequence[Any]) -> list[dict[str, Any]]:
+        """Run ``tasks`` (plain task data) in order on their nodes; their outcomes as plain data.
+
+        ``shared`` holds the object reference of the round's files; passed inside a list, Ray
+        leaves it unresolved, so the files are read once per round, not once per call.
+        """
+        import ray
+
+        (ref,) = shared
+        if self._files[0] != ref.hex():
+            self._files = (ref.hex(), ray.get(ref))
+        files = self._files[1]
+        context = ray.get_runtime_context()
         outcomes = []
         for task in tasks:
+            if context.is_canceled():
+                # the round gave up on this call: its outcomes would be dropped unread
+                break
             sim = SimTask(task_id=task["task_id"], node_id=task["node_id"], request=task["request"])
             outcomes.append(_outcome_data(self._nodes.run(sim, files)))
         return outcomes
@@ -119,14 +167,117 @@ def _lost(task: SimTask) -> TaskOutcome:
     )
 
 
+@frozen(kw_only=True)
+class _Call:
+    """One call in flight: the tasks it runs, the actor it was sent to (by slot), its attempt."""
+
+    slot: int
+    actor: Any
+    tasks: tuple[SimTask, ...]
+    attempt: int
+
+
+class _RayBatch:
+    """A batch on the pool: its calls in flight, their outcomes handed out as each call ends."""
+
+    def __init__(self, engine: "RayEngine", files: Any, tasks: int) -> None:
+        self._engine = engine
+        self._ray = engine._ray
+        self._files = files
+        self._calls: dict[Any, _Call] = {}
+        self._pending = tasks
+
+    @property
+    def pending(self) -> int:
+        """How many tasks have not had their outcome handed out (0 once cancelled)."""
+        return self._pending
+
+    @property
+    def done(self) -> bool:
+        """Whether nothing more will come out of ``wait``."""
+        return self._pending == 0
+
+    def send(self, calls: Sequence[tuple[int, tuple[SimTask, ...], int]]) -> None:
+        """Send each ``(slot, tasks, attempt)`` to the actor of ``slot``, then call ``on_submit``."""
+        actors = self._engine._actors
+        for slot, tasks, attempt in calls:
+            actor = actors[slot]
+            ref = actor.run.remote([_task_data(t) for t in tasks], [self._files])
+            self._calls[ref] = _Call(slot=slot, actor=actor, tasks=tasks, attempt=attempt)
+        if calls and self._engine._on_submit is not None:
+            self._engine._on_submit(self._engine.actors)
+
+    def wait(self, timeout: float) -> Sequence[TaskOutcome]:
+        """The outcomes of every call that ended, waiting up to ``timeout`` for the first one."""
+        ray = self._ray
+        if not self._calls:
+            return []
+        refs = list(self._calls)
+        # a positive wait of at least _MIN_WAIT: a call that ends sooner is seen at once, and a
+        # researcher polling many tasks with very short waits would otherwise spend on polls
+        # the CPU that the actors share with it
+        wait_s = max(timeout, _MIN_WAIT) if timeout > 0 else 0.0
+        first, _ = ray.wait(refs, num_returns=1, timeout=wait_s)
+        if not first:
+            return []
+        ended, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        outcomes: list[TaskOutcome] = []
+        again: list[_Call] = []
+        for ref in ended:
+            self._settle(ref, outcomes, again)
+        if again:
+            # a dead actor's other calls die with it: settle them now, and send all of them again at once
+            dead = {id(c.actor) for c in again}
+            doomed = [ref for ref, c in self._calls.items() if id(c.actor) in dead]
+            if doomed:
+                ended, _ = ray.wait(doomed, num_returns=len(doomed), timeout=_SETTLE_S)
+                for ref in ended:
+                    self._settle(ref, outcomes, again)
+            self._retry(again, outcomes)
+        self._pending -= len(outcomes)
+        return outcomes
+
+    def _settle(self, ref: Any, outcomes: list[TaskOutcome], again: list[_Call]) -> None:
+        ray = self._ray
+        call = self._calls.pop(ref)
+        try:
+            done = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            # the call died whole: none of its outcomes exist, so none can be taken twice
+            self._engine._replace(call.slot, call.actor)
+            again.append(call)
+            return
+        outcomes.extend(_outcome(data) for data in done)
+
+    def _retry(self, failed: Sequence[_Call], outcomes: list[TaskOutcome]) -> None:
+        n = len(self._engine._actors)
+        calls = []
+        for call in failed:
+            if call.attempt + 1 >= _ATTEMPTS:
+                outcomes.extend(_lost(task) for task in call.tasks)
+                continue
+            # first to a warm neighbour; after that to the slot's new actor
+            slot = (call.slot + 1) % n if call.attempt == 0 else call.slot
+            calls.append((slot, call.tasks, call.attempt + 1))
+        self.send(calls)
+
+    def cancel(self) -> None:
+        """Cancel the calls not started (an actor runs its calls in order); running ones end unread."""
+        for ref in self._calls:
+            self._ray.cancel(ref)
+        self._calls.clear()
+        self._pending = 0
+
+
 class RayEngine:
     """Runs each round's tasks on a pool of Ray actors hosting the virtual nodes of ``spec``.
 
     ``address`` joins a running Ray cluster; without it a local Ray is started with ``num_cpus``
     CPUs (default: all of this machine) and stopped by ``close``. A Ray already started in this
     process is used as it is and left running. ``actors`` is the pool's size (default: one per
-    CPU of the cluster, or ``num_cpus`` with ``address``); each actor holds one CPU.
-    ``on_submit`` (for tests) is called with the actor handles once a round's calls are sent.
+    CPU of the cluster, or ``num_cpus`` with ``address``); each actor holds one CPU. ``chunk``
+    is the most tasks one call runs (default: ``chunked``'s). ``on_submit`` (for tests) is
+    called with the actor handles each time calls are sent: a round's, then any sent again.
     """
 
     def __init__(
@@ -136,10 +287,13 @@ class RayEngine:
         address: str | None = None,
         num_cpus: int | None = None,
         actors: int | None = None,
+        chunk: int | None = None,
         on_submit: Callable[[Sequence[Any]], None] | None = None,
     ) -> None:
         if actors is not None and actors < 1:
             raise ValueError(f"the pool needs at least one actor, not {actors}")
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"a call runs at least one task, not {chunk}")
         import ray
 
         self._ray = ray
@@ -165,50 +319,38 @@ class RayEngine:
         self._host = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(NodeHost)
         self._spec = ray.put(spec)
         self._actors: list[Any] = [self._start() for _ in range(actors)]
+        self._chunk = chunk
         self._on_submit = on_submit
+        # a round's deadline runs from its start: the pool's start-up must not eat into the first one
+        ready, _ = ray.wait([a.where.remote() for a in self._actors], num_returns=actors, timeout=_START_S)
+        if len(ready) < actors:
+            self.close()
+            raise RuntimeError(
+                f"{actors - len(ready)} of the {actors} Ray actors did not start in {_START_S:.0f} s"
+            )
 
     def _start(self) -> Any:
         return self._host.remote(self._spec)
+
+    def _replace(self, slot: int, dead: Any) -> None:
+        """Give ``slot`` a new actor, unless its dead one was replaced already."""
+        if self._actors[slot] is dead:
+            self._actors[slot] = self._start()
 
     @property
     def actors(self) -> tuple[Any, ...]:
         """The pool's actor handles, by slot (a dead actor's slot gets a new one)."""
         return tuple(self._actors)
 
-    def run(self, batch: RoundBatch) -> Sequence[TaskOutcome]:
-        """Run ``batch`` on the pool: one call per actor, the files shared through the object store."""
-        ray = self._ray
-        files = ray.put(dict(batch.files))
+    def submit(self, batch: RoundBatch) -> RunningBatch:
+        """Send ``batch`` to the pool: each actor's tasks in a few calls, the files once in the object store."""
         n = len(self._actors)
         groups: dict[int, list[SimTask]] = {}
         for task in batch.tasks:
             groups.setdefault(slot_of(task.node_id, n), []).append(task)
-        outcomes: dict[str, TaskOutcome] = {}
-        for attempt in range(_ATTEMPTS):
-            if not groups:
-                break
-            calls = {
-                slot: self._actors[slot].run.remote([_task_data(t) for t in tasks], files)
-                for slot, tasks in groups.items()
-            }
-            if self._on_submit is not None:
-                self._on_submit(self.actors)
-            again: dict[int, list[SimTask]] = {}
-            for slot, ref in calls.items():
-                try:
-                    done = ray.get(ref)
-                except ray.exceptions.RayActorError:
-                    # the call died whole: none of its outcomes exist, so none can be taken twice
-                    self._actors[slot] = self._start()
-                    again.setdefault((slot + 1) % n if attempt == 0 else slot, []).extend(groups[slot])
-                    continue
-                for data in done:
-                    outcomes.setdefault(data["task_id"], _outcome(data))
-            groups = again
-        for tasks in groups.values():
-            for task in tasks:
-                outcomes.setdefault(task.task_id, _lost(task))
-        return list(outcomes.values())
+        running = _RayBatch(self, self._ray.put(dict(batch.files)), len(batch.tasks))
+        running.send([(slot, c, 0) for slot, tasks in groups.items() for c in chunked(tasks, self._chunk)])
+        return running
 
     def where(self) -> list[tuple[str, int]]:
         """The Ray node id and process id of each actor of the pool."""

@@ -2,16 +2,18 @@
 
 The researcher's ``Experiment`` talks to ``MemoryBoard`` and ``MemoryExchange`` through the same
 ports as to ``fedpipe serve``. The board hands the tasks a round posted to an ``Engine`` as one
-batch, the first time the researcher asks for a reply; each node of the batch reads the payloads
-its request names (plan source, global parameters, auxiliary variables) from the batch's
-``files``, shared by reference, and writes its results into its own ``TaskExchange``, whose
-uploads come back with its reply.
+batch, the first time the researcher asks for a reply, and takes the nodes' outcomes as they
+finish, so that the researcher's round deadline holds as with deployed nodes. Each node of the
+batch reads the payloads its request names (plan source, global parameters, auxiliary
+variables) from the batch's ``files``, shared by reference, and writes its results into its own
+``TaskExchange``, whose uploads come back with its reply.
 """
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 from returns.result import Result
@@ -19,6 +21,9 @@ from returns.result import Result
 from fedpipe.adapters.memory_files import read_upload, write_download
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import MetricEvent
+
+if TYPE_CHECKING:
+    from fedpipe.simulation.engine import Engine, RunningBatch
 
 __all__ = [
     "SIM_HOST",
@@ -144,19 +149,23 @@ def _urls(request: Mapping[str, Any]) -> list[str]:
 
 
 class MemoryBoard:
-    """The task board of a simulation: queues a round's tasks and runs them as one batch on ``engine``.
+    """The task board of a simulation: queues a round's tasks, runs them as one batch on ``engine``.
 
-    ``engine`` is anything with ``run(batch) -> Sequence[TaskOutcome]`` (see ``fedpipe.simulation.engine``).
-    The batch starts when the researcher first asks for a reply, i.e. once every task of the
-    round is posted; the nodes' uploads go into ``exchange`` and their events into the monitor
-    log, before their replies are readable.
+    The batch is submitted when the researcher first asks for a reply, i.e. once every task of
+    the round is posted; ``reply`` then waits on it as on a deployed node's reply, taking the
+    outcomes as the nodes finish. A reply is delivered whole: the node's uploads go into
+    ``exchange`` and its events into the monitor log just before its reply is returned. A new
+    round's batch (or ``close``) cancels what the previous one still runs and drops its outcomes
+    nobody took, so that nothing of a node the researcher stopped waiting for reaches a later
+    round.
     """
 
-    def __init__(self, engine: Any, exchange: MemoryExchange) -> None:
+    def __init__(self, engine: "Engine", exchange: MemoryExchange) -> None:
         self._engine = engine
         self._exchange = exchange
         self._queued: list[SimTask] = []
-        self._replies: dict[str, Mapping[str, Any]] = {}
+        self._running: RunningBatch | None = None
+        self._arrived: dict[str, TaskOutcome] = {}
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._ids: Iterator[int] = itertools.count()
 
@@ -166,28 +175,51 @@ class MemoryBoard:
         self._queued.append(SimTask(task_id=task_id, node_id=node_id, request=dict(request)))
         return task_id
 
-    def _dispatch(self) -> None:
+    def _submit(self) -> None:
+        self._drop()
         tasks = tuple(self._queued)
         self._queued.clear()
         files = self._exchange.files
         shared = {u: files[u] for t in tasks for u in _urls(t.request) if u in files}
-        outcomes: Sequence[TaskOutcome] = self._engine.run(RoundBatch(tasks=tasks, files=shared))
-        for outcome in outcomes:
-            for url, content in outcome.uploads.items():
-                self._exchange.put(url, content)
-            for event in outcome.events:
-                job = event.get("job_id")
-                if isinstance(job, str):
-                    self._events.setdefault(job, []).append(dict(event))
-            self._replies[outcome.task_id] = outcome.reply
+        self._running = self._engine.submit(RoundBatch(tasks=tasks, files=shared))
+
+    def _drop(self) -> None:
+        """Cancel the running batch and forget the outcomes nobody took."""
+        if self._running is not None:
+            self._running.cancel()
+            self._running = None
+        self._arrived.clear()
 
     def reply(self, task_id: str, wait: float) -> dict[str, Any] | None:
-        """The node's reply to ``task_id`` (running the queued batch first); None if it gave none."""
-        if task_id not in self._replies and self._queued:
-            self._dispatch()
-        reply = self._replies.pop(task_id, None)
-        return None if reply is None else dict(reply)
+        """The node's reply to ``task_id``, waiting up to ``wait`` seconds for it; None if none came.
+
+        The round's queued tasks are submitted first (cancelling what an earlier round still runs).
+        """
+        if self._queued and task_id not in self._arrived:
+            self._submit()
+        end = time.monotonic() + max(0.0, wait)
+        running = self._running
+        while task_id not in self._arrived and running is not None and not running.done:
+            for arrived in running.wait(max(0.0, end - time.monotonic())):
+                self._arrived[arrived.task_id] = arrived
+            if time.monotonic() >= end:
+                break
+        outcome = self._arrived.pop(task_id, None)
+        if outcome is None:
+            return None
+        for url, content in outcome.uploads.items():
+            self._exchange.put(url, content)
+        for event in outcome.events:
+            job = event.get("job_id")
+            if isinstance(job, str):
+                self._events.setdefault(job, []).append(dict(event))
+        return dict(outcome.reply)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        """Every monitor event the nodes sent for ``job_id``."""
+        """Every monitor event of ``job_id`` the nodes sent with the replies taken so far."""
         return list(self._events.get(job_id, ()))
+
+    def close(self) -> None:
+        """Cancel what still runs and drop the outcomes nobody took (the engine itself stays open)."""
+        self._queued.clear()
+        self._drop()

@@ -8,13 +8,37 @@ from returns.result import Failure
 from fedpipe.simulation.transport import MemoryBoard, MemoryExchange, RoundBatch, TaskExchange, TaskOutcome
 
 
+class EchoBatch:
+    """A fake running batch: hands out its outcomes one per ``wait``, in order."""
+
+    def __init__(self, outcomes: Sequence[TaskOutcome]) -> None:
+        self.outcomes = list(outcomes)
+        self.cancelled = False
+
+    @property
+    def pending(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def done(self) -> bool:
+        return not self.outcomes
+
+    def wait(self, timeout: float) -> Sequence[TaskOutcome]:
+        return [self.outcomes.pop(0)] if self.outcomes else []
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.outcomes.clear()
+
+
 class EchoEngine:
     """A fake engine: each node uploads one file and replies with its URL; batches are recorded."""
 
     def __init__(self) -> None:
         self.batches: list[RoundBatch] = []
+        self.running: list[EchoBatch] = []
 
-    def run(self, batch: RoundBatch) -> Sequence[TaskOutcome]:
+    def submit(self, batch: RoundBatch) -> EchoBatch:
         self.batches.append(batch)
         outcomes = []
         for task in batch.tasks:
@@ -22,13 +46,14 @@ class EchoEngine:
             path = Path(task.request["scratch"]) / f"{task.task_id}.bin"
             path.write_bytes(batch.files[task.request["params_url"]] + task.node_id.encode())
             url = exchange.upload(path).unwrap()
-            event = {"job_id": "j", "node_id": task.node_id, "round": 0}
+            event = {"job_id": "j", "node_id": task.node_id, "round": task.request.get("round", 0)}
             outcomes.append(
                 TaskOutcome(
                     task_id=task.task_id, reply={"url": url}, events=(event,), uploads=exchange.uploads
                 )
             )
-        return outcomes
+        self.running.append(EchoBatch(outcomes))
+        return self.running[-1]
 
     def close(self) -> None:
         pass
@@ -94,3 +119,24 @@ def test_a_node_whose_root_cannot_be_made_replies_with_a_failure(tmp_path: Path)
         assert outcome.reply["success"] is False and outcome.reply["node_id"] == node
         assert outcome.reply["msg"] == "The simulated node could not open its node root."
         assert str(tmp_path) not in str(outcome.reply)
+
+
+def test_a_new_round_cancels_the_last_one_and_drops_what_nobody_took(tmp_path: Path) -> None:
+    exchange = MemoryExchange()
+    (tmp_path / "params").write_bytes(b"weights")
+    params = exchange.upload(tmp_path / "params").unwrap()
+    engine = EchoEngine()
+    board = MemoryBoard(engine, exchange)
+    first = [board.post_task(n, {"params_url": params, "scratch": str(tmp_path), "round": 0}) for n in "ab"]
+    # the researcher takes "a", then gives up on "b" (its round deadline passed)
+    assert board.reply(first[0], wait=0.0) is not None
+    second = board.post_task("b", {"params_url": params, "scratch": str(tmp_path), "round": 1})
+    assert engine.running[0].pending == 1  # "b"'s first outcome is still to come
+    reply = board.reply(second, wait=1.0)
+    assert engine.running[0].cancelled and engine.running[0].done
+    assert reply is not None and board.reply(first[1], wait=1.0) is None  # never delivered late
+    assert [e["round"] for e in board.events("j")] == [0, 1]  # "a" in round 0, "b" in round 1 only
+    results = [u for u in exchange.files if "/results/" in u]
+    assert results == [f"http://simulation.invalid/results/{first[0]}/0", reply["url"]]
+    board.close()
+    assert engine.running[1].cancelled
