@@ -2,22 +2,27 @@
 
 Exit status: 0 when the run ends with a validated final model; 2 for a mistake found before the
 first round (options, configuration, plan file, partition); 1 when the simulation fails while it
-runs; 130 when interrupted. Errors are one line on stderr, ``error: ...``; one progress line per
-round goes to stderr, and the outputs of ``fedpipe run`` to --output at the end.
+runs; 130 when interrupted. Errors are one line on stderr, ``error: ...``. Progress goes to
+stderr (``RoundProgress``): on a terminal one bar per round, redrawn in place as nodes finish;
+elsewhere a line at a quarter, half and three quarters of a round's nodes; then each round's
+summary line. The outputs of ``fedpipe run`` go to --output at the end.
 """
 
 import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fedpipe.argtypes import non_negative_int, positive_float, positive_int
-from fedpipe.researcher.command import add_experiment_options, error, note, plan_path, report
+from fedpipe.researcher.command import add_experiment_options, error, plan_path, report
 
-__all__ = ["add_simulate_parser", "main", "simulate_command"]
+if TYPE_CHECKING:
+    from fedpipe.researcher.experiment import ProgressEvent, RoundRecord
+
+__all__ = ["RoundProgress", "add_simulate_parser", "main", "simulate_command"]
 
 DESCRIPTION = """\
 Simulate a federated experiment on N virtual nodes of this machine. Each node has its own node
@@ -83,6 +88,14 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="seeds the partition and the sampling (default: 0)",
     )
     parser.add_argument(
+        "--rows",
+        type=positive_int,
+        default=None,
+        metavar="R",
+        help="grow the 569 shipped rows to R with seeded, jittered copies of them, for more nodes than"
+        " rows (default: the shipped rows only)",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -112,6 +125,106 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_MILESTONES = (0.25, 0.5, 0.75)
+"""Off a terminal, a round's progress is written when this share of its nodes has finished."""
+
+_REDRAW_S = 0.1
+"""On a terminal, the bar is redrawn at most this often (and when its round ends)."""
+
+
+class RoundProgress:
+    """A round's progress as its nodes finish, then its summary line, on ``stream``.
+
+    Feed it ``ProgressEvent``s (``event``) and each finished ``RoundRecord`` (``round``);
+    ``summary`` gives a record's line. With ``live`` (a terminal) one bar per round is redrawn in
+    place, ``round 2/5  [########------]  612/1000 nodes  3 failed  1.4 s``, and replaced by the
+    summary line at the end; without, the same line is written at most once per milestone (a
+    quarter, half and three quarters of the round's nodes), never once per node.
+
+    >>> import io
+    >>> from fedpipe.researcher.experiment import ProgressEvent
+    >>> out = io.StringIO()
+    >>> show = RoundProgress(3, out, live=False, summary=lambda record: "")
+    >>> for n in range(8):
+    ...     show.event(ProgressEvent(number=1, training=True, node_id=f"n{n}", status="sent"))
+    >>> for n in range(8):
+    ...     status = "timeout" if n == 7 else "done"
+    ...     show.event(ProgressEvent(number=1, training=True, node_id=f"n{n}", status=status, seconds=0.5))
+    >>> print(out.getvalue(), end="")
+    round 1/3  [#####---------------]  2/8 nodes  0 failed  0.50 s
+    round 1/3  [##########----------]  4/8 nodes  0 failed  0.50 s
+    round 1/3  [###############-----]  6/8 nodes  0 failed  0.50 s
+    """
+
+    def __init__(
+        self, rounds: int, stream: TextIO, *, live: bool, summary: "Callable[[RoundRecord], str]"
+    ) -> None:
+        self.rounds = rounds
+        self.stream = stream
+        self.live = live
+        self.summary = summary
+        self._key: tuple[int, bool] | None = None
+        self._sent = self._finished = self._failed = 0
+        self._seconds = 0.0
+        self._shown = 0  # off a terminal: the milestones written; on one: when the bar was last drawn
+        self._drawn = 0.0
+
+    def _head(self, number: int, training: bool) -> str:
+        return f"round {number}/{self.rounds}" if training else "final validation"
+
+    def event(self, event: "ProgressEvent") -> None:
+        """Take one node's progress."""
+        key = (event.number, event.training)
+        if key != self._key:
+            self._key = key
+            self._sent = self._finished = self._failed = self._shown = 0
+            self._drawn = 0.0
+        if event.status == "sent":
+            self._sent += 1
+            return
+        self._finished += 1
+        self._failed += event.status != "done"
+        self._seconds = event.seconds
+        total = max(self._sent, self._finished)
+        if self.live:
+            now = time.monotonic()
+            if now - self._drawn >= _REDRAW_S or self._finished == total:
+                self._drawn = now
+                self.stream.write(f"\r{self._line(total)}\x1b[K")
+                self.stream.flush()
+            return
+        reached = sum(self._finished >= share * total for share in _MILESTONES)
+        if reached > self._shown and self._finished < total:
+            self._shown = reached
+            self.stream.write(self._line(total) + "\n")
+            self.stream.flush()
+
+    def _line(self, total: int) -> str:
+        from fedpipe.researcher.console import seconds
+
+        assert self._key is not None
+        width = 20
+        filled = round(width * self._finished / max(total, 1))
+        return (
+            f"{self._head(*self._key)}  [{'#' * filled}{'-' * (width - filled)}]  "
+            f"{self._finished}/{total} nodes  {self._failed} failed  {seconds(self._seconds)}"
+        )
+
+    def clear(self) -> None:
+        """Erase a bar left drawn (on a terminal), so that an error line starts a line of its own."""
+        if self.live and self._key is not None:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+        self._key = None
+
+    def round(self, record: "RoundRecord") -> None:
+        """End ``record``'s round: its summary line (in place of its bar on a terminal)."""
+        start = "\r\x1b[K" if self.live and self._key is not None else ""
+        self.stream.write(f"{start}{self.summary(record)}\n")
+        self.stream.flush()
+        self._key = None
+
+
 def simulate_command(args: argparse.Namespace) -> int:
     """Run ``fedpipe simulate`` with parsed arguments; return the exit status (see the module's text)."""
     from fedpipe.researcher.config import ConfigError, load_config
@@ -132,16 +245,22 @@ def simulate_command(args: argparse.Namespace) -> int:
         return error("--address and --cpus are options of --engine ray", 2)
     name, percent = metric_label(config.training_args)
 
-    def progress(record: RoundRecord) -> None:
-        if args.quiet:
-            return
+    def summary(record: RoundRecord) -> str:
         ok = sum(r.success for r in record.results)
+        late = sum(r.msg == "no reply before the round deadline" for r in record.results)
         head = f"round {record.number}/{config.rounds}" if record.training else "final validation"
-        note(
-            f"{head}: {ok}/{len(record.results)} nodes ok, global {name} "
-            f"{metric_text(record.weighted('before'), percent)}"
+        return (
+            f"{head}: {ok}/{len(record.results)} nodes ok"
+            + (f" ({late} no reply before the round deadline)" if late else "")
+            + f", global {name} {metric_text(record.weighted('before'), percent)}"
             f" ({record.seconds:.2f} s)"
         )
+
+    shown = (
+        None
+        if args.quiet
+        else RoundProgress(config.rounds, sys.stderr, live=sys.stderr.isatty(), summary=summary)
+    )
 
     # the virtual nodes' own log lines would repeat, per node, what the round lines report
     node_log = logging.getLogger("fedpipe.node")
@@ -156,15 +275,21 @@ def simulate_command(args: argparse.Namespace) -> int:
             partition=args.partition,
             alpha=args.alpha,
             seed=args.seed,
+            rows=args.rows,
             workdir=args.workdir,
             engine=args.engine,
             engine_options=EngineOptions(address=args.address, num_cpus=args.cpus),
             plan_file=plan,
-            on_round=progress,
+            on_round=None if shown is None else shown.round,
+            on_progress=None if shown is None else shown.event,
         )
     except ResearcherError as err:
+        if shown is not None:
+            shown.clear()
         return error(str(err), err.exit_code)
     except KeyboardInterrupt:
+        if shown is not None:
+            shown.clear()
         return error("interrupted: nothing was saved", 130)
     elapsed = time.monotonic() - started
     return report(

@@ -57,6 +57,16 @@ CASES = (
         says="5 nodes per round",
     ),
     Case(
+        name="simulate-no-rows",
+        argv=("simulate", "--config", EXAMPLE, "--nodes", "3", "--rows", "0"),
+        says="--rows",
+    ),
+    Case(
+        name="simulate-more-nodes-than-rows",
+        argv=("simulate", "--config", EXAMPLE, "--nodes", "700"),
+        says="more than the dataset's 569 rows",
+    ),
+    Case(
         name="simulate-no-config",
         argv=("simulate", "--config", "absent.toml", "--nodes", "3"),
         says="absent.toml",
