@@ -27,21 +27,23 @@ log = logging.getLogger("fedpipe.node")
 RoundSelector = Callable[[Ports, TrainRequest], Sequence[NamedStep]]
 
 
-_BUILT: dict[int, tuple[Ports, Sequence[NamedStep], Sequence[NamedStep]]] = {}
+_BUILT: dict[tuple[int, bool], tuple[Ports, Sequence[NamedStep]]] = {}
 
 
 def default_round(ports: Ports, request: TrainRequest) -> Sequence[NamedStep]:
     """The standard round for training requests, the validation round otherwise.
 
-    Both are built once per ports bundle (rounds are immutable data) and reused.
+    Each is built once per ports bundle (rounds are immutable data), when first asked for, and
+    reused.
     """
-    built = _BUILT.get(id(ports))
+    key = (id(ports), request.training)
+    built = _BUILT.get(key)
     if built is None or built[0] is not ports:
-        if len(_BUILT) > 32:
+        if len(_BUILT) > 64:
             _BUILT.clear()
-        built = (ports, standard_round(ports), validation_round(ports))
-        _BUILT[id(ports)] = built
-    return built[1] if request.training else built[2]
+        built = (ports, standard_round(ports) if request.training else validation_round(ports))
+        _BUILT[key] = built
+    return built[1]
 
 
 @frozen(kw_only=True)

@@ -140,6 +140,10 @@ class NodeMetrics:
     test_samples: int = 0
 
 
+_LOGGED_FAILURES = 5
+"""How many failed nodes of a round the log names one by one; the rest are counted."""
+
+
 def _without_update(result: NodeResult) -> NodeResult:
     """``result`` as a round record keeps it: its update's metadata, not its parameters."""
     meta = result.results.get("metadata")
@@ -415,8 +419,10 @@ class Experiment:
             self._progress(number, training, n, "sent")
         results = self._collect(tasks, started, number, training)
         failed = [r for r in results if not r.success]
-        for r in failed:
+        for r in failed[:_LOGGED_FAILURES]:
             log.warning("round %d: node %s failed: %s", number, r.node_id, r.msg)
+        if len(failed) > _LOGGED_FAILURES:  # a thousand simulated nodes past a deadline: not a thousand lines
+            log.warning("round %d: %d more nodes failed", number, len(failed) - _LOGGED_FAILURES)
         if failed and self.stop_on_failure:
             raise ExperimentStopped(
                 f"round {number}: {len(failed)} node(s) failed: "
