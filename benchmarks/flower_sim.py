@@ -13,7 +13,9 @@ scalars (``rounds``, ``per_round``, ``epochs``, ``batch_size``, ``lr``, ``test_r
 ``test_offsets``, laid out like the partitions; without them each node draws its own split). The
 task is logistic regression (``torch.nn.Linear(30, 1)`` on ``(log1p(x) - mean) / std``) trained
 with FedAvg: each round Flower samples ``per_round`` of the nodes; a node first measures the received global model on its test split, then trains ``epochs``
-epochs of Adam on its train split and replies with its parameters, weighted by its train count.
+epochs of Adam on its train split (restoring its Adam state of its previous round from Flower's
+``context.state``, as a fedpipe node restores its node state) and replies with its parameters,
+weighted by its train count.
 After the last round one federated evaluation of the final model on every node gives the final
 accuracy (weighted by test counts).
 
@@ -136,6 +138,37 @@ def _correct(model: Any, task: dict[str, Any], rows: Any) -> int:
     return int((predicted == (task["y"][rows] > 0.5)).sum())
 
 
+_OPTIMIZER = "adam-state"
+
+
+def _restore_optimizer(optimizer: Any, context: Any) -> None:
+    """Load the node's Adam state of its previous round, kept in the node's Flower ``context.state``.
+
+    A fedpipe node saves its optimizer state with its node state and restores it the next round
+    (as Fed-BioMed's nodes do); the Flower clients do the same, so that both train alike.
+    """
+    if _OPTIMIZER not in context.state:
+        return
+    flat = context.state[_OPTIMIZER].to_torch_state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in flat.items():
+        index, _, name = key.partition(".")
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def _keep_optimizer(optimizer: Any, context: Any) -> None:
+    from flwr.app import ArrayRecord
+
+    flat = {
+        f"{index}.{name}": value.reshape(1) if value.ndim == 0 else value
+        for index, entry in optimizer.state_dict()["state"].items()
+        for name, value in entry.items()
+    }
+    # 0-d tensors (Adam's step) travel as 1-element arrays; load_state_dict takes them back
+    context.state[_OPTIMIZER] = ArrayRecord(flat)
+
+
 def train_handler(message: Any, context: Any) -> Any:
     """Flower ``@train``: measure the global model on the test split, then train on the train split."""
     import torch
@@ -150,6 +183,7 @@ def train_handler(message: Any, context: Any) -> Any:
     server_round = int(message.content["config"]["server-round"])
     generator = torch.Generator().manual_seed(int(task["seed"]) * 1_000_003 + node * 1_009 + server_round)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(task["lr"]))
+    _restore_optimizer(optimizer, context)
     batch = int(task["batch_size"])
     x, y = task["x"], task["y"]
     for _ in range(int(task["epochs"])):
@@ -160,6 +194,7 @@ def train_handler(message: Any, context: Any) -> Any:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x[rows]).squeeze(1), y[rows])
             loss.backward()
             optimizer.step()
+    _keep_optimizer(optimizer, context)
     metrics = MetricRecord(
         {
             "num-examples": len(train),
