@@ -144,6 +144,11 @@ _LOGGED_FAILURES = 5
 """How many failed nodes of a round the log names one by one; the rest are counted."""
 
 
+def _secure_reports(results: Sequence[NodeResult]) -> tuple[SecureReport, ...]:
+    reports = (secure_report(r.node_id, r.results) for r in results if r.success)
+    return tuple(report for report in reports if report is not None)
+
+
 def _without_update(result: NodeResult) -> NodeResult:
     """``result`` as a round record keeps it: its update's metadata, not its parameters."""
     meta = result.results.get("metadata")
@@ -156,9 +161,10 @@ class RoundRecord:
 
     ``round`` is the round's index on the wire (0-based, what its requests carry); ``number`` is
     what a user reads (1-based). Its ``results`` keep of each node's update only the
-    ``metadata`` (what the node says of its encryption, timings): the parameters were
-    aggregated into the next global model, and a run over many nodes and rounds must not hold
-    every node's model of every round in memory.
+    ``metadata`` (what the node says of its encryption, timings), and ``secure`` the encryption
+    reports read from the whole updates: the parameters were aggregated into the next global
+    model, and a run over many nodes and rounds must not hold every node's model of every round
+    in memory.
     """
 
     round: int
@@ -166,6 +172,8 @@ class RoundRecord:
     metrics: Mapping[str, NodeMetrics]
     seconds: float
     training: bool = True
+    secure_reports: tuple[SecureReport, ...] | None = field(default=None, eq=False, repr=False)
+    """The encryption reports, read from the whole updates before they were dropped (None: read ``results``)."""
 
     @property
     def number(self) -> int:
@@ -193,8 +201,9 @@ class RoundRecord:
     @property
     def secure(self) -> tuple[SecureReport, ...]:
         """The encryption reports of the nodes that sent an encrypted update (empty: a plain round)."""
-        reports = (secure_report(r.node_id, r.results) for r in self.results if r.success)
-        return tuple(report for report in reports if report is not None)
+        if self.secure_reports is not None:
+            return self.secure_reports
+        return _secure_reports(self.results)
 
 
 @frozen(kw_only=True)
@@ -438,6 +447,7 @@ class Experiment:
         record = RoundRecord(
             round=round_number,
             results=tuple(_without_update(r) for r in results),
+            secure_reports=_secure_reports(results),
             metrics=self._metrics(round_number, node_ids),
             seconds=time.monotonic() - started,
             training=training,
