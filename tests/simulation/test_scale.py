@@ -28,6 +28,8 @@ def test_generated_rows_give_each_node_its_share(tmp_path: Path) -> None:
         simulate(_config(1), nodes=700, workdir=tmp_path / "refused")
     result = simulate(_config(2), nodes=10, rows=2000, seed=1, workdir=tmp_path / "run")
     assert all(n.success for r in result.rounds for n in r.results)
+    # the records keep no node's parameters: they went into the global model
+    assert all(set(n.results) <= {"metadata"} for r in result.rounds for n in r.results)
     assert result.final_metric is not None and result.final_metric >= 0.85
     sizes = []
     for node in node_ids(10):
