@@ -9,9 +9,11 @@ messages that name no file; whatever user code raises propagates, and the callin
 into a ``RoundError``.
 """
 
+import contextlib
 import inspect
 import logging
 import random
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -51,16 +53,34 @@ def flatten_params(params: Mapping[str, torch.Tensor]) -> list[float]:
     return values
 
 
+_ARITIES: "weakref.WeakKeyDictionary[Callable[..., Any], int]" = weakref.WeakKeyDictionary()
+
+
+def _positional(fn: Callable[..., Any]) -> int:
+    """Number of positional parameters ``fn`` declares (``self`` excluded when bound), cached per function."""
+    target = getattr(fn, "__func__", None)
+    bound = callable(target) and getattr(fn, "__self__", None) is not None
+    function: Callable[..., Any] = target if bound and callable(target) else fn
+    try:
+        count = _ARITIES.get(function)
+    except TypeError:  # a callable that cannot be weakly referenced: not cached
+        count = None
+    if count is None:
+        count = sum(
+            p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in inspect.signature(function).parameters.values()
+        )
+        with contextlib.suppress(TypeError):
+            _ARITIES[function] = count
+    return max(count - 1, 0) if bound else count
+
+
 def _arity(fn: Callable[..., Any], name: str) -> int:
     """Number of positional parameters of a user hook (0 or 1); more is a contract violation."""
-    params = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if len(params) > 1:
-        raise PlanContractError(f"`{name}` takes at most one argument, it declares {len(params)}")
-    return len(params)
+    count = _positional(fn)
+    if count > 1:
+        raise PlanContractError(f"`{name}` takes at most one argument, it declares {count}")
+    return count
 
 
 def _qualname(obj: object) -> str:
@@ -93,9 +113,34 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     raise DataError(f"a batch holds a {type(obj).__name__}, which cannot be moved to {device.type}")
 
 
+def _state_in_place(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``load_state_dict`` would leave the optimizer's state as it is (same devices and dtypes).
+
+    Conservative: a fused or capturable group, or a state value other than a tensor or a number,
+    says no.
+    """
+    if any(group.get("fused") or group.get("capturable") for group in optimizer.param_groups):
+        return False
+    for param, state in optimizer.state.items():
+        floating = param.is_floating_point()
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                if key == "step":
+                    continue
+                if value.device != param.device or (floating and value.dtype != param.dtype):
+                    return False
+            elif not isinstance(value, int | float | bool) and value is not None:
+                return False
+    return True
+
+
 def _sync_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Re-cast the optimizer's state onto its parameters' device (torch's own per-key policy)."""
-    if optimizer.state:
+    """Re-cast the optimizer's state onto its parameters' device (torch's own per-key policy).
+
+    A state already in place is left alone: the round trip through ``state_dict`` copies every
+    group and costs a tenth of a small model's training.
+    """
+    if optimizer.state and not _state_in_place(optimizer):
         optimizer.load_state_dict(optimizer.state_dict())
 
 
