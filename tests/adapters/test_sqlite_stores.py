@@ -76,10 +76,71 @@ def test_a_durable_database_syncs_every_commit_and_a_scratch_one_leaves_it_to_th
     try:
         with scratch.transaction(write=False) as conn:
             assert conn.execute("PRAGMA synchronous").fetchone()[0] == 0
-            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "persist"
+            assert conn.execute("PRAGMA locking_mode").fetchone()[0] == "exclusive"
         assert SqliteDatasetRegistry(scratch).get("ds").unwrap() == DatasetRecord(dataset_id="ds", path="/d")
     finally:
         scratch.close()
+    again = Database(path)  # a scratch file opens as a node's again, in WAL mode
+    try:
+        with again.transaction(write=False) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert SqliteDatasetRegistry(again).get("ds").unwrap() == DatasetRecord(dataset_id="ds", path="/d")
+    finally:
+        again.close()
+
+
+def test_a_scratch_database_is_held_by_one_connection_at_a_time(path: Path) -> None:
+    first = Database(path, durable=False)
+    try:
+        SqliteDatasetRegistry(first).add(DatasetRecord(dataset_id="ds", path="/d"))
+        with pytest.raises(NodeAdminError, match="locked"):
+            Database(path, busy_timeout_s=0.05, durable=False)
+    finally:
+        first.close()
+    second = Database(path, durable=False)  # closed: the next task opens it
+    try:
+        assert SqliteDatasetRegistry(second).get("ds").unwrap() == DatasetRecord(dataset_id="ds", path="/d")
+    finally:
+        second.close()
+
+
+_KILLED_MID_COMMIT = """
+import os, sys
+from pathlib import Path
+from fedpipe.adapters.sqlite import Database
+db = Database(Path(sys.argv[1]), durable=False)
+with db.transaction() as conn:
+    conn.execute("UPDATE datasets SET path = '/changed' WHERE dataset_id = 'ds'")
+    # more than the page cache holds: SQLite writes pages into the file before any commit,
+    # and the process dies holding its journal
+    conn.execute("CREATE TABLE filler (x)")
+    conn.execute("INSERT INTO filler SELECT randomblob(4000) FROM (WITH RECURSIVE c(i) AS "
+                 "(SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 3000) SELECT i FROM c)")
+    os._exit(9)
+"""
+
+
+def test_a_scratch_database_of_a_killed_process_rolls_back_what_it_did_not_commit(path: Path) -> None:
+    import subprocess
+    import sys
+
+    scratch = Database(path, durable=False)
+    SqliteDatasetRegistry(scratch).add(DatasetRecord(dataset_id="ds", path="/d"))
+    scratch.close()
+    done = subprocess.run([sys.executable, "-c", _KILLED_MID_COMMIT, str(path)], check=False, timeout=120)
+    assert done.returncode == 9
+    assert path.stat().st_size > 4_000_000  # the uncommitted pages reached the file
+    assert path.with_name(path.name + "-journal").stat().st_size > 0  # with a hot journal beside it
+    reopened = Database(path, durable=False)
+    try:
+        registry = SqliteDatasetRegistry(reopened)
+        assert registry.get("ds").unwrap() == DatasetRecord(dataset_id="ds", path="/d")
+        with reopened.transaction(write=False) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'filler'").fetchone()[0] == 0
+    finally:
+        reopened.close()
 
 
 def test_database_of_a_newer_schema_is_refused(path: Path) -> None:

@@ -3,7 +3,8 @@
 All four stores of a node share one ``Database``. It holds a single connection, opened in
 autocommit mode so that every write runs in an explicit ``BEGIN IMMEDIATE`` transaction, and
 serialises access with a lock, so adapters may be called from several threads. Nodes are
-single-process, but the file is safe to open from several processes too (WAL + busy timeout).
+single-process, but the file is safe to open from several processes too (WAL + busy timeout),
+except a scratch one (``durable=False``), which one connection holds at a time.
 
 Errors: port methods translate ``sqlite3``, ``OSError`` and JSON errors into ``RoundError``;
 owner operations (adding datasets, approving plans, storing keys) raise ``NodeAdminError`` with
@@ -186,9 +187,13 @@ class Database:
 
         The file is created with mode 0600, and an existing one of this user loses group and other
         access, because it holds secure-aggregation keys. ``durable`` (the default) syncs every
-        commit to the disk; ``durable=False`` leaves that to the operating system: a crash of the
-        process still loses nothing, a power cut may lose the last commits. Only for node roots
-        that are scratch (a simulation's virtual nodes), where the syncs would cost most of a round.
+        commit to the disk, in WAL mode so that a node's agent and its owner's tools share the
+        file; ``durable=False`` leaves the syncs to the operating system and holds the file
+        exclusively while open (a second opener waits ``busy_timeout_s``, then fails), with a
+        persistent rollback journal: a crash of the process still loses nothing, a power cut
+        may lose the last commits. Only for node roots that are scratch and opened by one task
+        at a time (a simulation's virtual nodes), where syncs and WAL files would cost most of a
+        round.
 
         Raises ``NodeAdminError`` when the file cannot be opened, is not a database, or was
         written by a newer schema version.
@@ -206,14 +211,24 @@ class Database:
         self._conn: sqlite3.Connection | None = conn
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise NodeAdminError(f"the node database {self.path} cannot use WAL (mode {mode})")
+            if not durable:
+                # one connection at a time (a virtual node's task): the lock is held from the first
+                # access to the close, and the rollback journal stays in place between
+                # transactions; a killed process still leaves a hot journal that the next open
+                # rolls back. WAL's index and log files, made and removed at each open and close,
+                # cost more than the rest of a small round's database work.
+                conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            wanted = "wal" if durable else "persist"
+            mode = conn.execute(f"PRAGMA journal_mode = {wanted.upper()}").fetchone()[0]
+            if str(mode).lower() != wanted:
+                raise NodeAdminError(f"the node database {self.path} cannot use {wanted.upper()} (mode {mode})")
             conn.execute("PRAGMA foreign_keys = ON")
             # FULL: a claimed secagg round or a saved state must survive a power cut, not only a crash.
             conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'OFF'}")
-            # Large state blobs pass through the WAL; truncate it after checkpoints.
-            conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
+            # Large state blobs pass through the journal; truncate it after checkpoints (WAL) or
+            # transactions (a scratch file's persistent journal, kept small: one per virtual node).
+            limit = 64 * 1024 * 1024 if durable else 1024 * 1024
+            conn.execute(f"PRAGMA journal_size_limit = {limit}")
             self._migrate(conn)
         except BaseException as err:
             conn.close()
