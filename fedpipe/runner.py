@@ -27,22 +27,21 @@ log = logging.getLogger("fedpipe.node")
 RoundSelector = Callable[[Ports, TrainRequest], Sequence[NamedStep]]
 
 
-_BUILT: dict[tuple[int, bool], tuple[Ports, Sequence[NamedStep]]] = {}
+# the last round built of each kind, with the ports it was built for: a node's rounds reuse theirs,
+# and nothing is kept of ports that are not the latest (a simulation's are new for every task)
+_BUILT: dict[bool, tuple[Ports, Sequence[NamedStep]]] = {}
 
 
 def default_round(ports: Ports, request: TrainRequest) -> Sequence[NamedStep]:
     """The standard round for training requests, the validation round otherwise.
 
-    Each is built once per ports bundle (rounds are immutable data), when first asked for, and
-    reused.
+    Each is built when first asked for and reused while the same ports bundle asks again
+    (rounds are immutable data); only the latest bundle's rounds are kept.
     """
-    key = (id(ports), request.training)
-    built = _BUILT.get(key)
+    built = _BUILT.get(request.training)
     if built is None or built[0] is not ports:
-        if len(_BUILT) > 64:
-            _BUILT.clear()
         built = (ports, standard_round(ports) if request.training else validation_round(ports))
-        _BUILT[key] = built
+        _BUILT[request.training] = built
     return built[1]
 
 
