@@ -269,6 +269,7 @@ def save_settings(settings: NodeSettings) -> Path:
         "max_epochs": settings.max_epochs,
         "max_updates": settings.max_updates,
         "max_round_seconds": settings.max_round_seconds,
+        "workspace_dir": None if settings.workspace_dir is None else str(settings.workspace_dir),
     }
     path = settings.root / SETTINGS_FILE
     tmp = path.with_suffix(".json.partial")

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from attrs import field, frozen
+from attrs.converters import optional as optional_converter
 from attrs.validators import deep_iterable, ge, gt, instance_of, matches_re, optional
 
 __all__ = ["DEFAULT_ROUND_SECONDS", "GpuPolicy", "NodeSettings"]
@@ -49,6 +50,8 @@ class NodeSettings:
     - ``max_round_seconds``: wall time of one round; past it the round is stopped and answered
       with a ``round_timeout`` error (None: no limit).
 
+    ``workspace_dir`` (None: ``root / "tmp"``) is where rounds make their temporary workspaces.
+
     A request value over a cap is refused (``bad_training_args``, naming the argument and the
     cap), never clamped. A plan's own DataLoader keywords are approved code and are not capped.
     """
@@ -69,11 +72,15 @@ class NodeSettings:
     max_epochs: int | None = field(default=None, validator=optional(ge(1)))
     max_updates: int | None = field(default=None, validator=optional(ge(1)))
     max_round_seconds: float | None = field(default=DEFAULT_ROUND_SECONDS, validator=optional(gt(0.0)))
+    workspace_dir: Path | None = field(default=None, converter=optional_converter(Path))
 
     @property
     def tmp_dir(self) -> Path:
-        """Where round workspaces are created (and removed when the round ends)."""
-        return self.root / "tmp"
+        """Where round workspaces are created (and removed when the round ends).
+
+        ``root / "tmp"`` unless ``workspace_dir`` names another folder (a faster disk, a tmpfs).
+        """
+        return self.root / "tmp" if self.workspace_dir is None else self.workspace_dir
 
     @property
     def db_path(self) -> Path:

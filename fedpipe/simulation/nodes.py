@@ -9,12 +9,18 @@ idle node holds nothing in memory but its settings (a small frozen value). What 
 keep warm across nodes and rounds is kept: the plan module, compiled and run once per source
 digest, and a plan's tables when it reads them with ``fedpipe.training.read_table``. A virtual
 node's database does not sync each commit to the disk (``durable=False``): its root is scratch.
+Its round workspaces (the plan source, the parameters and the results a round writes and removes)
+go to a folder of the process on a tmpfs (``/dev/shm``) where there is one, not to its root.
 """
 
 import hashlib
+import os
+import shutil
+import tempfile
 import threading
 import types
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,7 +44,10 @@ from fedpipe.runner import execute_round
 from fedpipe.settings import NodeSettings
 from fedpipe.simulation.transport import EventRecorder, SimTask, TaskExchange, TaskOutcome
 
-__all__ = ["CachedPlanLoader", "VirtualNodes", "node_ids"]
+__all__ = ["CachedPlanLoader", "VirtualNodes", "node_ids", "workspace_folder"]
+
+TMPFS = Path("/dev/shm")  # noqa: S108 a folder of ours is made in it with mkdtemp (0700)
+_WORKSPACES = "fedpipe-rounds-"
 
 
 def node_ids(n: int) -> tuple[str, ...]:
@@ -48,6 +57,36 @@ def node_ids(n: int) -> tuple[str, ...]:
     ('sim-0001', 'sim-0002')
     """
     return tuple(f"sim-{i + 1:04d}" for i in range(n))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def workspace_folder(base: Path | None = None) -> Path | None:
+    """A new folder of this process for round workspaces under ``base`` (default: the tmpfs), or None.
+
+    None when ``base`` is not a writable folder (the nodes then use their roots). The folders of
+    processes that no longer run (an actor killed in a round) are removed first, so that a tmpfs
+    does not keep what they left.
+    """
+    base = TMPFS if base is None else base
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        return None
+    for stale in base.glob(f"{_WORKSPACES}*-*"):
+        pid = stale.name[len(_WORKSPACES) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f"{_WORKSPACES}{os.getpid()}-", dir=base))
+    except OSError:
+        return None
 
 
 class CachedPlanLoader:
@@ -97,6 +136,8 @@ class VirtualNodes:
     ``partitions`` holds each node's row indices into ``features`` / ``labels`` (one array per
     id of ``ids``); ``plan_source`` is the plan every owner approves; ``dataset_id`` the id the
     partition is registered under. ``run`` runs one task on its node and returns its outcome.
+    ``workspaces`` is where the rounds' workspaces go: a folder of this process made under it
+    (default: the tmpfs, else the node roots; see ``workspace_folder``), removed with the nodes.
     """
 
     def __init__(
@@ -110,6 +151,7 @@ class VirtualNodes:
         partitions: Sequence[np.ndarray],
         dataset_id: str,
         plan_source: str,
+        workspaces: Path | None = None,
     ) -> None:
         if len(ids) != len(partitions):
             raise ValueError(f"{len(ids)} node ids for {len(partitions)} partitions")
@@ -125,6 +167,18 @@ class VirtualNodes:
         # the settings of a created node (a small frozen value): read from its root once
         self._settings: dict[str, NodeSettings] = {}
         self._plans = CachedPlanLoader()
+        self._workspace_base = workspaces
+        self._workspaces: Path | None = None
+        self._workspaces_made = False
+
+    def _workspace_dir(self) -> Path | None:
+        """This process's folder of round workspaces, made on the first task (None: the node roots)."""
+        if not self._workspaces_made:
+            self._workspaces_made = True
+            self._workspaces = workspace_folder(self._workspace_base)
+            if self._workspaces is not None:
+                weakref.finalize(self, shutil.rmtree, self._workspaces, True)
+        return self._workspaces
 
     def root(self, node_id: str) -> Path:
         """The node root of ``node_id``."""
@@ -177,6 +231,9 @@ class VirtualNodes:
             settings = self._settings.get(task.node_id)
             if settings is None:
                 settings = load_or_create_settings(self.root(task.node_id), node_id=task.node_id)
+                workspaces = self._workspace_dir()
+                if workspaces is not None:
+                    settings = evolve(settings, workspace_dir=workspaces)
                 self._settings[task.node_id] = settings
             node = Node.open(
                 settings, exchange=exchange, monitor=monitor, crypter=UnconfiguredCrypter(), durable=False

@@ -253,3 +253,21 @@ def test_workspaces_left_by_a_killed_node_are_cleaned(node: Node, settings: Node
     assert node.clean_workspaces() == 1
     assert [p.name for p in settings.tmp_dir.iterdir()] == ["unrelated.txt"]
     assert node.clean_workspaces() == 0
+
+
+def test_an_owner_sets_where_round_workspaces_go_in_the_settings_file(tmp_path: Path) -> None:
+    from fedpipe.bootstrap import load_or_create_settings, save_settings
+
+    fast = tmp_path / "fast"
+    settings = load_or_create_settings(tmp_path / "root", node_id="n1")
+    assert settings.workspace_dir is None and settings.tmp_dir == tmp_path / "root" / "tmp"
+    save_settings(evolve(settings, workspace_dir=fast))
+    again = load_or_create_settings(tmp_path / "root")
+    assert again.workspace_dir == fast and again.tmp_dir == fast
+    exchange = InMemoryFileExchange()
+    with Node.open(again, exchange=exchange) as node:
+        node.datasets.add(DatasetRecord(dataset_id="ds-1", name="tiny", path="/data/tiny", shape=(20, 2)))
+        node.approvals.register(TINY_PLAN, name="tiny")
+        assert node.run_round(_request(exchange)).success
+    assert fast.is_dir() and list(fast.iterdir()) == []  # made there, removed after the round
+    assert not (tmp_path / "root" / "tmp").exists()
