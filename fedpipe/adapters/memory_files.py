@@ -11,7 +11,7 @@ from returns.result import Failure, Result, Success
 
 from fedpipe.errors import ErrorCode, RoundError
 
-__all__ = ["read_upload", "write_download"]
+__all__ = ["read_upload", "take_download", "write_download"]
 
 
 def read_upload(path: Path) -> Result[bytes, RoundError]:
@@ -26,10 +26,8 @@ def read_upload(path: Path) -> Result[bytes, RoundError]:
         )
 
 
-def write_download(
-    url: str, content: bytes | None, dest: Path, *, max_bytes: int
-) -> Result[Path, RoundError]:
-    """Write ``content`` (the bytes held for ``url``; None: none are) to ``dest``, within ``max_bytes``."""
+def take_download(url: str, content: bytes | None, *, max_bytes: int) -> Result[bytes, RoundError]:
+    """``content`` (the bytes held for ``url``; None: none are) as a download within ``max_bytes`` gives it."""
     if content is None:
         return Failure(
             RoundError(code=ErrorCode.DOWNLOAD_FAILED, step="", detail=f"GET {url}: 404 not found")
@@ -37,5 +35,16 @@ def write_download(
     if len(content) > max_bytes:
         detail = f"GET {url}: {len(content)} bytes > limit {max_bytes}"
         return Failure(RoundError(code=ErrorCode.DOWNLOAD_FAILED, step="", detail=detail))
-    dest.write_bytes(content)
-    return Success(dest)
+    return Success(content)
+
+
+def write_download(
+    url: str, content: bytes | None, dest: Path, *, max_bytes: int
+) -> Result[Path, RoundError]:
+    """Write ``content`` (the bytes held for ``url``; None: none are) to ``dest``, within ``max_bytes``."""
+
+    def write(data: bytes) -> Path:
+        dest.write_bytes(data)
+        return dest
+
+    return take_download(url, content, max_bytes=max_bytes).map(write)

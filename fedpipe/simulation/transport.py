@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from attrs import field, frozen
 from returns.result import Result
 
-from fedpipe.adapters.memory_files import read_upload, write_download
+from fedpipe.adapters.memory_files import read_upload, take_download, write_download
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.ports import MetricEvent
 
@@ -96,10 +96,16 @@ class MemoryExchange:
         self.files[url] = content
         return url
 
+    def _held(self, url: str) -> bytes | None:
+        return self.files.pop(url, None) if url.startswith(_RESULTS) else self.files.get(url)
+
     def download(self, url: str, dest: Path, *, max_bytes: int) -> Result[Path, RoundError]:
         """Write the bytes of ``url`` to ``dest``; results are dropped once read."""
-        content = self.files.pop(url, None) if url.startswith(_RESULTS) else self.files.get(url)
-        return write_download(url, content, dest, max_bytes=max_bytes)
+        return write_download(url, self._held(url), dest, max_bytes=max_bytes)
+
+    def read_bytes(self, url: str, *, max_bytes: int) -> Result[bytes, RoundError]:
+        """The bytes of ``url``, with no file in between (the researcher's results); dropped once read."""
+        return take_download(url, self._held(url), max_bytes=max_bytes)
 
     def put(self, url: str, content: bytes) -> None:
         """Keep ``content`` under ``url`` (a node's upload, as its engine brought it back)."""

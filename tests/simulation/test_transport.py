@@ -140,3 +140,22 @@ def test_a_new_round_cancels_the_last_one_and_drops_what_nobody_took(tmp_path: P
     assert results == [f"http://simulation.invalid/results/{first[0]}/0", reply["url"]]
     board.close()
     assert engine.running[1].cancelled
+
+
+def test_the_researcher_reads_results_from_memory_once_and_within_its_limit(tmp_path: Path) -> None:
+    from fedpipe.researcher.experiment import HeldExchange
+
+    exchange = MemoryExchange()
+    assert isinstance(exchange, HeldExchange)  # the experiment decodes its results with no file
+    url = "http://simulation.invalid/results/task-0/0"
+    exchange.put(url, b"12345")
+    assert exchange.read_bytes(url, max_bytes=5).unwrap() == b"12345"
+    gone = exchange.read_bytes(url, max_bytes=5)
+    assert isinstance(gone, Failure) and "404" in gone.failure().detail  # read once
+    exchange.put(url, b"12345")
+    big = exchange.read_bytes(url, max_bytes=4)
+    assert isinstance(big, Failure) and "> limit 4" in big.failure().detail
+    (tmp_path / "params").write_bytes(b"weights")
+    params = exchange.upload(tmp_path / "params").unwrap()
+    for _ in range(2):  # the researcher's own payloads stay for every node that reads them
+        assert exchange.read_bytes(params, max_bytes=10).unwrap() == b"weights"
