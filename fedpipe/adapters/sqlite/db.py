@@ -159,9 +159,10 @@ def store_error(code: ErrorCode, detail: str, public: str = "", *, retryable: bo
 def _make_private(path: Path) -> None:
     """Create ``path`` readable by its owner only, or take group and other access off an existing one.
 
-    The file holds secret key material. SQLite gives its ``-wal`` and ``-shm`` files the mode of the
-    database file, so a private database keeps its journal private too. An empty file is a valid,
-    empty SQLite database. A file owned by another user is left as it is: the owner chose its mode.
+    The file holds secret key material. SQLite gives its journals (``-wal``, ``-shm``, ``-journal``)
+    the mode of the database file, so a private database keeps its journals private too: a file
+    already private needs no further look. An empty file is a valid, empty SQLite database. A file
+    owned by another user is left as it is: the owner chose its mode.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -172,7 +173,12 @@ def _make_private(path: Path) -> None:
         return
     if os.name != "posix":
         return
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    with contextlib.suppress(OSError):
+        info = path.stat()
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077:
+            return
+    siblings = (path.name + "-wal", path.name + "-shm", path.name + "-journal")
+    for file in (path, *(path.with_name(name) for name in siblings)):
         with contextlib.suppress(FileNotFoundError):
             info = file.stat()
             if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o077:
@@ -210,7 +216,6 @@ class Database:
             raise NodeAdminError(f"cannot open the node database {self.path}: {err}") from err
         self._conn: sqlite3.Connection | None = conn
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             if not durable:
                 # one connection at a time (a virtual node's task): the lock is held from the first
                 # access to the close, and the rollback journal stays in place between

@@ -41,6 +41,10 @@ _LIST = (
 )
 _LIST_ALL = _LIST + "GROUP BY s.seq ORDER BY s.seq"
 _LIST_JOB = _LIST + "WHERE s.job_id = ? GROUP BY s.seq ORDER BY s.seq"
+_INSERT_STATE = (
+    "INSERT INTO node_states (job_id, state_id, round, previous_state_id, version, saved_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 @frozen(kw_only=True)
@@ -171,23 +175,16 @@ class SqliteStateStore:
             blobs: list[tuple[str, bytes]] = [("plan_state", bytes(state.plan_state))]
             if state.split is not None:
                 blobs.append(("split", _split_blob(state.split)))
+            row = (state.job_id, state.state_id, state.round, state.previous_state_id, state.version, now_iso())
             with self._db.transaction() as conn:
-                conn.execute(
-                    "DELETE FROM node_states WHERE job_id = ? AND state_id = ?",
-                    (state.job_id, state.state_id),
-                )
-                cursor = conn.execute(
-                    "INSERT INTO node_states (job_id, state_id, round, previous_state_id, version, saved_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        state.job_id,
-                        state.state_id,
-                        state.round,
-                        state.previous_state_id,
-                        state.version,
-                        now_iso(),
-                    ),
-                )
+                try:
+                    cursor = conn.execute(_INSERT_STATE, row)
+                except sqlite3.IntegrityError:  # the id was saved before (rounds use new ids): replace it
+                    conn.execute(
+                        "DELETE FROM node_states WHERE job_id = ? AND state_id = ?",
+                        (state.job_id, state.state_id),
+                    )
+                    cursor = conn.execute(_INSERT_STATE, row)
                 conn.executemany(
                     "INSERT INTO node_state_blobs (state_seq, name, chunk, data) VALUES (?, ?, ?, ?)",
                     (
