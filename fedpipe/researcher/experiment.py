@@ -320,21 +320,20 @@ class Experiment:
         return result.unwrap()
 
     def _download(self, url: str) -> Mapping[str, Any] | None:
-        if isinstance(self.exchange, HeldExchange):  # a simulation's: decoded from memory
-            held = self.exchange.read_bytes(url, max_bytes=_MAX_RESULTS)
-            if isinstance(held, Failure):
-                log.warning("cannot download results %s: %s", url, held.failure().detail)
-                return None
-            value = loads(held.unwrap()).value_or(None)
-            return value if isinstance(value, Mapping) else None
-        dest = self.workdir / f"results-{uuid.uuid4().hex}.mpk"
-        fetched = self.exchange.download(url, dest, max_bytes=_MAX_RESULTS)
+        # a HeldExchange (a simulation's) is told by its method: isinstance on a runtime Protocol
+        # walks the protocol's attributes, once per result of every round
+        read = getattr(self.exchange, "read_bytes", None)
+        if callable(read):
+            held: Result[bytes, RoundError] = read(url, max_bytes=_MAX_RESULTS)
+            fetched: Result[Any, RoundError] = held.map(loads)
+        else:
+            dest = self.workdir / f"results-{uuid.uuid4().hex}.mpk"
+            fetched = self.exchange.download(url, dest, max_bytes=_MAX_RESULTS).map(load_file)
+            dest.unlink(missing_ok=True)
         if isinstance(fetched, Failure):
             log.warning("cannot download results %s: %s", url, fetched.failure().detail)
             return None
-        decoded = load_file(dest)
-        dest.unlink(missing_ok=True)
-        value = decoded.value_or(None)
+        value = fetched.unwrap().value_or(None)
         return value if isinstance(value, Mapping) else None
 
     def _request(self, node_id: str, round_number: int, params_url: str, training: bool) -> dict[str, Any]:
