@@ -123,6 +123,30 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="with --engine ray: the CPUs of the local Ray, one actor each (default: all of this machine);"
         " with --address, the number of actors (default: the cluster's CPUs)",
     )
+    parser.add_argument(
+        "--gpus",
+        type=positive_int,
+        default=None,
+        metavar="G",
+        help="with --engine ray and no --address: the GPUs of the local Ray (default: those Ray finds)",
+    )
+    parser.add_argument(
+        "--gpus-per-actor",
+        type=positive_float,
+        default=None,
+        metavar="F",
+        help="with --engine ray: the share of a GPU each actor holds, a fraction up to 1 or a whole number"
+        " (0.25: four actors per GPU; the pool is no larger than the GPUs hold); its nodes may then"
+        " train on it when the training args ask for use_gpu (default: no GPU)",
+    )
+    parser.add_argument(
+        "--chunk",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with --engine ray: the most tasks one actor call runs (default: a round's share of an"
+        " actor in 8 calls, at most 32 tasks each)",
+    )
 
 
 _MILESTONES = (0.25, 0.5, 0.75)
@@ -241,8 +265,19 @@ def simulate_command(args: argparse.Namespace) -> int:
         return error(str(err), 2)
     if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
         return error(f"--workdir {args.workdir} exists and is not a folder", 2)
-    if args.engine != "ray" and (args.address is not None or args.cpus is not None):
-        return error("--address and --cpus are options of --engine ray", 2)
+    ray_only = {"--address": args.address, "--cpus": args.cpus, "--gpus": args.gpus}
+    ray_only |= {"--gpus-per-actor": args.gpus_per_actor, "--chunk": args.chunk}
+    if args.engine != "ray" and any(v is not None for v in ray_only.values()):
+        given = [flag for flag, value in ray_only.items() if value is not None]
+        return error(
+            f"{' and '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of --engine ray", 2
+        )
+    if args.address is not None and args.gpus is not None:
+        return error("--gpus sets the GPUs of a local Ray: a cluster joined with --address has its own", 2)
+    if args.gpus_per_actor is not None and args.gpus_per_actor > 1 and not args.gpus_per_actor.is_integer():
+        return error(
+            f"--gpus-per-actor is a fraction up to 1 or a whole number, not {args.gpus_per_actor:g}", 2
+        )
     name, percent = metric_label(config.training_args)
 
     def summary(record: RoundRecord) -> str:
@@ -278,7 +313,13 @@ def simulate_command(args: argparse.Namespace) -> int:
             rows=args.rows,
             workdir=args.workdir,
             engine=args.engine,
-            engine_options=EngineOptions(address=args.address, num_cpus=args.cpus),
+            engine_options=EngineOptions(
+                address=args.address,
+                num_cpus=args.cpus,
+                gpus=args.gpus,
+                gpus_per_actor=args.gpus_per_actor,
+                chunk=args.chunk,
+            ),
             plan_file=plan,
             on_round=None if shown is None else shown.round,
             on_progress=None if shown is None else shown.event,

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 from attrs import field, frozen
 
+from fedpipe.settings import GpuPolicy
 from fedpipe.simulation.nodes import VirtualNodes
 from fedpipe.simulation.transport import RoundBatch, SimTask, TaskOutcome
 
@@ -58,8 +59,11 @@ class NodesSpec:
     dataset_id: str
     plan_source: str = field(repr=False)
 
-    def build(self) -> VirtualNodes:
-        """The virtual nodes this spec describes (nothing is made on disk until a node runs)."""
+    def build(self, *, gpu: GpuPolicy | None = None) -> VirtualNodes:
+        """The virtual nodes this spec describes (nothing is made on disk until a node runs).
+
+        ``gpu``: the nodes' GPU policy (default: their roots' own, which allows no GPU).
+        """
         return VirtualNodes(
             Path(self.workdir),
             ids=self.ids,
@@ -69,6 +73,7 @@ class NodesSpec:
             partitions=self.partitions,
             dataset_id=self.dataset_id,
             plan_source=self.plan_source,
+            gpu=gpu,
         )
 
 
@@ -77,8 +82,11 @@ class EngineOptions:
     """How an engine runs; the inline engine ignores them.
 
     ``address``: the Ray cluster to join (None: start a local one, stopped again at the end).
-    ``num_cpus``: the CPUs of that local Ray; with ``address``, the number of actors. ``actors``:
-    the pool's size (default: one per CPU). ``chunk``: how many tasks one actor call runs at
+    ``num_cpus``: the CPUs of that local Ray; with ``address``, the number of actors. ``gpus``: the
+    GPUs of that local Ray (default: those Ray finds). ``gpus_per_actor``: the share of a GPU each
+    actor holds (a fraction up to 1, or a whole number; default: none), its nodes then allowed to
+    train there. ``actors``: the pool's size (default: one per CPU, and no more than the GPUs
+    hold at ``gpus_per_actor``). ``chunk``: how many tasks one actor call runs at
     most (default: the Ray engine's choice, a few calls per actor and round). ``on_submit``:
     called with the pool's actor handles each time calls are sent (a round's, then any re-sent
     after an actor died), before their outcomes are gathered (how tests crash an actor
@@ -87,6 +95,8 @@ class EngineOptions:
 
     address: str | None = None
     num_cpus: int | None = None
+    gpus: int | None = None
+    gpus_per_actor: float | None = None
     actors: int | None = None
     chunk: int | None = None
     on_submit: Callable[[Sequence[Any]], None] | None = field(default=None, eq=False, repr=False)
@@ -245,6 +255,8 @@ def make_engine(name: str, spec: NodesSpec, options: EngineOptions | None = None
             spec,
             address=opts.address,
             num_cpus=opts.num_cpus,
+            gpus=opts.gpus,
+            gpus_per_actor=opts.gpus_per_actor,
             actors=opts.actors,
             chunk=opts.chunk,
             on_submit=opts.on_submit,

@@ -41,7 +41,7 @@ from fedpipe.plan import DatasetRecord, TrainingPlan
 from fedpipe.ports import Approval
 from fedpipe.reply import header_of, to_reply
 from fedpipe.runner import execute_round
-from fedpipe.settings import NodeSettings
+from fedpipe.settings import GpuPolicy, NodeSettings
 from fedpipe.simulation.transport import EventRecorder, SimTask, TaskExchange, TaskOutcome
 
 __all__ = ["CachedPlanLoader", "VirtualNodes", "node_ids", "workspace_folder"]
@@ -138,6 +138,9 @@ class VirtualNodes:
     partition is registered under. ``run`` runs one task on its node and returns its outcome.
     ``workspaces`` is where the rounds' workspaces go: a folder of this process made under it
     (default: the tmpfs, else the node roots; see ``workspace_folder``), removed with the nodes.
+    ``gpu`` is the GPU policy of every node (default: each root's own, which allows no GPU); a
+    Ray actor that holds a share of a GPU gives its nodes one that allows it, so that training
+    runs there when the researcher's ``use_gpu`` asks for it.
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class VirtualNodes:
         dataset_id: str,
         plan_source: str,
         workspaces: Path | None = None,
+        gpu: GpuPolicy | None = None,
     ) -> None:
         if len(ids) != len(partitions):
             raise ValueError(f"{len(ids)} node ids for {len(partitions)} partitions")
@@ -170,6 +174,7 @@ class VirtualNodes:
         self._workspace_base = workspaces
         self._workspaces: Path | None = None
         self._workspaces_made = False
+        self.gpu = gpu
 
     def _workspace_dir(self) -> Path | None:
         """This process's folder of round workspaces, made on the first task (None: the node roots)."""
@@ -234,6 +239,8 @@ class VirtualNodes:
                 workspaces = self._workspace_dir()
                 if workspaces is not None:
                     settings = evolve(settings, workspace_dir=workspaces)
+                if self.gpu is not None:
+                    settings = evolve(settings, gpu=self.gpu)
                 self._settings[task.node_id] = settings
             node = Node.open(
                 settings, exchange=exchange, monitor=monitor, crypter=UnconfiguredCrypter(), durable=False

@@ -25,6 +25,7 @@ from returns.result import Failure
 
 from fedpipe.errors import ErrorCode, RoundError
 from fedpipe.reply import header_of, to_reply
+from fedpipe.settings import GpuPolicy
 from fedpipe.simulation.engine import NodesSpec, RunningBatch
 from fedpipe.simulation.nodes import VirtualNodes
 from fedpipe.simulation.transport import RoundBatch, SimTask, TaskOutcome
@@ -90,6 +91,46 @@ def _check_address(address: str) -> None:
         raise ConnectionError(f"no Ray cluster answers at {address}") from None
 
 
+def _check_gpus(gpus: int | None, per_actor: float | None) -> None:
+    """Refuse GPU counts Ray would refuse later, or never schedule, in one line (ValueError)."""
+    if gpus is not None and gpus < 0:
+        raise ValueError(f"a Ray's GPUs are a whole number >= 0, not {gpus!r}")
+    if per_actor is None:
+        return
+    if not (math.isfinite(per_actor) and per_actor > 0):
+        raise ValueError(f"an actor's share of a GPU is a number > 0, not {per_actor!r}")
+    if per_actor > 1 and per_actor != int(per_actor):
+        raise ValueError(
+            f"an actor's share of a GPU is a fraction up to 1 or a whole number, not {per_actor:g}"
+        )
+
+
+def _gpu_slots(resources: Mapping[str, float], per_actor: float) -> int:
+    """How many actors of ``per_actor`` GPU the cluster's GPUs hold; ValueError when none."""
+    total = float(resources.get("GPU", 0))
+    slots = math.floor(total / per_actor + 1e-9)
+    if slots < 1:
+        raise ValueError(f"actors of {per_actor:g} GPU each: the Ray cluster has {total:g} GPUs")
+    return slots
+
+
+def _pool_size(resources: Mapping[str, float], actors: int | None, per_actor: float | None) -> int:
+    """The pool's size: ``actors``, or one per CPU of the cluster; no more than its GPUs hold at ``per_actor``.
+
+    >>> _pool_size({"CPU": 8.0, "GPU": 1.0}, None, 0.25), _pool_size({"CPU": 2.0}, None, None)
+    (4, 2)
+    """
+    if actors is None:
+        actors = max(1, int(resources.get("CPU", 1)))
+        return min(actors, _gpu_slots(resources, per_actor)) if per_actor else actors
+    if per_actor and actors > _gpu_slots(resources, per_actor):
+        raise ValueError(
+            f"{actors} actors of {per_actor:g} GPU each need more than the cluster's "
+            f"{resources.get('GPU', 0):g} GPUs"
+        )
+    return actors
+
+
 def _task_data(task: SimTask) -> dict[str, Any]:
     return {"task_id": task.task_id, "node_id": task.node_id, "request": dict(task.request)}
 
@@ -120,7 +161,11 @@ class NodeHost:
         node_log = logging.getLogger("fedpipe.node")
         node_log.addHandler(logging.NullHandler())
         node_log.propagate = False
-        self._nodes: VirtualNodes = spec.build()
+        import ray
+
+        # an actor that holds a share of a GPU (Ray set its CUDA_VISIBLE_DEVICES) lets its nodes use it
+        self._gpus = tuple(str(g) for g in ray.get_gpu_ids())
+        self._nodes: VirtualNodes = spec.build(gpu=GpuPolicy(gpu=True) if self._gpus else None)
         self._files: tuple[str, Mapping[str, bytes]] = ("", {})
 
     def run(self, tasks: Sequence[Mapping[str, Any]], shared: Sequence[Any]) -> list[dict[str, Any]]:
@@ -152,6 +197,10 @@ class NodeHost:
         import ray
 
         return ray.get_runtime_context().get_node_id(), os.getpid()
+
+    def gpus(self) -> tuple[tuple[str, ...], bool]:
+        """The ids of the GPUs Ray gave this actor, and whether its nodes may train on a GPU."""
+        return self._gpus, self._nodes.gpu is not None and self._nodes.gpu.gpu
 
 
 def _lost(task: SimTask) -> TaskOutcome:
@@ -275,7 +324,9 @@ class RayEngine:
     ``address`` joins a running Ray cluster; without it a local Ray is started with ``num_cpus``
     CPUs (default: all of this machine) and stopped by ``close``. A Ray already started in this
     process is used as it is and left running. ``actors`` is the pool's size (default: one per
-    CPU of the cluster, or ``num_cpus`` with ``address``); each actor holds one CPU. ``chunk``
+    CPU of the cluster, or ``num_cpus`` with ``address``); each actor holds one CPU and, with
+    ``gpus_per_actor``, that share of a GPU (the pool is then no larger than the cluster's GPUs
+    hold; ``gpus`` sets those of a local Ray), whose nodes may train there. ``chunk``
     is the most tasks one call runs (default: ``chunked``'s). ``on_submit`` (for tests) is
     called with the actor handles each time calls are sent: a round's, then any sent again.
     """
@@ -286,10 +337,13 @@ class RayEngine:
         *,
         address: str | None = None,
         num_cpus: int | None = None,
+        gpus: int | None = None,
+        gpus_per_actor: float | None = None,
         actors: int | None = None,
         chunk: int | None = None,
         on_submit: Callable[[Sequence[Any]], None] | None = None,
     ) -> None:
+        _check_gpus(gpus, gpus_per_actor)
         if actors is not None and actors < 1:
             raise ValueError(f"the pool needs at least one actor, not {actors}")
         if chunk is not None and chunk < 1:
@@ -306,19 +360,25 @@ class RayEngine:
             }
             if address is None:
                 # "local": a new Ray of its own, even where a `ray start` cluster runs on this machine
-                ray.init(address="local", num_cpus=num_cpus, **options)
+                ray.init(address="local", num_cpus=num_cpus, num_gpus=gpus, **options)
             else:
                 _check_address(address)
                 ray.init(address=address, **options)
             self._owns_runtime = True
         if actors is None:
             actors = num_cpus if address is not None and num_cpus else None
-        if actors is None:
-            resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            actors = max(1, int(resources.get("CPU", 1)))
-        self._host = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(NodeHost)
+        self._actors: list[Any] = []
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        try:
+            actors = _pool_size(resources, actors, gpus_per_actor)
+        except ValueError:
+            self.close()
+            raise
+        self._host = ray.remote(num_cpus=1, num_gpus=gpus_per_actor or 0, max_restarts=0, max_task_retries=0)(
+            NodeHost
+        )
         self._spec = ray.put(spec)
-        self._actors: list[Any] = [self._start() for _ in range(actors)]
+        self._actors = [self._start() for _ in range(actors)]
         self._chunk = chunk
         self._on_submit = on_submit
         # a round's deadline runs from its start: the pool's start-up must not eat into the first one

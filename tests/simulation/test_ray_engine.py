@@ -186,7 +186,19 @@ def _free_port() -> int:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--cpus", "2"), "error: --address and --cpus are options of --engine ray"),
+        (("--cpus", "2"), "error: --cpus is an option of --engine ray"),
+        (
+            ("--gpus-per-actor", "0.5", "--chunk", "4"),
+            "error: --gpus-per-actor and --chunk are options of --engine ray",
+        ),
+        (
+            ("--engine", "ray", "--address", "127.0.0.1:1", "--gpus", "1"),
+            "error: --gpus sets the GPUs of a local Ray: a cluster joined with --address has its own",
+        ),
+        (
+            ("--engine", "ray", "--gpus-per-actor", "1.5"),
+            "error: --gpus-per-actor is a fraction up to 1 or a whole number, not 1.5",
+        ),
         (
             ("--engine", "ray", "--address", "127.0.0.1:{port}"),
             "error: cannot start the ray engine: no Ray cluster answers at 127.0.0.1:{port}",
