@@ -26,6 +26,7 @@ from fedpipe.plan import DatasetRecord, DataSplit, MetricSink, Scalars, StopChec
 from fedpipe.request import thaw
 from fedpipe.settings import GpuPolicy
 from fedpipe.training.data import DataManager
+from fedpipe.training.datasets import tabular_batches
 from fedpipe.training.device import select_device
 from fedpipe.training.errors import DataError, PlanContractError, PlanError
 from fedpipe.training.metrics import evaluate, metric_values
@@ -535,7 +536,8 @@ class TorchTrainingPlan:
         """The (data, target) batches of ``loader``; ends early once ``stop()`` is true (checked before each)."""
         if stop():
             return
-        for batch in loader:
+        fast = tabular_batches(loader)
+        for batch in loader if fast is None else fast:
             if not isinstance(batch, list | tuple) or len(batch) != 2:
                 raise DataError("each batch must be a (data, target) pair")
             yield batch[0], batch[1]
