@@ -26,7 +26,10 @@ Flower's, peak memory no higher, accuracy within 1 point. Nothing is asserted: t
 printed, with ratios, and written to ``--out`` as JSON.
 
 Usage: ``python benchmarks/simulation.py [--quick] [--configs 10,100,1000,1000/100] [--cpus 2]
-[--sides fedpipe,flower] [--out results.json]``. ``--quick``: N = 10 and 100, 3 rounds.
+[--sides fedpipe,flower] [--repeat R] [--out results.json]``. ``--quick``: N = 10 and 100, 3 rounds.
+``--repeat R``: R runs of each configuration, the sides' order reversed every other run (the
+host's speed drifts between runs of minutes; this weighs it on both sides alike), then the
+median over the runs of each side's round time.
 The fedpipe side alone: ``python benchmarks/simulation.py --side fedpipe --data D.npz --result R.json``.
 """
 
@@ -196,6 +199,13 @@ def main() -> int:
     parser.add_argument("--env", type=Path, default=None, help="the Flower scratch environment's folder")
     parser.add_argument("--out", type=Path, default=None, help="write every figure here as JSON")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per side and configuration")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each configuration, the sides' order reversed every other run (ABBA...), so that a"
+        " shared host's drift in speed weighs on both sides alike; the medians over runs are printed too",
+    )
     parser.add_argument("--side", choices=("fedpipe",), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -218,19 +228,22 @@ def main() -> int:
             nodes, per_round = int(nodes_text), int(per_text or nodes_text)
             data = Path(scratch) / f"task-{nodes}-{per_round}.npz"
             write_data(data, nodes, per_round, rounds=rounds, cpus=args.cpus, seed=args.seed)
-            row: dict[str, Any] = {"nodes": nodes, "per_round": per_round}
-            for side in sides:
-                out = Path(scratch) / f"{side}-{nodes}-{per_round}.json"
-                print(f"N = {nodes}, {per_round} per round: {side} ...", file=sys.stderr, flush=True)
-                if side == "fedpipe":
-                    command = [sys.executable, str(Path(__file__).resolve()), "--side", "fedpipe"]
-                    command += ["--data", str(data), "--result", str(out)]
-                else:
-                    command = [str(flower_python), str(HERE / "flower_sim.py"), "--data", str(data)]
-                    command += ["--out", str(out)]
-                row[side] = _run_side(command, out, args.timeout)
-            results.append(row)
+            for run in range(max(1, args.repeat)):
+                row: dict[str, Any] = {"nodes": nodes, "per_round": per_round, "run": run + 1}
+                for side in sides if run % 2 == 0 else sides[::-1]:
+                    out = Path(scratch) / f"{side}-{nodes}-{per_round}-{run}.json"
+                    print(f"N = {nodes}, {per_round} per round: {side} ...", file=sys.stderr, flush=True)
+                    if side == "fedpipe":
+                        command = [sys.executable, str(Path(__file__).resolve()), "--side", "fedpipe"]
+                        command += ["--data", str(data), "--result", str(out)]
+                    else:
+                        command = [str(flower_python), str(HERE / "flower_sim.py"), "--data", str(data)]
+                        command += ["--out", str(out)]
+                    row[side] = _run_side(command, out, args.timeout)
+                results.append(row)
     _print(results)
+    if args.repeat > 1:
+        _print_medians(results)
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     return 0
@@ -245,6 +258,8 @@ def _print(results: list[dict[str, Any]]) -> None:
     print(header)
     print("-" * len(header))
     for row in results:
+        if row.get("run", 1) > 1:
+            print(f"{'':>5} {'':>5} | run {row['run']}")
         ours, theirs = row.get("fedpipe") or {}, row.get("flower") or {}
         accuracy = f"{_fmt(ours.get('final_accuracy'), '.3f')}/{_fmt(theirs.get('final_accuracy'), '.3f')}"
         print(
@@ -258,6 +273,29 @@ def _print(results: list[dict[str, Any]]) -> None:
             f" {accuracy:>15}"
         )
     print("(each cell: fedpipe/Flower; ratio: fedpipe over Flower)")
+
+
+def _print_medians(results: list[dict[str, Any]]) -> None:
+    """Per configuration, the median over its runs of each side's round time, and their ratio."""
+    print("\nmedian over the runs of each side's round time (median of rounds 2-5 in each run)")
+    configs = sorted({(r["nodes"], r["per_round"]) for r in results})
+    for nodes, per_round in configs:
+        runs = [r for r in results if (r["nodes"], r["per_round"]) == (nodes, per_round)]
+        sides = {}
+        for side in ("fedpipe", "flower"):
+            times = [t for r in runs if (t := (r.get(side) or {}).get("median_round_s_2_5")) is not None]
+            sides[side] = statistics.median(times) if times else None
+        ratios = [
+            _ratio(
+                (r.get("fedpipe") or {}).get("median_round_s_2_5"),
+                (r.get("flower") or {}).get("median_round_s_2_5"),
+            )
+            for r in runs
+        ]
+        print(
+            f"{nodes:>5} {per_round:>5} | {_fmt(sides['fedpipe']):>10} /{_fmt(sides['flower']):>10}"
+            f" {_ratio(sides['fedpipe'], sides['flower']):>6} | {len(runs)} runs, ratios {' '.join(ratios)}"
+        )
 
 
 if __name__ == "__main__":
