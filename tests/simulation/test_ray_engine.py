@@ -34,19 +34,6 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Torch on one thread in this process, as in each actor (one CPU each), restored afterwards.
-
-    Summation order inside torch's kernels follows the thread count: with the same count the
-    engines give bit-identical models.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_fifty_nodes_give_the_same_model_inline_and_on_ray(tmp_path: Path, one_thread: None) -> None:
     config = _config(rounds=3, training_args={"epochs": 1})
     pools: list[int] = []

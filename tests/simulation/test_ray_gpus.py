@@ -6,7 +6,7 @@ nodes' policy; training falls back to the CPU, as a node's does where CUDA is ab
 """
 
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,6 @@ from tests.simulation.test_simulate import _config
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Torch on one thread here, as in each actor, so that the two engines sum alike."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(
