@@ -583,13 +583,16 @@ class TorchTrainingPlan:
             log.warning("%s", message)
         device = self._device = choice.device
         trainable = self._trainable()
-        initial = {name: p.detach().clone() for name, p in trainable.items()}
+        dp = args.dp
+        # the weights the round started from, cloned only where they are used (FedProx's proximal
+        # term, central DP's noise): a copy of every weight per round is not free for a large model
+        keep_initial = bool(args.fedprox_mu) or (dp is not None and dp.type == "central")
+        initial = {name: p.detach().clone() for name, p in trainable.items()} if keep_initial else {}
         if isinstance(optimizer, Scaffold):
             optimizer.start_round()
         model.to(device)
         _sync_optimizer_state(optimizer)
         model.train()
-        dp = args.dp
         try:
             if dp is not None and dp.type == "local":
                 dp_model, dp_optimizer, dp_loader = make_private(model, optimizer, loader, dp)
