@@ -584,9 +584,10 @@ class TorchTrainingPlan:
         device = self._device = choice.device
         trainable = self._trainable()
         dp = args.dp
-        # the weights the round started from, cloned only where they are used (FedProx's proximal
-        # term, central DP's noise): a copy of every weight per round is not free for a large model
-        keep_initial = bool(args.fedprox_mu) or (dp is not None and dp.type == "central")
+        # the weights the round started from, cloned only where they may be used (FedProx's proximal
+        # term, whenever mu is given, as a subclass's loop may read it even for 0; central DP's
+        # noise): a copy of every weight per round is not free for a large model
+        keep_initial = args.fedprox_mu is not None or (dp is not None and dp.type == "central")
         initial = {name: p.detach().clone() for name, p in trainable.items()} if keep_initial else {}
         if isinstance(optimizer, Scaffold):
             optimizer.start_round()
