@@ -272,12 +272,6 @@ def simulate_command(args: argparse.Namespace) -> int:
         return error(
             f"{' and '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of --engine ray", 2
         )
-    if args.address is not None and args.gpus is not None:
-        return error("--gpus sets the GPUs of a local Ray: a cluster joined with --address has its own", 2)
-    if args.gpus_per_actor is not None and args.gpus_per_actor > 1 and not args.gpus_per_actor.is_integer():
-        return error(
-            f"--gpus-per-actor is a fraction up to 1 or a whole number, not {args.gpus_per_actor:g}", 2
-        )
     name, percent = metric_label(config.training_args)
 
     def summary(record: RoundRecord) -> str:

@@ -91,8 +91,10 @@ def _check_address(address: str) -> None:
         raise ConnectionError(f"no Ray cluster answers at {address}") from None
 
 
-def _check_gpus(gpus: int | None, per_actor: float | None) -> None:
-    """Refuse GPU counts Ray would refuse later, or never schedule, in one line (ValueError)."""
+def _check_gpus(gpus: int | None, per_actor: float | None, address: str | None) -> None:
+    """Refuse GPU settings Ray would refuse later, never schedule, or not apply, in one line (ValueError)."""
+    if gpus is not None and address is not None:
+        raise ValueError("the GPUs are those of a local Ray: a cluster joined at an address has its own")
     if gpus is not None and gpus < 0:
         raise ValueError(f"a Ray's GPUs are a whole number >= 0, not {gpus!r}")
     if per_actor is None:
@@ -343,7 +345,7 @@ class RayEngine:
         chunk: int | None = None,
         on_submit: Callable[[Sequence[Any]], None] | None = None,
     ) -> None:
-        _check_gpus(gpus, gpus_per_actor)
+        _check_gpus(gpus, gpus_per_actor, address)
         if actors is not None and actors < 1:
             raise ValueError(f"the pool needs at least one actor, not {actors}")
         if chunk is not None and chunk < 1:

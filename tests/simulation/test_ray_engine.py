@@ -180,11 +180,13 @@ def _free_port() -> int:
         ),
         (
             ("--engine", "ray", "--address", "127.0.0.1:1", "--gpus", "1"),
-            "error: --gpus sets the GPUs of a local Ray: a cluster joined with --address has its own",
+            "error: cannot start the ray engine: the GPUs are those of a local Ray: a cluster joined at an"
+            " address has its own",
         ),
         (
             ("--engine", "ray", "--gpus-per-actor", "1.5"),
-            "error: --gpus-per-actor is a fraction up to 1 or a whole number, not 1.5",
+            "error: cannot start the ray engine: an actor's share of a GPU is a fraction up to 1 or a whole"
+            " number, not 1.5",
         ),
         (
             ("--engine", "ray", "--address", "127.0.0.1:{port}"),

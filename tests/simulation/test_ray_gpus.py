@@ -17,7 +17,7 @@ from fedpipe.researcher.config import parse_config
 from fedpipe.simulation import simulate
 from fedpipe.simulation.api import SimulationError
 from fedpipe.simulation.engine import EngineOptions
-from fedpipe.simulation.ray_engine import _pool_size
+from fedpipe.simulation.ray_engine import _check_gpus, _pool_size
 from tests.simulation.test_simulate import _config
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -69,6 +69,33 @@ class RecordingPlan(BreastCancerLogistic):
             out.write(f"{gpu.gpu} {_os.environ.get('CUDA_VISIBLE_DEVICES')}\\n")
         return super().training_routine(report=report, gpu=gpu)
 """
+
+
+@pytest.mark.parametrize(
+    ("gpus", "share", "address", "message"),
+    [
+        (
+            1,
+            None,
+            "10.0.0.1:6379",
+            "the GPUs are those of a local Ray: a cluster joined at an address has its own",
+        ),
+        (-1, None, None, "a Ray's GPUs are a whole number >= 0, not -1"),
+        (None, 0.0, None, "an actor's share of a GPU is a number > 0, not 0.0"),
+        (None, 1.5, None, "an actor's share of a GPU is a fraction up to 1 or a whole number, not 1.5"),
+    ],
+)
+def test_gpu_settings_ray_would_not_apply_are_refused_before_it_starts(
+    gpus: int | None, share: float | None, address: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        _check_gpus(gpus, share, address)
+
+
+def test_gpu_settings_ray_applies_pass() -> None:
+    _check_gpus(2, 0.25, None)
+    _check_gpus(None, 2.0, "10.0.0.1:6379")
+    _check_gpus(0, None, None)
 
 
 @pytest.mark.slow
