@@ -10,6 +10,14 @@ output must equal fedpipe's bit for bit; (c) the floor: ChaCha20 over the same n
 (``lom_masks``: no values to quantize) are printed too. fedpipe's and the floor's runs are
 interleaved, so that a shared machine's load affects them alike. ``measure`` and ``report`` are
 what ``benchmarks/secagg.py`` prints as its part (a).
+
+It also prints the least that any numpy implementation of the same output must do, timed in the
+same loop (``bound_runs``): the keystream in cache-sized chunks alone; with the first pass of
+quantization (the one that reads the values and writes the output) and one add per peer (numpy's
+operations take two operands, so adding K masks to a vector is K passes); and with the counter
+plaintext that 6.4.1's masks encrypt. What is left between the last of these and fedpipe's time is
+the other four passes of quantization and weighting (add, divide, clamp, truncate, scale: each
+needed for 6.4.1's rounding).
 Usage: ``python benchmarks/secagg_lom.py [--params N] [--nodes K] [--repeat R] [--env PATH]``.
 """
 
@@ -75,6 +83,49 @@ def keystream_floor(n_bytes: int, peers: int, repeat: int) -> float:
     return best(run, repeat)
 
 
+_CHUNK = 1 << 17
+"""Values per chunk in the bounds, as fedpipe's masking uses."""
+
+
+@frozen(kw_only=True)
+class NumpyBounds:
+    """Seconds of the three lower bounds of a numpy implementation (see the module's docstring)."""
+
+    keystream_chunks: float
+    values_and_adds: float
+    with_counter: float
+
+
+def bound_runs(values: np.ndarray, peers: int) -> list[Callable[[], None]]:
+    """The three bounds as callables over ``values``, ``peers`` keystreams each (same keys every call)."""
+    n = values.size
+    keys = [os.urandom(32) for _ in range(peers)]
+    nonce = os.urandom(16)
+    counter = np.zeros(_CHUNK, dtype=np.uint64)
+    mask = np.empty(_CHUNK, dtype=np.uint64)
+    table = np.arange(_CHUNK, dtype=np.uint64).byteswap()
+    counter_bytes, mask_bytes = counter.data.cast("B"), mask.data.cast("B")
+    words = values.view(np.uint64)
+
+    def run(level: int) -> None:
+        out = np.empty(n, dtype=np.uint64)
+        streams = [Cipher(algorithms.ChaCha20(k, nonce), mode=None).encryptor() for k in keys]
+        for start in range(0, n, _CHUNK):
+            stop = min(n, start + _CHUNK)
+            m = stop - start
+            view = out[start:stop]
+            if level >= 1:
+                np.copyto(view, words[start:stop])
+            if level >= 2:
+                np.bitwise_or(table[:m], np.uint64(start), out=counter[:m])
+            for i, stream in enumerate(streams):
+                stream.update_into(counter_bytes[: 8 * m], mask_bytes[: 8 * m])
+                if level >= 1:
+                    (np.add if i % 2 == 0 else np.subtract)(view, mask[:m], out=view)
+
+    return [lambda: run(0), lambda: run(1), lambda: run(2)]
+
+
 @frozen(kw_only=True)
 class LomFigures:
     """One LOM measurement: seconds of each contender on the same input (6.4.1's None when skipped)."""
@@ -89,6 +140,7 @@ class LomFigures:
     fedbiomed: float | None
     same: bool | None
     weight: int
+    bounds: NumpyBounds
 
 
 def measure(n_params: int, nodes: int, repeat: int, env: Path) -> LomFigures:
@@ -119,13 +171,16 @@ def measure(n_params: int, nodes: int, repeat: int, env: Path) -> LomFigures:
     out = ours(1)
     assert np.array_equal(out, ours(threads))
     peers = nodes - 1
+    runs = bound_runs(values, peers)
     # interleaved, so that all see the same load on a shared machine
     t_ours = t_floor = t_threads = t_masks = float("inf")
+    t_bounds = [float("inf")] * len(runs)
     for _ in range(repeat):
         t_ours = min(t_ours, best(lambda: ours(1), 1))
         t_floor = min(t_floor, keystream_floor(8 * n_params, peers, 1))
         t_threads = min(t_threads, best(lambda: ours(threads), 1))
         t_masks = min(t_masks, best(masks_only, 1))
+        t_bounds = [min(t, best(run, 1)) for t, run in zip(t_bounds, runs, strict=True)]
     figures = LomFigures(
         n_params=n_params,
         nodes=nodes,
@@ -137,6 +192,9 @@ def measure(n_params: int, nodes: int, repeat: int, env: Path) -> LomFigures:
         fedbiomed=None,
         same=None,
         weight=weight,
+        bounds=NumpyBounds(
+            keystream_chunks=t_bounds[0], values_and_adds=t_bounds[1], with_counter=t_bounds[2]
+        ),
     )
     python = env / "bin" / "python"
     if not python.exists():
@@ -175,6 +233,13 @@ def report(f: LomFigures, indent: str = "  ") -> list[str]:
         f"fedpipe ({f.threads} threads) / keystream (1 thread)   {f.ours_threads / f.floor:9.2f} x",
         f"fedpipe lom_masks alone (no values), 1 thread {f.masks_only * 1e3:8.2f} ms = "
         f"{f.masks_only / f.floor:.2f} x the keystream",
+        "least a numpy implementation does (1 thread, chunks of 2**17 values):",
+        f"  the keystream in chunks alone               {f.bounds.keystream_chunks * 1e3:9.2f} ms = "
+        f"{f.bounds.keystream_chunks / f.floor:.2f} x",
+        f"  + quantization's first pass, an add per peer {f.bounds.values_and_adds * 1e3:8.2f} ms = "
+        f"{f.bounds.values_and_adds / f.floor:.2f} x",
+        f"  + the counter plaintext 6.4.1 encrypts       {f.bounds.with_counter * 1e3:8.2f} ms = "
+        f"{f.bounds.with_counter / f.floor:.2f} x",
     ]
     if f.fedbiomed is None:
         lines.append("Fed-BioMed 6.4.1: skipped (no scratch environment)")
