@@ -456,10 +456,11 @@ def _as_floats(values: Sequence[float] | npt.NDArray[np.generic]) -> FloatArray:
         raise LomInputError("the values to encrypt must be a flat vector")
     if x.size == 0:
         raise LomInputError("there are no values to encrypt")
-    # the sum of squares is finite when every term is finite and below 1e154 (one BLAS pass, ~4x
-    # faster than np.sum); only then, e.g. for a huge value, does it need the full check
+    # the sum is finite only when every value is (NaN and infinities carry into it); only where it
+    # is not, e.g. for huge values, does it need the full check. Not np.dot: BLAS would wake its
+    # thread pool, whose threads spin on the cores for a while after and slow the masking threads
     with np.errstate(over="ignore", invalid="ignore"):
-        total = float(np.dot(x, x))
+        total = float(np.add.reduce(x))
     if not (math.isfinite(total) or np.isfinite(x).all()):
         # 6.4.1 clips an infinity and turns NaN into an arbitrary level; neither is a model weight
         raise LomInputError("the values to encrypt must be finite")

@@ -9,6 +9,8 @@ import hashlib
 import json
 import math
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +376,28 @@ def test_non_finite_values_are_refused(values: list[float], bad: float, at: int)
     error = result.failure()
     assert error.code is ErrorCode.ENCRYPTION_FAILED
     assert error.public == "LOM encryption refused: the values to encrypt must be finite"
+
+
+SPIN_CHECK = """
+import sys, time
+import numpy as np
+from fedpipe.secagg.lom import LomCrypter
+values = np.random.default_rng(0).normal(0.0, 1.0, 1_000_000)
+out = LomCrypter(nonce=bytes(16)).protect(
+    values, pairwise_secrets={"b": bytes(32)}, own_id="a", round_number=1, weight=3
+)
+assert out.shape == values.shape
+started = time.process_time()
+time.sleep(0.3)
+print(time.process_time() - started)
+"""
+
+
+def test_encrypting_leaves_no_thread_spinning_on_the_cores() -> None:
+    # A BLAS call wakes numpy's thread pool, whose threads then spin for ~0.1 s of CPU (seen when
+    # the finiteness check was np.dot); a fresh process, so that no other test woke them before
+    done = subprocess.run([sys.executable, "-c", SPIN_CHECK], capture_output=True, text=True, check=True)
+    assert float(done.stdout) < 0.03, f"{done.stdout.strip()} s of CPU while the process slept"
 
 
 @pytest.mark.parametrize(
