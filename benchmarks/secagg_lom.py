@@ -15,9 +15,9 @@ It also prints the least that any numpy implementation of the same output must d
 same loop (``bound_runs``): the keystream in cache-sized chunks alone; with the first pass of
 quantization (the one that reads the values and writes the output) and one add per peer (numpy's
 operations take two operands, so adding K masks to a vector is K passes); and with the counter
-plaintext that 6.4.1's masks encrypt. What is left between the last of these and fedpipe's time is
-the other four passes of quantization and weighting (add, divide, clamp, truncate, scale: each
-needed for 6.4.1's rounding).
+plaintext that 6.4.1's masks encrypt (its cost: one OR per chunk, as fedpipe's). What is left
+between the last of these and fedpipe's time is the four passes of quantization and weighting after
+its first (divide, clamp, truncate, scale: each needed for 6.4.1's rounding).
 Usage: ``python benchmarks/secagg_lom.py [--params N] [--nodes K] [--repeat R] [--env PATH]``.
 """
 
@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fedpipe.secagg.lom import LomCrypter, lom_masks, lom_nonce  # noqa: E402
+from fedpipe.secagg.lom import _CHUNK, _SWAPPED_INDEX, LomCrypter, lom_masks, lom_nonce  # noqa: E402
 
 FEDBIOMED = r"""
 import json, sys, time
@@ -83,10 +83,6 @@ def keystream_floor(n_bytes: int, peers: int, repeat: int) -> float:
     return best(run, repeat)
 
 
-_CHUNK = 1 << 17
-"""Values per chunk in the bounds, as fedpipe's masking uses."""
-
-
 @frozen(kw_only=True)
 class NumpyBounds:
     """Seconds of the three lower bounds of a numpy implementation (see the module's docstring)."""
@@ -103,7 +99,6 @@ def bound_runs(values: np.ndarray, peers: int) -> list[Callable[[], None]]:
     nonce = os.urandom(16)
     counter = np.zeros(_CHUNK, dtype=np.uint64)
     mask = np.empty(_CHUNK, dtype=np.uint64)
-    table = np.arange(_CHUNK, dtype=np.uint64).byteswap()
     counter_bytes, mask_bytes = counter.data.cast("B"), mask.data.cast("B")
     words = values.view(np.uint64)
 
@@ -117,7 +112,7 @@ def bound_runs(values: np.ndarray, peers: int) -> list[Callable[[], None]]:
             if level >= 1:
                 np.copyto(view, words[start:stop])
             if level >= 2:
-                np.bitwise_or(table[:m], np.uint64(start), out=counter[:m])
+                np.bitwise_or(_SWAPPED_INDEX[:m], np.uint64(start), out=counter[:m])
             for i, stream in enumerate(streams):
                 stream.update_into(counter_bytes[: 8 * m], mask_bytes[: 8 * m])
                 if level >= 1:
@@ -233,7 +228,7 @@ def report(f: LomFigures, indent: str = "  ") -> list[str]:
         f"fedpipe ({f.threads} threads) / keystream (1 thread)   {f.ours_threads / f.floor:9.2f} x",
         f"fedpipe lom_masks alone (no values), 1 thread {f.masks_only * 1e3:8.2f} ms = "
         f"{f.masks_only / f.floor:.2f} x the keystream",
-        "least a numpy implementation does (1 thread, chunks of 2**17 values):",
+        f"least a numpy implementation does (1 thread, chunks of 2**{_CHUNK.bit_length() - 1} values):",
         f"  the keystream in chunks alone               {f.bounds.keystream_chunks * 1e3:9.2f} ms = "
         f"{f.bounds.keystream_chunks / f.floor:.2f} x",
         f"  + quantization's first pass, an add per peer {f.bounds.values_and_adds * 1e3:8.2f} ms = "
